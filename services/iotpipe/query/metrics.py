@@ -1,0 +1,23 @@
+"""Prometheus metrics of the query service.
+
+gunicorn runs several worker processes, so these use prometheus-client's multiprocess mode when
+PROMETHEUS_MULTIPROC_DIR is set (the gunicorn config sets it); `/metrics` then merges all workers.
+"""
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "iotpipe_http_requests", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram(
+    "iotpipe_http_request_duration_seconds", "Time to answer an HTTP request", ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+MESSAGES_SCANNED = Counter(
+    "iotpipe_query_messages_scanned", "Topic messages read to answer queries", ["sensor"])
+MALFORMED = Counter(
+    "iotpipe_query_malformed_messages", "Topic messages skipped as not a valid reading",
+    ["sensor"])
+DUPLICATES = Counter(
+    "iotpipe_query_duplicate_readings", "Repeated readings (same device and seq) counted once",
+    ["sensor"])
+BROKER_ERRORS = Counter(
+    "iotpipe_query_broker_errors", "Queries that failed because the broker did not answer")
