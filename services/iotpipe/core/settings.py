@@ -73,7 +73,7 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_PRODUCER_BUFFER_SECONDS", "300",
      "how long the producer keeps retrying a reading while the broker is down"),
     # Metrics endpoints
-    ("IOTPIPE_METRICS_HOST", "127.0.0.1", "address the Prometheus endpoints of sensors/stream bind"),
+    ("IOTPIPE_METRICS_HOST", "127.0.0.1", "bind address of the sensor and stream metrics"),
     ("IOTPIPE_SENSORS_METRICS_PORT", "9109", "Prometheus port of the sensor simulator"),
     ("IOTPIPE_STREAM_METRICS_PORT", "9108", "Prometheus port of the streaming app"),
     # Streaming app

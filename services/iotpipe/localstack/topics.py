@@ -1,0 +1,33 @@
+"""Creates the sensor topics (the project never relies on broker auto-creation)."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from iotpipe.core.settings import Settings
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create the missing sensor topics with the configured partitions and retention.
+
+    Returns the names created; existing topics are left as they are.
+    """
+    admin = AdminClient(settings.kafka.client_config() | {"log_level": 0})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [settings.topic(s) for s in settings.sensors]
+    new = [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1,
+                    config={"retention.ms": str(settings.topic_retention_ms),
+                            "message.timestamp.type": "CreateTime"})
+           for t in wanted if t not in existing]
+    if not new:
+        return []
+    created = []
+    for topic, future in admin.create_topics(new, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+            created.append(topic)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created

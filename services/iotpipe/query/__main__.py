@@ -1,0 +1,29 @@
+"""`python -m iotpipe.query`: the query service under gunicorn (the container's command too)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+from iotpipe.core.settings import Settings, SettingsError
+
+
+def main() -> None:
+    try:
+        Settings.from_env()  # fail fast with one clear line, before gunicorn starts
+    except SettingsError as e:
+        sys.exit(f"iotpipe query: {e}")
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        path = os.path.join(tempfile.gettempdir(), f"iotpipe-query-metrics-{os.getpid()}")
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:iotpipe.query.gunicorn_conf",
+            "iotpipe.query.app:create_app()"]
+    os.execv(sys.executable, argv)
+
+
+if __name__ == "__main__":
+    main()

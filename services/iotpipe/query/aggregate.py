@@ -1,0 +1,141 @@
+"""Streaming aggregation of readings: constant memory per device, mergeable across partitions.
+
+`SeqSet` remembers which `seq` of a device were counted as a sorted list of disjoint intervals,
+so memory grows with the number of devices and gaps, not with the number of readings.
+`WindowAggregate` keeps count, exact sum (Python ints stay exact), min, max and shifted sums
+for a numerically stable variance; partials from partitions merge with `merge`.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
+
+
+class SeqSet:
+    """Set of non-negative integers stored as disjoint, sorted, non-adjacent [lo, hi] runs."""
+
+    __slots__ = ("his", "los")
+
+    def __init__(self) -> None:
+        self.los: list[int] = []
+        self.his: list[int] = []
+
+    def add(self, seq: int) -> bool:
+        """Add `seq`; return False if it was already there (a duplicate reading)."""
+        los, his = self.los, self.his
+        if his and his[-1] + 1 == seq:  # the common case: the next reading in order
+            his[-1] = seq
+            return True
+        i = bisect_right(los, seq) - 1  # the run starting at or before seq
+        if i >= 0 and seq <= his[i]:
+            return False
+        joins_left = i >= 0 and his[i] + 1 == seq
+        joins_right = i + 1 < len(los) and los[i + 1] - 1 == seq
+        if joins_left and joins_right:
+            his[i] = his[i + 1]
+            del los[i + 1], his[i + 1]
+        elif joins_left:
+            his[i] = seq
+        elif joins_right:
+            los[i + 1] = seq
+        else:
+            los.insert(i + 1, seq)
+            his.insert(i + 1, seq)
+        return True
+
+    def __len__(self) -> int:
+        return sum(h - lo + 1 for lo, h in zip(self.los, self.his, strict=True))
+
+    @property
+    def runs(self) -> int:
+        return len(self.los)
+
+
+@dataclass
+class WindowAggregate:
+    """Count, sum, min, max and variance of the readings of one sensor in one window."""
+
+    count: int = 0
+    total: int | float = 0
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    shift: int | float = 0  # the first value seen; s1/s2 are sums of (value - shift)
+    s1: int | float = 0
+    s2: int | float = 0
+    scanned: int = 0
+    malformed: int = 0
+    duplicates: int = 0
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, value: int | float) -> None:
+        if self.count == 0:
+            self.shift = self.minimum = self.maximum = value
+        else:
+            if value < self.minimum:  # type: ignore[operator]
+                self.minimum = value
+            if value > self.maximum:  # type: ignore[operator]
+                self.maximum = value
+        self.count += 1
+        self.total += value
+        d = value - self.shift
+        self.s1 += d
+        self.s2 += d * d
+
+    def _moments(self) -> tuple[float, float]:
+        """Mean and sum of squared deviations (M2)."""
+        n = self.count
+        mean = self.shift + self.s1 / n
+        m2 = self.s2 - self.s1 * self.s1 / n
+        return mean, max(m2, 0.0)
+
+    def merge(self, other: WindowAggregate) -> None:
+        """Fold another partial (another partition) into this one (Chan et al. for M2)."""
+        self.scanned += other.scanned
+        self.malformed += other.malformed
+        self.duplicates += other.duplicates
+        for reason, n in other.malformed_reasons.items():
+            self.malformed_reasons[reason] = self.malformed_reasons.get(reason, 0) + n
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.count, self.total = other.count, other.total
+            self.minimum, self.maximum = other.minimum, other.maximum
+            self.shift, self.s1, self.s2 = other.shift, other.s1, other.s2
+            return
+        n_a, n_b = self.count, other.count
+        mean_a, m2_a = self._moments()
+        mean_b, m2_b = other._moments()
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * n_b / n
+        m2 = m2_a + m2_b + delta * delta * n_a * n_b / n
+        self.count, self.total = n, self.total + other.total
+        self.minimum = min(self.minimum, other.minimum)  # type: ignore[type-var]
+        self.maximum = max(self.maximum, other.maximum)  # type: ignore[type-var]
+        # re-express as shifted sums around the merged mean: s1 = 0, s2 = M2
+        self.shift, self.s1, self.s2 = mean, 0.0, m2
+
+    def metric(self, name: str) -> int | float | None:
+        """One metric as the API returns it; None (JSON null) for an empty window."""
+        if name == "count":
+            return self.count
+        if self.count == 0:
+            return None
+        if name == "min":
+            return self.minimum
+        if name == "max":
+            return self.maximum
+        if name == "sum":
+            return self.total
+        if name in ("average", "mean"):
+            # as the prototype's statistics.mean: exact for integers, an int when it divides
+            if type(self.total) is int and self.total % self.count == 0:
+                return self.total // self.count
+            return self.total / self.count
+        if name == "stddev":
+            return math.sqrt(self._moments()[1] / self.count)
+        raise KeyError(name)

@@ -1,0 +1,61 @@
+"""HTTP routes of the query service (the prototype's contract, byte-compatible)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+
+from flask import Blueprint, Response, current_app, request
+
+from iotpipe.query.reader import BrokerUnavailable, ScanTimeout
+from iotpipe.query.request import RequestError, parse_body, validate
+from iotpipe.query.service import WindowMetricsService
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__)
+
+
+def envelope(result: dict[str, object], errors: list[str], status: int) -> Response:
+    """The prototype's body: json.dumps({'result': ..., 'errors': ...}) with default spacing."""
+    body = json.dumps({"result": result, "errors": errors}, allow_nan=False)
+    return Response(body, status=status, mimetype="application/json")
+
+
+@bp.route("/health", methods=["GET"])
+def health() -> Response:
+    return Response(json.dumps({"status": "Healthy!"}), mimetype="application/json")
+
+
+@bp.route("/openapi.json", methods=["GET"])
+def openapi() -> Response:
+    doc = resources.files("iotpipe.query").joinpath("openapi.json").read_text()
+    return Response(doc, mimetype="application/json")
+
+
+@bp.route("/compute/metrics", methods=["POST"])
+def compute_metrics() -> Response:
+    service: WindowMetricsService = current_app.extensions["iotpipe.service"]
+    settings = service.settings
+    try:
+        if request.mimetype != "application/json":
+            raise RequestError(415, "Content-Type must be application/json")
+        size = request.content_length
+        if size is None or size > settings.max_body_bytes:
+            if size is None:
+                raise RequestError(411, "Content-Length is required")
+            raise RequestError(413, f"Request body is larger than {settings.max_body_bytes} "
+                                    "bytes")
+        body = parse_body(request.get_data(cache=False))
+        req = validate(body, settings.sensors, settings.max_window_s)
+        result = service.compute(req) if req.operations else {}
+    except RequestError as e:
+        return envelope({}, e.errors, e.status)
+    except BrokerUnavailable as e:
+        log.warning("broker unavailable: %s", e)
+        return envelope({}, ["Kafka broker unavailable, try again later"], 503)
+    except ScanTimeout as e:
+        log.warning("query timed out: %s", e)
+        return envelope({}, [f"The window could not be read within "
+                             f"{settings.query_deadline_s:g} seconds"], 504)
+    return envelope(result, req.errors, 400 if req.errors and not result else 200)

@@ -1,0 +1,88 @@
+"""Flask application factory of the query service (`create_app`, as in the Flask tutorial)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from werkzeug.exceptions import HTTPException
+
+from iotpipe.core.logs import configure_logging
+from iotpipe.core.settings import Settings, SettingsError
+from iotpipe.query import metrics as prom
+from iotpipe.query.api import bp, envelope
+from iotpipe.query.service import WindowMetricsService
+
+log = logging.getLogger(__name__)
+OPEN_ROUTES = ("/health",)
+
+
+def _token(settings: Settings) -> bytes | None:
+    if not settings.api_token_file:
+        return None
+    try:
+        with open(settings.api_token_file, "rb") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise SettingsError(f"IOTPIPE_API_TOKEN_FILE: cannot read: {e}") from None
+    if len(token) < 16:
+        raise SettingsError("IOTPIPE_API_TOKEN_FILE: the token must have 16 characters or more")
+    return token
+
+
+def create_app(settings: Settings | None = None,
+               service: WindowMetricsService | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["iotpipe.service"] = service or WindowMetricsService(settings)
+    token = _token(settings)
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _start() -> Response | None:
+        g.started = time.perf_counter()
+        if token is None or request.path in OPEN_ROUTES:
+            return None
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, b"Bearer " + token):
+            return envelope({}, ["Missing or wrong bearer token"], 401)
+        return None
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        prom.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        prom.LATENCY.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        """404, 405, 413... as JSON envelopes, never HTML."""
+        return envelope({}, [f"{e.name}: {e.description}"], e.code or 500)
+
+    @app.errorhandler(Exception)
+    def _crash(e: Exception) -> Response:
+        log.exception("unhandled error")
+        return envelope({}, ["Internal error; see the service log"], 500)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics() -> Response:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            data = generate_latest(registry)
+        else:
+            data = generate_latest()
+        return Response(data, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    log.info("query service ready: %s", json.dumps({"sensors": settings.sensors,
+                                                     "bootstrap": settings.kafka.bootstrap}))
+    return app

@@ -1,0 +1,44 @@
+"""gunicorn settings of the query service, all from IOTPIPE_* variables (see README)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from iotpipe.core.settings import Settings
+
+_s = Settings.from_env()
+
+bind = f"{_s.query_host}:{_s.query_port}"
+workers = _s.query_workers
+threads = _s.query_threads
+worker_class = "gthread"
+timeout = int(_s.query_deadline_s) + 10  # a worker is killed only well after its deadline
+graceful_timeout = 10
+keepalive = 5
+limit_request_line = 4094
+limit_request_fields = 50
+accesslog = "-"
+errorlog = "-"
+loglevel = _s.log_level.lower()
+proc_name = "iotpipe-query"
+if _s.log_format == "json":
+    access_log_format = json.dumps({
+        "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": "%(s)s",
+        "bytes": "%(B)s", "duration_ms": "%(M)s", "agent": "%(a)s"})
+
+
+def post_worker_init(worker: Any) -> None:
+    """Start the reader processes before the first request arrives."""
+    app = worker.wsgi
+    service = getattr(app, "extensions", {}).get("iotpipe.service")
+    if service is not None:
+        service.scans.warm_up()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)

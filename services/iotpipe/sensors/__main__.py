@@ -1,0 +1,62 @@
+"""`python -m iotpipe.sensors`: simulate the configured fleet until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+from prometheus_client import start_http_server
+
+from iotpipe.core.logs import configure_logging
+from iotpipe.core.settings import Settings, SettingsError
+from iotpipe.sensors import metrics as prom
+from iotpipe.sensors.fleet import SensorFleet
+
+log = logging.getLogger("iotpipe.sensors")
+TICK_S = 0.01
+
+
+def run(settings: Settings, stop: threading.Event) -> int:
+    """Emit readings at the configured rate until `stop`; return readings left unsent."""
+    fleet = SensorFleet(settings)
+    total_rate = settings.sensor_rate_hz * len(fleet.devices)
+    log.info("simulating %d devices (%s), %g readings/s in all, to %s",
+             len(fleet.devices), ", ".join(settings.sensors), total_rate,
+             settings.kafka.bootstrap)
+    start, emitted, last_publish = time.monotonic(), 0, 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        due = int((now - start) * total_rate) + 1 - emitted
+        if due > 0:
+            fleet.emit(due)
+            emitted += due
+        else:
+            fleet.producer.poll(0)
+            fleet.release_late(force=False)
+        if now - last_publish >= 1.0:
+            fleet.publish_metrics()
+            last_publish = now
+        stop.wait(min(TICK_S, max(0.0, start + (emitted / total_rate) - time.monotonic())))
+    log.info("stopping: flushing buffered readings")
+    return fleet.close()
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as e:
+        sys.exit(f"iotpipe sensors: {e}")
+    configure_logging(settings)
+    start_http_server(settings.sensors_metrics_port, settings.metrics_host, registry=prom.REGISTRY)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    left = run(settings, stop)
+    sys.exit(1 if left else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""A fleet of simulated devices writing readings to Kafka in the documented wire format.
+
+One process simulates any number of devices: readings are generated round-robin at the
+configured per-device rate and produced with an idempotent, acks=all producer. While the
+broker is down the producer keeps readings buffered and retries them for
+IOTPIPE_PRODUCER_BUFFER_SECONDS; readings it finally gives up on are logged and counted as
+failed (`iotpipe_sensor_readings_failed_total`), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Counter as Counter_
+
+from iotpipe.core.settings import Settings
+from iotpipe.sensors import metrics as prom
+from iotpipe.sensors.models import ValueModel, make_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Device:
+    sensor: str
+    topic: str
+    index: int
+    key: bytes
+    prefix: bytes  # the constant head of every value: {"device":...,"sensor":...,"seq":
+    model: ValueModel
+    seq: int = 0
+
+
+def producer_config(settings: Settings) -> dict[str, object]:
+    return settings.kafka.client_config() | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 2_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.timeout.ms": int(settings.producer_buffer_s * 1000),
+        "delivery.report.only.error": True,
+        "socket.timeout.ms": max(1000, int(settings.kafka.timeout_s * 1000)),
+        "log_level": 3,
+    }
+
+
+class SensorFleet:
+    def __init__(self, settings: Settings, seed: int | None = None,
+                 first_seq: int | None = None) -> None:
+        """`first_seq` defaults to now x rate: a restarted fleet never reuses a seq, because a
+        device never emits faster than its rate."""
+        self.settings = settings
+        if first_seq is None:
+            first_seq = int(time.time() * settings.sensor_rate_hz) + 1
+        self.rng = random.Random(seed)
+        self.devices = [self._device(sensor, i, first_seq) for sensor in settings.sensors
+                        for i in range(settings.devices_per_sensor)]
+        self.produced: Counter[str] = Counter()  # handed to the producer
+        self.failed: Counter[str] = Counter()  # given up (delivery reports come only for these)
+        self._published: Counter[str] = Counter()
+        self.broker_up = True
+        self._late: list[tuple[float, int, str, bytes, bytes, int]] = []
+        self._next = 0
+        self.producer = Producer(producer_config(settings) | {
+            "on_delivery": self._delivered, "error_cb": self._error})
+
+    def _device(self, sensor: str, index: int, first_seq: int) -> Device:
+        name = f"{sensor}-{index}"
+        prefix = f'{{"device":{json.dumps(name)},"sensor":{json.dumps(sensor)},"seq":'.encode()
+        model = make_model(self.settings.value_model, sensor, self.rng)
+        return Device(sensor, self.settings.topic(sensor), index, name.encode(), prefix, model,
+                      first_seq)
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        """Called for failed deliveries only (delivery.report.only.error): a per-message
+        Python callback would halve the simulator's throughput."""
+        if err is not None:
+            self.failed[msg.topic() or "?"] += 1
+            log.error("reading not delivered, given up: topic=%s key=%s value=%s error=%s",
+                      msg.topic(), msg.key(), msg.value(), err.str())
+
+    def acknowledged(self) -> dict[str, int]:
+        """Readings the broker acknowledged so far, per topic (exact once flushed)."""
+        in_flight = len(self.producer)
+        acked = {t: n - self.failed[t] for t, n in self.produced.items()}
+        if in_flight:  # not attributable per topic: count none of the in-flight ones
+            return {t: max(0, n - in_flight) for t, n in acked.items()}
+        return acked
+
+    def _error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if self.broker_up:
+                log.warning("broker unreachable (%s); buffering readings for up to %gs",
+                            err.str(), self.settings.producer_buffer_s)
+            self.broker_up = False
+        else:
+            log.warning("kafka client error: %s", err.str())
+
+    def emit(self, count: int, now_ms: int | None = None) -> None:
+        """Produce the next `count` readings, round-robin over the devices."""
+        s = self.settings
+        devices, n_dev = self.devices, len(self.devices)
+        produce, poll = self.producer.produce, self.producer.poll
+        rnd = self.rng.random
+        dup, late = s.duplicate_rate, s.late_rate
+        ts = now_ms if now_ms is not None else int(time.time() * 1000)
+        for _ in range(count):
+            d = devices[self._next]
+            self._next = (self._next + 1) % n_dev
+            raw = b'%s%d,"ts":%d,"value":%r}' % (d.prefix, d.seq, ts, d.model(d.index, ts))
+            d.seq += 1
+            if late and rnd() < late:
+                release = time.monotonic() + s.late_delay_s
+                heapq.heappush(self._late, (release, d.seq, d.topic, d.key, raw, ts))
+                prom.LATE_INJECTED.labels(d.sensor).inc()
+                continue
+            copies = 2 if dup and rnd() < dup else 1
+            if copies == 2:
+                prom.DUPLICATES_INJECTED.labels(d.sensor).inc()
+            for _ in range(copies):
+                while True:
+                    try:
+                        produce(d.topic, raw, d.key, timestamp=ts)
+                        break
+                    except BufferError:  # local queue full (long outage): wait for room
+                        poll(0.1)
+            self.produced[d.topic] += copies
+        poll(0)
+        self.release_late(force=False)
+
+    def release_late(self, force: bool) -> None:
+        """Send held-back readings whose delay is over (all of them when `force`)."""
+        now = time.monotonic()
+        while self._late and (force or self._late[0][0] <= now):
+            _, _, topic, key, raw, ts = heapq.heappop(self._late)
+            self.producer.produce(topic, raw, key, timestamp=ts)
+
+    def publish_metrics(self) -> None:
+        """Bring the Prometheus counters up to date (cheap, once a second)."""
+        in_flight = len(self.producer)
+        if in_flight == 0 and not self.broker_up:
+            self.broker_up = True
+            log.warning("broker reachable again; buffered readings delivered")
+        acked = self.acknowledged()
+        for sensor in self.settings.sensors:
+            topic = self.settings.topic(sensor)
+            self._bump(prom.READINGS_SENT, sensor, "sent", acked.get(topic, 0))
+            self._bump(prom.READINGS_FAILED, sensor, "failed", self.failed[topic])
+        prom.QUEUED.set(in_flight)
+        prom.BROKER_UP.set(1 if self.broker_up else 0)
+
+    def _bump(self, counter: Counter_, sensor: str, kind: str, value: int) -> None:
+        """Counters only go up: add what is new since the last publish."""
+        key = f"{kind}:{sensor}"
+        if value > self._published[key]:
+            counter.labels(sensor).inc(value - self._published[key])
+            self._published[key] = value
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Send held-back readings, wait for acknowledgements; return readings still unsent."""
+        self.release_late(force=True)
+        left = self.producer.flush(timeout_s)
+        self.publish_metrics()
+        if left:
+            log.error("%d readings were not acknowledged before exit", left)
+        return left
