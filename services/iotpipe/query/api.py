@@ -33,6 +33,17 @@ def openapi() -> Response:
     return Response(doc, mimetype="application/json")
 
 
+def _read_body(limit: int) -> bytes:
+    """The body, refused (413) before reading when it declares or turns out to be too big."""
+    too_big = RequestError(413, f"Request body is larger than {limit} bytes")
+    if (request.content_length or 0) > limit:
+        raise too_big
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise too_big
+    return data
+
+
 @bp.route("/compute/metrics", methods=["POST"])
 def compute_metrics() -> Response:
     service: WindowMetricsService = current_app.extensions["iotpipe.service"]
@@ -40,13 +51,7 @@ def compute_metrics() -> Response:
     try:
         if request.mimetype != "application/json":
             raise RequestError(415, "Content-Type must be application/json")
-        size = request.content_length
-        if size is None or size > settings.max_body_bytes:
-            if size is None:
-                raise RequestError(411, "Content-Length is required")
-            raise RequestError(413, f"Request body is larger than {settings.max_body_bytes} "
-                                    "bytes")
-        body = parse_body(request.get_data(cache=False))
+        body = parse_body(_read_body(settings.max_body_bytes))
         req = validate(body, settings.sensors, settings.max_window_s)
         result = service.compute(req) if req.operations else {}
     except RequestError as e:

@@ -65,11 +65,13 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
+        "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
         "fetch.max.bytes": 8 * 2**20,
         "max.partition.fetch.bytes": 4 * 2**20,
         "queued.max.messages.kbytes": 16 * 1024,
         "socket.timeout.ms": max(1000, int(kafka.timeout_s * 1000)),
         "log_level": 3,
+        "logger": logging.getLogger("iotpipe.kafka.consumer"),
     }
 
 
@@ -99,6 +101,13 @@ class KafkaWindowReader:
         self._timeout = kafka.timeout_s
         self._idle: queue.SimpleQueue[Consumer] = queue.SimpleQueue()
         self._partitions: dict[str, tuple[float, list[int]]] = {}
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
     @contextmanager
     def _consumer(self) -> Iterator[Consumer]:
@@ -168,11 +177,13 @@ def _consume_range(c: Consumer, job: PartitionScan, agg: WindowAggregate) -> Non
     decode, malformed = wire.decode, wire.MalformedReading
     add = agg.add
     scanned = 0
+    next_offset = job.start
     while True:
         remaining = job.deadline - time.time()
         if remaining <= 0:
             raise ScanTimeout(f"{job.topic}[{job.partition}] not read before the deadline")
-        batch = c.consume(BATCH, min(POLL_S, remaining))
+        # consume() returns early only once it has as many messages as asked for
+        batch = c.consume(max(1, min(BATCH, end - next_offset)), min(POLL_S, remaining))
         if not batch:
             pos = c.position([TopicPartition(job.topic, job.partition)])[0].offset
             if pos >= end:  # e.g. the range ends in transaction markers
@@ -183,6 +194,7 @@ def _consume_range(c: Consumer, job: PartitionScan, agg: WindowAggregate) -> Non
             if msg.error() is not None:
                 _raise_fetch_error(msg.error())
             offset = msg.offset()
+            next_offset = offset + 1
             if offset >= end:
                 done = True
                 break

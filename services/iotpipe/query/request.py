@@ -82,7 +82,7 @@ def validate(body: object, sensors: tuple[str, ...], max_window_s: float) -> Met
         raise RequestError(400, '"from" has to be earlier than "to"')
     if to_ms - from_ms > max_window_s * 1000:
         raise RequestError(400, f"The window is longer than the maximum of "
-                                f"{max_window_s:g} seconds")
+                                f"{max_window_s:.0f} seconds")
     req = MetricsRequest(from_ms, to_ms)
     for key, value in body.items():
         if key in ("from", "to"):

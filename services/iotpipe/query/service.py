@@ -92,6 +92,7 @@ class WindowMetricsService:
     def close(self) -> None:
         self.scans.reset()
         self._lookups.shutdown(wait=False, cancel_futures=True)
+        self.reader.close()
 
     def compute(self, req: MetricsRequest) -> dict[str, dict[str, object]]:
         """Result per sensor in request order; sensors that cannot be read go to req.errors.

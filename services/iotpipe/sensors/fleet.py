@@ -51,6 +51,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "delivery.report.only.error": True,
         "socket.timeout.ms": max(1000, int(settings.kafka.timeout_s * 1000)),
         "log_level": 3,
+        "logger": logging.getLogger("iotpipe.kafka.producer"),
     }
 
 

@@ -1,0 +1,109 @@
+"""Every bad input gets a clear 4xx JSON answer (never a 500), and the valid rest is computed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from flask.testing import FlaskClient
+
+WINDOW = {"from": "2020-01-13 15:12:00", "to": "2020-01-13 15:13:00"}
+
+
+def _post(client: FlaskClient, body: object, **kwargs: object) -> tuple[int, dict]:
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    kwargs.setdefault("content_type", "application/json")
+    resp = client.post("/compute/metrics", data=data, **kwargs)
+    payload = resp.get_json()
+    assert payload is not None, resp.get_data()
+    assert set(payload) == {"result", "errors"}
+    return resp.status_code, payload
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ("{", 400, "Request body is not valid JSON: Expecting property name"),
+    ("", 400, "Request body is not valid JSON"),
+    (b"\xff\xfe", 400, "Request body is not valid JSON: not UTF-8"),
+    ('{"from": NaN}', 400, "Request body is not valid JSON: NaN is not valid JSON"),
+    ("[1, 2]", 400, "Request body must be a JSON object"),
+    ('"text"', 400, "Request body must be a JSON object"),
+    ({"temperature": ["count"]}, 400, 'Keys "from" and "to" are required'),
+    ({"temperature": ["count"], "from": "2020-01-13 15:12:00"}, 400,
+     'Keys "from" and "to" are required'),
+    ({"temperature": ["count"], "from": "yesterday", "to": "2020-01-13 15:13:00"}, 400,
+     'Incorrect input timestamp format for "from", should be YYYY-MM-DD hh:mm:ss (UTC)'),
+    ({"temperature": ["count"], "from": "2020-01-13 15:12:00", "to": 5}, 400,
+     'Incorrect input timestamp format for "to"'),
+    ({"temperature": ["count"], "from": "2020-02-30 15:12:00", "to": "2020-03-01 00:00:00"},
+     400, 'Incorrect input timestamp format for "from"'),
+    ({"temperature": ["count"], "from": "2020-01-13T15:12:00", "to": "2020-01-13T15:13:00Z"},
+     400, 'Incorrect input timestamp format for "from"'),
+    ({"temperature": ["count"], "from": "2020-01-13 15:12:00.1234", "to":
+      "2020-01-13 15:13:00"}, 400, "at most millisecond precision"),
+    ({"temperature": ["count"], "from": "1969-12-31 23:59:59", "to": "2020-01-13 15:13:00"},
+     400, "before 1970"),
+    ({"temperature": ["count"], "from": "2020-01-13 15:13:00", "to": "2020-01-13 15:12:00"},
+     400, '"from" has to be earlier than "to"'),
+    ({"temperature": ["count"], "from": "2020-01-01 00:00:00", "to": "2021-01-01 00:00:00"},
+     400, "The window is longer than the maximum of 2678400 seconds"),
+    ({"temperature": "count"} | WINDOW, 400,
+     "Metrics for the sensor temperature must be a list of strings"),
+    ({"temperature": ["count", 3]} | WINDOW, 400,
+     "Metrics for the sensor temperature must be a list of strings"),
+    ({"temperature": []} | WINDOW, 400, "No metric requested for the sensor temperature"),
+    (WINDOW, 400, "No sensor requested; valid sensors: temperature, humidity, pressure"),
+    ("[" * 100 + "]" * 100, 400, "Request body is nested deeper than 32 levels"),
+])
+def test_bad_request_as_a_whole(client: FlaskClient, body: object, status: int,
+                                message: str) -> None:
+    got_status, payload = _post(client, body)
+    assert got_status == status
+    assert payload["result"] == {}
+    assert any(e.startswith(message) or message in e for e in payload["errors"]), payload
+
+
+def test_duplicated_metric_is_reported_and_computed_once(client: FlaskClient) -> None:
+    status, payload = _post(client, {"temperature": ["count", "max", "count"]} | WINDOW)
+    assert status == 200
+    assert list(payload["result"]["temperature"]) == ["count", "max"]
+    assert payload["errors"] == ["Duplicated metric count for the sensor temperature"]
+
+
+def test_bad_part_beside_valid_rest(client: FlaskClient) -> None:
+    status, payload = _post(client, {"temperature": ["count"], "humidity": "max",
+                                     "pressure": []} | WINDOW)
+    assert status == 200
+    assert list(payload["result"]) == ["temperature"]
+    assert payload["errors"] == ["Metrics for the sensor humidity must be a list of strings",
+                                 "No metric requested for the sensor pressure"]
+
+
+def test_iso_timestamps_with_offsets_mean_the_same_instant(client: FlaskClient) -> None:
+    plain = _post(client, {"temperature": ["count", "sum"]} | WINDOW)
+    iso = _post(client, {"temperature": ["count", "sum"], "from": "2020-01-13T16:12:00+01:00",
+                         "to": "2020-01-13T15:13:00.000Z"})
+    assert plain == iso
+    assert plain[1]["result"]["temperature"]["count"] == 61
+
+
+def test_oversize_body_is_refused_before_reading(client: FlaskClient) -> None:
+    body = json.dumps({"temperature": ["count"], "pad": "x" * 70_000} | WINDOW)
+    status, payload = _post(client, body)
+    assert status == 413
+    assert payload["errors"] == ["Request body is larger than 65536 bytes"]
+
+
+def test_wrong_content_type(client: FlaskClient) -> None:
+    status, payload = _post(client, {"temperature": ["count"]} | WINDOW,
+                            content_type="text/plain")
+    assert status == 415
+    assert payload["errors"] == ["Content-Type must be application/json"]
+
+
+def test_wrong_method_and_unknown_route_are_json(client: FlaskClient) -> None:
+    resp = client.get("/compute/metrics")
+    assert resp.status_code == 405
+    assert resp.get_json()["errors"][0].startswith("Method Not Allowed")
+    resp = client.get("/nope")
+    assert resp.status_code == 404
+    assert resp.get_json()["result"] == {}
