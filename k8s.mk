@@ -39,3 +39,40 @@ $(TOOLS)/.promtool.stamp:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	promtool --version | head -1
 	@touch $@
+
+# Offline checks of every Kubernetes artifact (chart, CRs, dashboards, alerts, Dockerfiles).
+# The tests run with the app venv; they call the binaries in $(TOOLS) (K8S_TOOLS tells them where).
+k8s-check: tools
+	K8S_TOOLS=$(abspath $(TOOLS)) $(PY) -m pytest tests/k8s -q
+
+# The three images, as skaffold builds them (same names, same Dockerfiles).
+K8S_IMAGE_TAG ?= dev
+build:
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { \
+		echo "build: no Docker engine reachable (docker info failed); install/start Docker," \
+		     "or let 'skaffold dev' build on a cluster with one." >&2; exit 1; }
+	docker build -f docker/sensors.Dockerfile -t iotpipe-sensors:$(K8S_IMAGE_TAG) .
+	docker build -f docker/query.Dockerfile -t iotpipe-query:$(K8S_IMAGE_TAG) .
+	docker build -f docker/stream/Dockerfile -t iotpipe-stream:$(K8S_IMAGE_TAG) .
+
+# A local cluster (kind by default; CLUSTER_KIND=minikube for minikube) with the app namespace.
+cluster-up:
+ifeq ($(CLUSTER_KIND),minikube)
+	minikube start --profile minikube --cpus 4 --memory 8g --kubernetes-version v1.35.0
+	minikube addons enable ingress
+	minikube addons enable metrics-server
+else
+	kind get clusters | grep -qx '$(CLUSTER_NAME)' || kind create cluster --config k8s/kind-cluster.yaml
+endif
+	kubectl apply -f k8s/namespace.yaml
+
+# Build, deploy operators + app, port-forward the API (5000) and Grafana (3000), redeploy on change.
+dev:
+	skaffold dev --profile $(SKAFFOLD_PROFILE) --port-forward
+
+cluster-down:
+ifeq ($(CLUSTER_KIND),minikube)
+	minikube delete --profile minikube
+else
+	kind delete cluster --name $(CLUSTER_NAME)
+endif
