@@ -26,8 +26,9 @@ def rendering(request: pytest.FixtureRequest, renderings: dict[str, Rendering]) 
 
 
 @pytest.fixture(scope="session")
-def manifests_dir(tmp_path_factory: pytest.TempPathFactory,
-                  renderings: dict[str, Rendering]) -> Path:
+def manifests_dir(
+    tmp_path_factory: pytest.TempPathFactory, renderings: dict[str, Rendering]
+) -> Path:
     """Every rendering written out, one file per values set (for checkov and friends)."""
     folder = tmp_path_factory.mktemp("rendered")
     for name, r in renderings.items():

@@ -24,8 +24,10 @@ VALUE_SETS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
     "default": ((), ()),
     "kind": ((VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-kind.yaml"), ()),
     "minikube": ((VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-minikube.yaml"), ()),
-    "secure": ((VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-kind.yaml"),
-               ("kafka.security.enabled=true", "common.topicPrefix=lab.")),
+    "secure": (
+        (VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-kind.yaml"),
+        ("kafka.security.enabled=true", "common.topicPrefix=lab."),
+    ),
 }
 
 Doc = dict[str, Any]
@@ -44,8 +46,9 @@ def tool(name: str) -> Path:
 
 
 def run(args: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=600, **kwargs)
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, cwd=ROOT, timeout=600, **kwargs
+    )
 
 
 def helm_args(value_set: str) -> list[str | Path]:
@@ -88,8 +91,19 @@ class Rendering:
 
 
 def render(value_set: str) -> Rendering:
-    result = run([tool("helm"), "template", RELEASE, CHART, "--namespace", NAMESPACE,
-                  "--kube-version", KUBE_VERSION, *helm_args(value_set)])
+    result = run(
+        [
+            tool("helm"),
+            "template",
+            RELEASE,
+            CHART,
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            *helm_args(value_set),
+        ]
+    )
     assert result.returncode == 0, result.stderr
     docs = tuple(d for d in yaml.safe_load_all(result.stdout) if d)
     return Rendering(value_set, result.stdout, docs)
@@ -108,8 +122,11 @@ def nest(keys: list[str], value: Any) -> Doc:
 def pod_specs(r: Rendering) -> Iterator[tuple[str, Doc, Doc]]:
     """(name, pod template metadata, pod spec) of every workload with a pod template."""
     for d in r.docs:
-        template = d.get("spec", {}).get("template") if d["kind"] in (
-            "Deployment", "StatefulSet", "DaemonSet", "Job") else None
+        template = (
+            d.get("spec", {}).get("template")
+            if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+            else None
+        )
         if template:
             yield f"{d['kind']}/{d['metadata']['name']}", template["metadata"], template["spec"]
 

@@ -29,8 +29,15 @@ def test_helm_lint_strict(value_set: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("typo", ["query.replicaz=3", "kafka.security.enabeld=true",
-                                  "sensors[0].rate=5", "common.logFormat=yaml"])
+@pytest.mark.parametrize(
+    "typo",
+    [
+        "query.replicaz=3",
+        "kafka.security.enabeld=true",
+        "sensors[0].rate=5",
+        "common.logFormat=yaml",
+    ],
+)
 def test_values_schema_rejects_bad_values(typo: str) -> None:
     result = run([tool("helm"), "lint", "--strict", CHART, "--set", typo])
     assert result.returncode != 0, f"values.schema.json accepted {typo}"
@@ -61,20 +68,38 @@ def test_every_iotpipe_env_is_a_known_setting(rendering: Rendering) -> None:
 
 def _security_contexts(r: Rendering) -> list[tuple[str, dict, dict]]:
     """(where, pod securityContext, container securityContext) of every pod the chart shapes."""
-    out = [(f"{name}/{c['name']}", spec.get("securityContext", {}), c.get("securityContext", {}))
-           for name, _, spec in pod_specs(r) for c in containers(spec)]
-    out += [(f"SparkApplication/{app['metadata']['name']}/{role}",
-             spec.get("podSecurityContext", {}), spec.get("securityContext", {}))
-            for role, spec, app in spark_roles(r)]
+    out = [
+        (f"{name}/{c['name']}", spec.get("securityContext", {}), c.get("securityContext", {}))
+        for name, _, spec in pod_specs(r)
+        for c in containers(spec)
+    ]
+    out += [
+        (
+            f"SparkApplication/{app['metadata']['name']}/{role}",
+            spec.get("podSecurityContext", {}),
+            spec.get("securityContext", {}),
+        )
+        for role, spec, app in spark_roles(r)
+    ]
     for pool in r.of_kind("KafkaNodePool"):
         t = pool["spec"]["template"]
-        out.append((f"KafkaNodePool/{pool['metadata']['name']}", t["pod"]["securityContext"],
-                    t["kafkaContainer"]["securityContext"]))
+        out.append(
+            (
+                f"KafkaNodePool/{pool['metadata']['name']}",
+                t["pod"]["securityContext"],
+                t["kafkaContainer"]["securityContext"],
+            )
+        )
     for kafka in r.of_kind("Kafka"):
         t = kafka["spec"]["entityOperator"]["template"]
         for c in ("topicOperatorContainer", "userOperatorContainer"):
-            out.append((f"Kafka/{kafka['metadata']['name']}/{c}", t["pod"]["securityContext"],
-                        t[c]["securityContext"]))
+            out.append(
+                (
+                    f"Kafka/{kafka['metadata']['name']}/{c}",
+                    t["pod"]["securityContext"],
+                    t[c]["securityContext"],
+                )
+            )
     return out
 
 
@@ -115,7 +140,8 @@ def test_stream_application_shape(rendering: Rendering) -> None:
     app = rendering.one("SparkApplication", "iotpipe-stream")["spec"]
     assert app["type"] == "Python" and app["mode"] == "cluster"
     assert app["mainApplicationFile"] == (
-        "local:///opt/iotpipe/services/iotpipe/stream/__main__.py")
+        "local:///opt/iotpipe/services/iotpipe/stream/__main__.py"
+    )
     assert app["restartPolicy"]["type"] in ("Always", "OnFailure")
     claim = next(v for v in app["volumes"] if v["name"] == "checkpoint")
     pvc = rendering.one("PersistentVolumeClaim", claim["persistentVolumeClaim"]["claimName"])

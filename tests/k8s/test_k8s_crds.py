@@ -40,9 +40,12 @@ def structural(schema: Any) -> Any:
     pattern = out.get("pattern")
     if isinstance(pattern, str) and pattern.startswith("^(?i)"):
         # Go's RE2 takes a flag group anywhere; Python's `re` only at the very start.
-        out["pattern"] = "(?i)^" + pattern[len("^(?i)"):]
-    if ("properties" in out and not out.get("x-kubernetes-preserve-unknown-fields")
-            and "additionalProperties" not in out):
+        out["pattern"] = "(?i)^" + pattern[len("^(?i)") :]
+    if (
+        "properties" in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+        and "additionalProperties" not in out
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -82,15 +85,26 @@ def check(doc: Doc, crds: dict[tuple[str, str], Doc]) -> None:
 
 
 def custom_resources(r: Rendering) -> list[Doc]:
-    return [d for d in r.docs if "." in d["apiVersion"].split("/")[0]
-            and not d["apiVersion"].startswith(("networking.k8s.io", "rbac.authorization.k8s.io"))]
+    return [
+        d
+        for d in r.docs
+        if "." in d["apiVersion"].split("/")[0]
+        and not d["apiVersion"].startswith(("networking.k8s.io", "rbac.authorization.k8s.io"))
+    ]
 
 
 def test_custom_resources_match_their_crds(rendering: Rendering, crds: dict) -> None:
     resources = custom_resources(rendering)
     kinds = {d["kind"] for d in resources}
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "SparkApplication", "PodMonitor",
-            "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert {
+        "Kafka",
+        "KafkaNodePool",
+        "KafkaTopic",
+        "SparkApplication",
+        "PodMonitor",
+        "ServiceMonitor",
+        "PrometheusRule",
+    } <= kinds
     if rendering.values["kafka"]["security"]["enabled"]:
         assert "KafkaUser" in kinds
     for doc in resources:
@@ -101,14 +115,18 @@ def test_custom_resources_match_their_crds(rendering: Rendering, crds: dict) -> 
             raise AssertionError(f"{rendering.name}: {name}: {e.message} at {list(e.path)}") from e
 
 
-@pytest.mark.parametrize(("kind", "path", "typo"), [
-    ("KafkaTopic", ("spec",), "partitons"),
-    ("Kafka", ("spec", "kafka"), "listener"),
-    ("SparkApplication", ("spec", "driver"), "serviceAcount"),
-    ("PodMonitor", ("spec",), "podMetricEndpoints"),
-])
-def test_typo_in_a_custom_resource_fails(renderings: dict[str, Rendering], crds: dict,
-                                         kind: str, path: tuple[str, ...], typo: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "path", "typo"),
+    [
+        ("KafkaTopic", ("spec",), "partitons"),
+        ("Kafka", ("spec", "kafka"), "listener"),
+        ("SparkApplication", ("spec", "driver"), "serviceAcount"),
+        ("PodMonitor", ("spec",), "podMetricEndpoints"),
+    ],
+)
+def test_typo_in_a_custom_resource_fails(
+    renderings: dict[str, Rendering], crds: dict, kind: str, path: tuple[str, ...], typo: str
+) -> None:
     doc = copy.deepcopy(renderings["default"].of_kind(kind)[0])
     node = doc
     for key in path:

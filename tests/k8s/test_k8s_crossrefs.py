@@ -44,8 +44,11 @@ def releases(profile: str | None = None) -> list[Doc]:
 def app_env(r: Rendering) -> list[tuple[str, dict[str, str]]]:
     """(workload, env) of every container and Spark driver that talks to Kafka."""
     out = [(name, env_of(c)) for name, _, spec in pod_specs(r) for c in containers(spec)]
-    out += [(f"{app['metadata']['name']}/driver", env_of(spec))
-            for role, spec, app in spark_roles(r) if role == "driver"]
+    out += [
+        (f"{app['metadata']['name']}/driver", env_of(spec))
+        for role, spec, app in spark_roles(r)
+        if role == "driver"
+    ]
     return [(n, e) for n, e in out if "IOTPIPE_KAFKA_BOOTSTRAP" in e]
 
 
@@ -80,10 +83,13 @@ def test_secure_mode_mounts_what_strimzi_creates(rendering: Rendering) -> None:
     (kafka,) = rendering.of_kind("Kafka")
     users = {u["metadata"]["name"]: u for u in rendering.of_kind("KafkaUser")}
     ca_secret = f"{kafka['metadata']['name']}-cluster-ca-cert"
-    workloads = [(n, s.get("volumes", []), c) for n, _, s in pod_specs(rendering)
-                 for c in containers(s)]
-    workloads += [(f"{app['metadata']['name']}/{role}", app["spec"]["volumes"], spec)
-                  for role, spec, app in spark_roles(rendering)]
+    workloads = [
+        (n, s.get("volumes", []), c) for n, _, s in pod_specs(rendering) for c in containers(s)
+    ]
+    workloads += [
+        (f"{app['metadata']['name']}/{role}", app["spec"]["volumes"], spec)
+        for role, spec, app in spark_roles(rendering)
+    ]
     for name, volumes, c in workloads:
         secrets = {v["name"]: v["secret"]["secretName"] for v in volumes if "secret" in v}
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
@@ -128,8 +134,10 @@ def test_sensor_users_may_only_write_their_own_topic(rendering: Rendering) -> No
 
 def test_selectors_find_their_pods(rendering: Rendering) -> None:
     pods = {name: meta["labels"] for name, meta, _ in pod_specs(rendering)}
-    pods |= {f"{app['metadata']['name']}/{role}": {**spec["labels"], "spark-role": role}
-             for role, spec, app in spark_roles(rendering)}
+    pods |= {
+        f"{app['metadata']['name']}/{role}": {**spec["labels"], "spark-role": role}
+        for role, spec, app in spark_roles(rendering)
+    }
     for svc in rendering.of_kind("Service"):
         assert any(matches(svc["spec"]["selector"], lbl) for lbl in pods.values()), svc
     for kind in ("PodMonitor", "PodDisruptionBudget"):
@@ -138,7 +146,9 @@ def test_selectors_find_their_pods(rendering: Rendering) -> None:
             assert any(matches(sel, lbl) for lbl in pods.values()), doc["metadata"]["name"]
     for sm in rendering.of_kind("ServiceMonitor"):
         sel = sm["spec"]["selector"]["matchLabels"]
-        services = [s for s in rendering.of_kind("Service") if matches(sel, s["metadata"]["labels"])]
+        services = [
+            s for s in rendering.of_kind("Service") if matches(sel, s["metadata"]["labels"])
+        ]
         assert services, sm["metadata"]["name"]
         ports = {p["name"] for s in services for p in s["spec"]["ports"]}
         assert {e["port"] for e in sm["spec"]["endpoints"]} <= ports
@@ -150,8 +160,12 @@ def test_selectors_find_their_pods(rendering: Rendering) -> None:
 
 
 def test_monitor_ports_exist_on_the_pods(rendering: Rendering) -> None:
-    ports = {p["name"] for _, _, s in pod_specs(rendering) for c in containers(s)
-             for p in c.get("ports", [])}
+    ports = {
+        p["name"]
+        for _, _, s in pod_specs(rendering)
+        for c in containers(s)
+        for p in c.get("ports", [])
+    }
     ports |= {p["name"] for _, spec, _ in spark_roles(rendering) for p in spec.get("ports", [])}
     for pm in rendering.of_kind("PodMonitor"):
         assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} <= ports
@@ -172,16 +186,21 @@ def test_network_policies_open_the_metrics_and_api_ports(rendering: Rendering) -
     v = rendering.values
     policies = {p["metadata"]["name"]: p["spec"] for p in rendering.of_kind("NetworkPolicy")}
     assert policies["iotpipe-default-deny"]["podSelector"] == {}
-    expect = {"iotpipe-sensor": v["sensor"]["metricsPort"], "iotpipe-query": v["query"]["port"],
-              "iotpipe-stream": v["stream"]["metricsPort"]}
+    expect = {
+        "iotpipe-sensor": v["sensor"]["metricsPort"],
+        "iotpipe-query": v["query"]["port"],
+        "iotpipe-stream": v["stream"]["metricsPort"],
+    }
     kafka_port = v["kafka"]["tlsPort" if v["kafka"]["security"]["enabled"] else "plainPort"]
     for name, port in expect.items():
         spec = policies[name]
         assert port in {p["port"] for p in spec["ingress"][0]["ports"]}, name
         egress_ports = {p["port"] for e in spec["egress"] for p in e.get("ports", [])}
         assert {53, kafka_port} <= egress_ports, name
-    namespaces = {f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-                  for f in policies["iotpipe-query"]["ingress"][0]["from"]}
+    namespaces = {
+        f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for f in policies["iotpipe-query"]["ingress"][0]["from"]
+    }
     assert namespaces == {v["networkPolicy"]["ingressNamespace"], monitoring_release()["namespace"]}
 
 
@@ -205,8 +224,11 @@ def test_skaffold_builds_the_images_the_chart_runs() -> None:
 
 
 def test_skaffold_profiles_and_pinned_operators() -> None:
-    for profile, extra in ((None, []), ("kind", ["iotpipe-kind.yaml"]),
-                           ("minikube", ["iotpipe-minikube.yaml"])):
+    for profile, extra in (
+        (None, []),
+        ("kind", ["iotpipe-kind.yaml"]),
+        ("minikube", ["iotpipe-minikube.yaml"]),
+    ):
         rel = releases(profile)
         assert rel[-1]["chartPath"] == "charts/iotpipe", "the app deploys after its operators"
         files = rel[-1]["valuesFiles"]
@@ -229,8 +251,11 @@ def test_operators_watch_the_app_namespace() -> None:
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     (app,) = [r for r in releases() if r.get("chartPath")]
     assert app["namespace"] == name
-    values_of = {r["name"]: yaml.safe_load((ROOT / r["valuesFiles"][0]).read_text())
-                 for r in releases() if "remoteChart" in r}
+    values_of = {
+        r["name"]: yaml.safe_load((ROOT / r["valuesFiles"][0]).read_text())
+        for r in releases()
+        if "remoteChart" in r
+    }
     assert values_of["strimzi"]["watchNamespaces"] == [name]
     assert values_of["spark-operator"]["spark"]["jobNamespaces"] == [name]
 

@@ -15,8 +15,21 @@ import pytest
 import yaml
 from k8s_support import Doc, Rendering, run, tool
 
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-            "unless", "bool", "offset", "inf", "nan"}
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def _touch(module: Any) -> None:
@@ -28,8 +41,11 @@ def _touch(module: Any) -> None:
 
 
 def _sample_names(text: str) -> set[str]:
-    return {re.split(r"[{ ]", line, maxsplit=1)[0]
-            for line in text.splitlines() if line and not line.startswith("#")}
+    return {
+        re.split(r"[{ ]", line, maxsplit=1)[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +94,10 @@ def alert_rules(r: Rendering) -> list[Doc]:
 
 
 def test_metric_name_extraction() -> None:
-    expr = ('histogram_quantile(0.95, sum by (le, route) (rate(a_bucket{x="y}"}[5m])))'
-            ' / on(job) group_left b_total and time() - c')
+    expr = (
+        'histogram_quantile(0.95, sum by (le, route) (rate(a_bucket{x="y}"}[5m])))'
+        " / on(job) group_left b_total and time() - c"
+    )
     assert metric_names(expr) == {"a_bucket", "b_total", "c"}
 
 
@@ -90,10 +108,15 @@ def test_dashboard_uses_exposed_metrics(renderings: dict[str, Rendering], expose
         assert names, f"no metric in {expr}"
         assert names <= exposed, f"{expr}: not exposed: {sorted(names - exposed)}"
         used |= names
-    for needed in ("iotpipe_sensor_readings_total", "iotpipe_sensor_window_value_mean",
-                   "iotpipe_stream_late_readings_total", "iotpipe_stream_event_time_lag_seconds",
-                   "iotpipe_stream_batch_duration_seconds", "iotpipe_http_requests_total",
-                   "iotpipe_http_request_duration_seconds_bucket"):
+    for needed in (
+        "iotpipe_sensor_readings_total",
+        "iotpipe_sensor_window_value_mean",
+        "iotpipe_stream_late_readings_total",
+        "iotpipe_stream_event_time_lag_seconds",
+        "iotpipe_stream_batch_duration_seconds",
+        "iotpipe_http_requests_total",
+        "iotpipe_http_request_duration_seconds_bucket",
+    ):
         assert needed in used, f"the dashboard shows no {needed}"
 
 
@@ -123,8 +146,10 @@ def test_promtool_checks_the_alert_rules(rendering: Rendering, tmp_path: Path) -
 
 def test_promtool_checks_the_dashboard_expressions(renderings: dict, tmp_path: Path) -> None:
     """Each panel expression becomes a recording rule, so promtool parses every one."""
-    rules = [{"record": f"iotpipe:dashboard_expr_{i}", "expr": e}
-             for i, e in enumerate(dashboard_exprs(renderings["default"]))]
+    rules = [
+        {"record": f"iotpipe:dashboard_expr_{i}", "expr": e}
+        for i, e in enumerate(dashboard_exprs(renderings["default"]))
+    ]
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     _promtool("check", "rules", path)
@@ -139,20 +164,54 @@ def test_alerts_fire_on_synthetic_series(renderings: dict, tmp_path: Path) -> No
     stalled = next(x for x in by_name["IotpipeSensorNoData"] if x["labels"]["sensor"] == "humidity")
     errors = by_name["IotpipeQueryErrorRate"][0]
     pct = errors["annotations"]["description"].replace("{{ $value | humanizePercentage }}", "50%")
-    series = [{"series": f'iotpipe_sensor_readings_total{{sensor="{s["type"]}"}}',
-               "values": "0+60x10 600x30" if s["type"] == "humidity" else "0+60x40"}
-              for s in r.values["sensors"]]
-    series += [{"series": f'iotpipe_http_requests_total{{method="POST",route="/compute/metrics",'
-                          f'status="{code}"}}', "values": "0+10x40"} for code in (200, 500)]
-    test = {"rule_files": [_rule_file(r, tmp_path).name], "evaluation_interval": "1m",
-            "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
-                {"eval_time": "30m", "alertname": "IotpipeSensorNoData", "exp_alerts": [
-                    {"exp_labels": stalled["labels"], "exp_annotations": stalled["annotations"]}]},
-                {"eval_time": "30m", "alertname": "IotpipeQueryErrorRate", "exp_alerts": [
-                    {"exp_labels": errors["labels"],
-                     "exp_annotations": {**errors["annotations"], "description": pct}}]},
-                {"eval_time": "5m", "alertname": "IotpipeQueryErrorRate", "exp_alerts": []},
-            ]}]}
+    series = [
+        {
+            "series": f'iotpipe_sensor_readings_total{{sensor="{s["type"]}"}}',
+            "values": "0+60x10 600x30" if s["type"] == "humidity" else "0+60x40",
+        }
+        for s in r.values["sensors"]
+    ]
+    series += [
+        {
+            "series": f'iotpipe_http_requests_total{{method="POST",route="/compute/metrics",'
+            f'status="{code}"}}',
+            "values": "0+10x40",
+        }
+        for code in (200, 500)
+    ]
+    test = {
+        "rule_files": [_rule_file(r, tmp_path).name],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": "30m",
+                        "alertname": "IotpipeSensorNoData",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": stalled["labels"],
+                                "exp_annotations": stalled["annotations"],
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "30m",
+                        "alertname": "IotpipeQueryErrorRate",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": errors["labels"],
+                                "exp_annotations": {**errors["annotations"], "description": pct},
+                            }
+                        ],
+                    },
+                    {"eval_time": "5m", "alertname": "IotpipeQueryErrorRate", "exp_alerts": []},
+                ],
+            }
+        ],
+    }
     path = tmp_path / "alerts-test.yaml"
     path.write_text(yaml.safe_dump(test))
     _promtool("test", "rules", path)
