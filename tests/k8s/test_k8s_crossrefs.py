@@ -240,6 +240,9 @@ def test_skaffold_profiles_and_pinned_operators() -> None:
     assert pins["strimzi-kafka-operator"] == "1.2.0"
     assert re.fullmatch(r"2\.5\.\d+", pins["spark-operator"])
     assert {"kube-prometheus-stack", "ingress-nginx", "metrics-server"} <= set(pins)
+    readme = (ROOT / "k8s" / "README.md").read_text()
+    for chart, version in pins.items():
+        assert re.search(rf"\| {re.escape(chart)}\b.*\| {re.escape(version)} \|", readme), chart
     forwards = {(f["namespace"], f["resourceName"]) for f in skaffold()["portForward"]}
     assert ("monitoring", f"{monitoring_release()['name']}-grafana") in forwards
     assert ("iotpipe", "iotpipe-query") in forwards
