@@ -1,0 +1,96 @@
+{{/* Chart name, truncated to the 63 characters a label value may have. */}}
+{{- define "iotpipe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: the release name, or release-chart when it lacks the chart name. */}}
+{{- define "iotpipe.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "iotpipe.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels. Call with (dict "ctx" $ "component" "query"). */}}
+{{- define "iotpipe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "iotpipe.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Common labels. Call with (dict "ctx" $ "component" "query"). */}}
+{{- define "iotpipe.labels" -}}
+helm.sh/chart: {{ include "iotpipe.chart" .ctx }}
+{{ include "iotpipe.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: iotpipe
+{{- end }}
+
+{{/* Image reference. Call with (dict "ctx" $ "image" "sensors"). */}}
+{{- define "iotpipe.image" -}}
+{{- $img := index .ctx.Values.images .image -}}
+{{- printf "%s:%s" $img.repository $img.tag }}
+{{- end }}
+
+{{/* Topic of a sensor type. Call with (dict "ctx" $ "sensor" "temperature"). */}}
+{{- define "iotpipe.topic" -}}
+{{- printf "%s%s" .ctx.Values.common.topicPrefix .sensor }}
+{{- end }}
+
+{{/* Comma list of every sensor type. */}}
+{{- define "iotpipe.sensorTypes" -}}
+{{- $types := list }}
+{{- range .Values.sensors }}{{ $types = append $types .type }}{{ end }}
+{{- join "," $types }}
+{{- end }}
+
+{{/* Settings every service shares, as container env entries. */}}
+{{- define "iotpipe.commonEnv" -}}
+- name: IOTPIPE_TOPIC_PREFIX
+  value: {{ .Values.common.topicPrefix | quote }}
+- name: IOTPIPE_LOG_FORMAT
+  value: {{ .Values.common.logFormat | quote }}
+- name: IOTPIPE_LOG_LEVEL
+  value: {{ .Values.common.logLevel | quote }}
+- name: IOTPIPE_ALLOWED_LATENESS_SECONDS
+  value: {{ .Values.common.allowedLatenessSeconds | quote }}
+{{- end }}
+
+{{/* restricted Pod Security: pod level. Call with the UID. */}}
+{{- define "iotpipe.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ . }}
+runAsGroup: {{ . }}
+fsGroup: {{ . }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* restricted Pod Security: container level (read-only root; /tmp is an emptyDir). */}}
+{{- define "iotpipe.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* restricted Pod Security for pods whose images pick their own UID (Strimzi). */}}
+{{- define "iotpipe.nonRootPodSecurityContext" -}}
+runAsNonRoot: true
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}

