@@ -17,7 +17,7 @@ SKAFFOLD_PROFILE ?= $(CLUSTER_KIND)
 
 .PHONY: tools k8s-check build cluster-up dev cluster-down
 
-tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp $(TOOLS)/.app-test-deps.stamp
+tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp
 
 $(TOOLS)/.helm.stamp:
 	@mkdir -p $(TOOLS)/bin $(K8S_CACHE)
@@ -76,9 +76,3 @@ ifeq ($(CLUSTER_KIND),minikube)
 else
 	kind delete cluster --name $(CLUSTER_NAME)
 endif
-
-# The k8s tests' own imports (pyyaml, jsonschema) in the app venv; the rest comes with the project.
-$(TOOLS)/.app-test-deps.stamp:
-	@mkdir -p $(TOOLS)
-	$(PY) -c "import yaml, jsonschema" 2>/dev/null || $(PY) -m pip install --quiet pyyaml==6.0.3 jsonschema==4.26.0
-	@touch $@

@@ -1,0 +1,67 @@
+# iotpipe: `make run` (the whole pipeline on this machine) and `make test` (the whole suite).
+# Every target installs what it needs on a fresh machine: the venv, Kafka's and Spark's jars.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' local/maven/kafka/pom.xml)
+SPARK_VERSION := $(shell sed -n 's:.*<spark.version>\(.*\)</spark.version>.*:\1:p' local/maven/spark/pom.xml)
+KAFKA_JARS := .cache/kafka-$(KAFKA_VERSION)/.stamp
+SPARK_JARS := .cache/spark-kafka-$(SPARK_VERSION)/.stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run up down stop status clean test lint unit integration bench
+
+install: $(VENV)/.stamp $(KAFKA_JARS) $(SPARK_JARS)
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[stream,dev]'
+	@touch $@
+
+$(KAFKA_JARS): local/maven/kafka/pom.xml
+	mvn -q -B -f local/maven/kafka/pom.xml dependency:copy-dependencies
+	@touch $@
+
+$(SPARK_JARS): local/maven/spark/pom.xml
+	mvn -q -B -f local/maven/spark/pom.xml dependency:copy-dependencies
+	@touch $@
+
+# Broker, topics, sensors, query API (and the streaming app) in the foreground; Ctrl-C stops all.
+run: install
+	$(PY) -m iotpipe run
+
+# The same stack detached; `up` returns once the API answers /health.
+up: install
+	$(PY) -m iotpipe up
+
+down:
+	@test -x $(PY) && $(PY) -m iotpipe down || echo "nothing to stop (no venv)"
+
+stop: down
+
+status: install
+	$(PY) -m iotpipe status
+
+clean: down
+	rm -rf $(VENV) .cache .data .tools .pytest_cache .ruff_cache .hypothesis services/*.egg-info
+
+lint: install
+	$(VENV)/bin/ruff check services tests
+
+unit: install
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: install
+	$(PY) -m pytest tests --ignore=tests/unit --ignore=tests/k8s -q $(PYTEST_ARGS)
+
+# The whole suite: lint, unit + integration (real Kafka, real gunicorn, real Spark), k8s offline.
+test: install lint tools
+	K8S_TOOLS=$(abspath $(TOOLS)) $(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+# Speed and memory figures (a table with a same-run baseline and ratios) -> docs/benchmarks.md.
+bench: install
+	$(PY) -m iotpipe.bench --out docs/benchmarks.md
+
+include k8s.mk
