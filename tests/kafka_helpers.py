@@ -27,7 +27,9 @@ def settings_for(bootstrap: str, prefix: str = "", **env: str) -> Settings:
 def create_topics(settings: Settings, partitions: int | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
     n = partitions or settings.topic_partitions
-    futures = admin.create_topics([NewTopic(settings.topic(s), n, 1) for s in settings.sensors])
+    # retention off: the readings are stamped years ago and would be deleted within a minute
+    futures = admin.create_topics([NewTopic(settings.topic(s), n, 1, config={"retention.ms": "-1"})
+                                   for s in settings.sensors])
     for f in futures.values():
         f.result(30)
 

@@ -8,7 +8,6 @@ to 127.0.0.1, and the broker is stopped by PID.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -20,33 +19,13 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-POM = PROJECT_ROOT / "local" / "maven" / "kafka" / "pom.xml"
+from iotpipe.localstack.maven import PROJECT_ROOT, kafka_libs
+
 LOG4J = PROJECT_ROOT / "local" / "kafka" / "log4j2.properties"
 
 
 class BrokerError(RuntimeError):
     """The broker could not be prepared or started; the message says why."""
-
-
-def kafka_version() -> str:
-    found = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
-    if not found:
-        raise BrokerError(f"no kafka.version in {POM}")
-    return found.group(1)
-
-
-def kafka_libs() -> Path:
-    """The broker's jars, resolved from Maven Central on first use."""
-    libs = PROJECT_ROOT / ".cache" / f"kafka-{kafka_version()}" / "libs"
-    if not (libs / f"kafka_2.13-{kafka_version()}.jar").exists():
-        if shutil.which("mvn") is None:
-            raise BrokerError("Maven (mvn) is needed to fetch the Kafka jars")
-        done = subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies"],
-                              capture_output=True, text=True, timeout=900, check=False)
-        if done.returncode != 0:
-            raise BrokerError(f"mvn could not fetch Kafka jars:\n{done.stdout[-2000:]}")
-    return libs
 
 
 def free_port() -> int:

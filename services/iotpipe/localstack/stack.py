@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from iotpipe.core.settings import Settings
-from iotpipe.localstack.kafka_broker import KafkaBroker, kafka_libs
+from iotpipe.localstack.kafka_broker import KafkaBroker
+from iotpipe.localstack.maven import kafka_libs
 from iotpipe.localstack.processes import start_service, stop_pid, wait_healthy
 from iotpipe.localstack.status import StatusBoard
 from iotpipe.localstack.topics import ensure_topics

@@ -1,0 +1,93 @@
+"""`python -m iotpipe.bench [--sizes ...] [--out docs/benchmarks.md]`: prints tables, writes
+them with the machine description. Starts its own broker in a temporary folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from iotpipe.bench import query_bench
+from iotpipe.bench.measure import machine
+from iotpipe.core.settings import Settings
+from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
+from iotpipe.localstack.maven import kafka_version
+from iotpipe.localstack.topics import ensure_topics
+from iotpipe.sensors.fleet import SensorFleet
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def simulator_rate(bootstrap: str, readings: int = 600_000) -> float:
+    """Readings/s of one simulator process (1000 devices per sensor), acknowledged by Kafka."""
+    settings = Settings.from_env({"IOTPIPE_KAFKA_BOOTSTRAP": bootstrap,
+                                  "IOTPIPE_TOPIC_PREFIX": "benchsim-",
+                                  "IOTPIPE_DEVICES_PER_SENSOR": "1000"})
+    ensure_topics(settings)
+    fleet = SensorFleet(settings, seed=1)
+    t = time.perf_counter()
+    for _ in range(readings // 10_000):
+        fleet.emit(10_000)
+    left = fleet.close(120)
+    rate = readings / (time.perf_counter() - t)
+    assert left == 0 and sum(fleet.acknowledged().values()) == readings
+    return rate
+
+
+def query_table(results: list[query_bench.SizeResult]) -> str:
+    rows = ["| readings/sensor | (a) service p50 / p99 ms | (a) peak RSS MiB | "
+            "(b) prototype p50 / p99 ms | (b) peak RSS MiB | (c) raw consume msg/s | "
+            "(a) msg/s | a vs b (speed-up) | a / c |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        rows.append(
+            f"| {r.size:,} | {r.service_p50 * 1e3:.1f} / {r.service_p99 * 1e3:.1f} | "
+            f"{r.service_rss:.0f} | {r.baseline_p50 * 1e3:.1f} / {r.baseline_p99 * 1e3:.1f} | "
+            f"{r.baseline_rss:.0f} | {r.raw_rate:,.0f} | {r.messages / r.service_p50:,.0f} | "
+            f"{r.speedup:.1f}x | {r.of_raw:.0%} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1000,10000,100000,1000000")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--skip-stream", action="store_true")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="iotpipe-bench-") as tmp:
+        broker = KafkaBroker(Path(tmp) / "kafka", port=free_port(), heap="1g").start()
+        try:
+            sim = simulator_rate(broker.bootstrap)
+            log(f"simulator: {sim:,.0f} readings/s")
+            results = query_bench.run(broker.bootstrap, sizes, Path(tmp), log)
+            sections = [
+                "## Query service: 3 sensors x 4 metrics over the whole loaded window\n\n"
+                "(a) this service over HTTP (gunicorn, 1 worker, 2 reader processes); (b) the "
+                "prototype's algorithm (sensors one after another, a new consumer each, one "
+                "message per call, all values in a list); (c) one consumer reading the same "
+                "messages without decoding them. RSS of (a) is the whole process tree "
+                "(gunicorn master, worker, readers).\n\n" + query_table(results),
+                f"## Sensor simulator\n\n| process | readings/s (acknowledged) |\n| --- | ---: |"
+                f"\n| 1 (3000 devices) | {sim:,.0f} |"]
+            if not args.skip_stream:
+                from iotpipe.bench import stream_bench
+
+                sections.append(stream_bench.run(broker.bootstrap, Path(tmp), log))
+        finally:
+            broker.stop()
+    header = (f"# Benchmarks\n\n`make bench`, {time.strftime('%Y-%m-%d', time.gmtime())}, "
+              f"on {machine()}; Apache Kafka {kafka_version()} (one local broker, 3 "
+              f"partitions per topic).\n")
+    text = header + "\n" + "\n\n".join(sections) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Aggregation and de-duplication against plain references (hypothesis-generated inputs)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from iotpipe.query.aggregate import SeqSet, WindowAggregate
+
+values = st.one_of(st.integers(-10**6, 10**6),
+                   st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
+
+
+@given(st.lists(st.integers(0, 300), max_size=400))
+def test_seqset_matches_a_set(seqs: list[int]) -> None:
+    s, ref = SeqSet(), set()
+    for q in seqs:
+        assert s.add(q) == (q not in ref)
+        ref.add(q)
+    assert len(s) == len(ref)
+    runs = list(zip(s.los, s.his, strict=True))
+    assert runs == sorted(runs)
+    assert all(h + 1 < lo2 for (_, h), (lo2, _) in itertools.pairwise(runs))
+
+
+def test_seqset_memory_is_bounded_by_gaps_not_readings() -> None:
+    s = SeqSet()
+    for q in range(100_000):
+        s.add(q)
+    for q in range(200_000, 300_000, 2):
+        s.add(q)
+    assert s.runs == 1 + 50_000
+    for q in range(200_001, 300_000, 2):  # fill the gaps: runs merge back into one
+        s.add(q)
+    assert s.runs == 2
+
+
+@given(st.lists(values, min_size=1, max_size=200), st.integers(1, 5), st.randoms())
+def test_merged_partials_equal_the_reference(xs: list[float], parts: int, rnd) -> None:
+    chunks: list[list[float]] = [[] for _ in range(parts)]
+    for x in xs:
+        chunks[rnd.randrange(parts)].append(x)
+    total = WindowAggregate()
+    for chunk in chunks:
+        partial = WindowAggregate()
+        for x in chunk:
+            partial.add(x)
+        total.merge(partial)
+    assert total.metric("count") == len(xs)
+    assert total.metric("min") == min(xs)
+    assert total.metric("max") == max(xs)
+    assert math.isclose(total.metric("average"), statistics.fmean(xs), rel_tol=1e-9,
+                        abs_tol=1e-6)
+    assert math.isclose(total.metric("stddev"), statistics.pstdev(xs), rel_tol=1e-6,
+                        abs_tol=1e-6)
+
+
+@settings(max_examples=50)
+@given(st.lists(st.integers(-1000, 1000), min_size=1, max_size=100))
+def test_integer_average_is_exact_like_statistics_mean(xs: list[int]) -> None:
+    agg = WindowAggregate()
+    for x in xs:
+        agg.add(x)
+    assert agg.metric("average") == statistics.mean(xs)
+    assert type(agg.metric("average")) is type(statistics.mean(xs))
+    assert agg.metric("sum") == sum(xs)
+
+
+def test_variance_is_stable_for_large_offsets() -> None:
+    agg = WindowAggregate()
+    xs = [1e9 + v for v in (0.1, 0.2, 0.3, 0.4)] * 1000
+    for x in xs:
+        agg.add(x)
+    assert math.isclose(agg.metric("stddev"), statistics.pstdev(xs), rel_tol=1e-6)
+
+
+def test_empty_window() -> None:
+    agg = WindowAggregate()
+    assert [agg.metric(m) for m in ("count", "min", "max", "average", "sum", "stddev")] == [
+        0, None, None, None, None, None]

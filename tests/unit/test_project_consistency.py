@@ -1,0 +1,48 @@
+"""Things that must agree across files: README vs settings, versions, OpenAPI vs the app."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+from iotpipe.core.settings import ENV_VARS, Settings
+from iotpipe.query.aggregate import METRICS
+from iotpipe.query.app import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    block = lines[lines.index("```sh") + 1: lines.index("```", lines.index("```sh") + 1)]
+    assert [line.split("#")[0].strip() for line in block] == ["make run", "make test"]
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for var in ENV_VARS.values():
+        default = f"`{var.default}`" if var.default else "(empty)"
+        assert f"| `{var.name}` | {default} |" in readme, var.name
+
+
+def test_spark_connector_version_equals_the_pyspark_pin() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pin = next(d for d in pyproject["project"]["optional-dependencies"]["stream"]
+               if d.startswith("pyspark=="))
+    pom = (ROOT / "local/maven/spark/pom.xml").read_text()
+    assert re.search(r"<spark.version>(.+)</spark.version>", pom).group(1) == pin.split("==")[1]
+
+
+def test_openapi_matches_the_app() -> None:
+    doc = json.loads((ROOT / "services/iotpipe/query/openapi.json").read_text())
+    assert doc["openapi"] == "3.1.0"
+    app = create_app(Settings.from_env({}))
+    routes = {r.rule: r.methods - {"HEAD", "OPTIONS"} for r in app.url_map.iter_rules()
+              if r.rule != "/static/<path:filename>"}
+    assert {p: {m.upper() for m in ops} for p, ops in doc["paths"].items()} == routes
+    assert doc["components"]["schemas"]["MetricList"]["items"]["enum"] == list(METRICS)
+    sensors = set(doc["components"]["schemas"]["MetricsRequest"]["properties"]) - {"from", "to"}
+    assert sensors == set(Settings.from_env({}).sensors)
+    app.extensions["iotpipe.service"].close()

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+from iotpipe.core.settings import ENV_VARS, Settings, SettingsError
+
+
+def test_defaults_are_valid_and_documented_values() -> None:
+    s = Settings.from_env({})
+    assert s.kafka.bootstrap == "127.0.0.1:9092"
+    assert s.sensors == ("temperature", "humidity", "pressure")
+    assert s.topic_partitions == 3
+    assert s.allowed_lateness_ms == 30_000
+    assert (s.query_host, s.query_port) == ("127.0.0.1", 5000)
+    assert s.kafka.client_config() == {"bootstrap.servers": "127.0.0.1:9092",
+                                       "security.protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"IOTPIPE_TOPIC_PARTITIONS": "0"}, "IOTPIPE_TOPIC_PARTITIONS='0' must be between"),
+    ({"IOTPIPE_TOPIC_PARTITIONS": "three"}, "is not a valid int"),
+    ({"IOTPIPE_SENSORS": " , "}, "at least one sensor"),
+    ({"IOTPIPE_SENSORS": "a,a"}, "twice"),
+    ({"IOTPIPE_SENSORS": "ok,bad name"}, "invalid sensor names: bad name"),
+    ({"IOTPIPE_SENSORS": "from"}, "invalid sensor names: from"),
+    ({"IOTPIPE_LOG_FORMAT": "xml"}, "must be one of text, json"),
+    ({"IOTPIPE_STREAM_CONSOLE": "maybe"}, "must be true or false"),
+    ({"IOTPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
+    ({"IOTPIPE_QUERY_PORT": "70000"}, "must be between 0 and 65535"),
+    ({"IOTPIPE_TYPO": "1"}, "unknown setting(s): IOTPIPE_TYPO"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env(env)
+    assert message in str(e.value)
+
+
+def test_sasl_ssl_maps_to_both_client_kinds(tmp_path) -> None:
+    (tmp_path / "pw").write_text("s3cr\"et\n")
+    (tmp_path / "ca.crt").write_text("PEM")
+    s = Settings.from_env({
+        "IOTPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "IOTPIPE_KAFKA_SASL_MECHANISM":
+        "SCRAM-SHA-512", "IOTPIPE_KAFKA_SASL_USERNAME": "query",
+        "IOTPIPE_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "pw"),
+        "IOTPIPE_KAFKA_SSL_CA_FILE": str(tmp_path / "ca.crt")}).kafka
+    assert s.client_config() == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "query", "sasl.password": 's3cr"et',
+        "ssl.ca.location": str(tmp_path / "ca.crt")}
+    java = s.java_client_config()
+    assert java["sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.scram.ScramLoginModule required '
+        'username="query" password="s3cr\\"et";')
+    assert java["ssl.truststore.type"] == "PEM"
+
+
+def test_every_variable_has_help_and_a_valid_default() -> None:
+    assert all(v.help for v in ENV_VARS.values())
+    Settings.from_env({name: v.default for name, v in ENV_VARS.items()})

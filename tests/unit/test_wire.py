@@ -1,0 +1,54 @@
+"""The reading wire format: round trips, and every malformed message is refused with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from iotpipe.core import wire
+
+readings = st.builds(
+    wire.Reading, device=st.text(min_size=1, max_size=30), sensor=st.sampled_from(["t", "h"]),
+    seq=st.integers(0, wire.MAX_SEQ), ts=st.integers(0, wire.MAX_TS_MS),
+    value=st.one_of(st.integers(-10**12, 10**12),
+                    st.floats(allow_nan=False, allow_infinity=False)))
+
+
+@given(readings)
+def test_round_trip(r: wire.Reading) -> None:
+    raw = wire.encode(r)
+    assert wire.decode(raw, r.sensor) == r
+    assert json.loads(raw) == r._asdict()
+    assert wire.key(r) == r.device.encode()
+
+
+def test_documented_example() -> None:
+    raw = b'{"device":"temperature-0","sensor":"temperature","seq":7,"ts":1578928320000,' \
+          b'"value":21.5,"firmware":"1.2"}'
+    assert wire.decode(raw, "temperature") == wire.Reading(
+        "temperature-0", "temperature", 7, 1578928320000, 21.5)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (None, "empty message"),
+    (b"", "not JSON"),
+    (b"\xff", "not JSON"),
+    (b"[]", "not a JSON object"),
+    (b'{"device":"d","sensor":"t","seq":1,"ts":1}', "missing field value"),
+    (b'{"device":"","sensor":"t","seq":1,"ts":1,"value":1}', "device must be"),
+    (b'{"device":3,"sensor":"t","seq":1,"ts":1,"value":1}', "device must be"),
+    (b'{"device":"d","sensor":"h","seq":1,"ts":1,"value":1}', "sensor must be 't'"),
+    (b'{"device":"d","sensor":"t","seq":-1,"ts":1,"value":1}', "seq must be"),
+    (b'{"device":"d","sensor":"t","seq":1.0,"ts":1,"value":1}', "seq must be"),
+    (b'{"device":"d","sensor":"t","seq":true,"ts":1,"value":1}', "seq must be"),
+    (b'{"device":"d","sensor":"t","seq":1,"ts":"1","value":1}', "ts must be"),
+    (b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":"1"}', "value must be a number"),
+    (b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":false}', "value must be a number"),
+    (b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":NaN}', "non-finite"),
+    (b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1e999}', "value must be finite"),
+])
+def test_malformed(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(wire.MalformedReading, match=reason):
+        wire.decode(raw, "t")
