@@ -48,6 +48,7 @@ def build_session(settings: Settings, jars: list[str]) -> SparkSession:
                    .config("spark.driver.host", "127.0.0.1")
                    .config("spark.driver.bindAddress", "127.0.0.1")
                    .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false")
                    .config("spark.sql.ui.retainedExecutions", "10"))
     spark = (builder
              .config("spark.sql.shuffle.partitions", "2")
@@ -67,7 +68,7 @@ def _decoder(topics: dict[str, str]):
             return (sensor, None, None, None, None, str(e).split(":")[0])
         return (sensor, r.device, r.seq, r.ts, float(r.value), None)
 
-    return F.udf(decode, DECODED)
+    return F.udf(decode, DECODED, useArrow=False)
 
 
 def readings(spark: SparkSession, settings: Settings) -> tuple[DataFrame, list[str]]:

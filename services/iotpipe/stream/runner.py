@@ -19,9 +19,9 @@ log = logging.getLogger("iotpipe.stream")
 
 
 def _as_dict(progress: Any) -> dict[str, Any]:
-    if isinstance(progress, dict):
-        return progress
-    return json.loads(progress.json)
+    """A progress report as plain JSON data (pyspark hands out Row-valued objects)."""
+    raw = getattr(progress, "json", None)
+    return json.loads(raw) if isinstance(raw, str) else dict(progress)
 
 
 class StreamRunner:
