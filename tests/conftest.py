@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 from flask.testing import FlaskClient
+
 from iotpipe.core.settings import Settings
 from iotpipe.core.wire import Reading
 from iotpipe.query.app import create_app

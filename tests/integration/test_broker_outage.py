@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from iotpipe.core.wire import Reading
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
 from iotpipe.query.app import create_app

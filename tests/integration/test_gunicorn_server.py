@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import Dataset
 from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import (

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import statistics
 
-from conftest import Dataset
 from flask.testing import FlaskClient
+
+from conftest import Dataset
 from iotpipe.query.timestamps import parse_ms
 
 WINDOW = ("2020-01-13 15:12:00", "2020-01-13 15:13:00")

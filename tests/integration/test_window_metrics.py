@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import BASE_MS, Dataset
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+
+from conftest import BASE_MS, Dataset
 from iotpipe.core.wire import Reading
 from iotpipe.query.app import create_app
 from iotpipe.query.timestamps import format_ms
 from kafka_helpers import create_topics, produce, reference, settings_for, unique_prefix
-from prometheus_client import REGISTRY
 
 ALL = ["count", "min", "max", "average", "sum", "stddev"]
 

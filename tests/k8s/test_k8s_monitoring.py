@@ -50,10 +50,11 @@ def _sample_names(text: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def exposed() -> set[str]:
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
     from iotpipe.query import metrics as query_metrics
     from iotpipe.sensors import metrics as sensor_metrics
     from iotpipe.stream.metrics import FAMILIES, StreamCollector, StreamSnapshot
-    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
     _touch(sensor_metrics)
     _touch(query_metrics)

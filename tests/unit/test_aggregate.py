@@ -8,6 +8,7 @@ import statistics
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from iotpipe.query.aggregate import SeqSet, WindowAggregate
 
 values = st.one_of(st.integers(-10**6, 10**6),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from iotpipe.core.settings import ENV_VARS, Settings, SettingsError
 
 

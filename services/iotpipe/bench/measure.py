@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     kids: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
@@ -29,7 +29,7 @@ def tree_rss_mib(pid: int) -> float:
                     total += int(line.split()[1])
         except OSError:
             continue
-        todo += _children(p)
+        todo += child_pids(p)
     return total / 1024
 
 

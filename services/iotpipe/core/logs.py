@@ -33,3 +33,4 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # one INFO line per Spark callback
