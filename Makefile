@@ -62,6 +62,7 @@ test: install lint tools
 
 # Speed and memory figures (a table with a same-run baseline and ratios) -> docs/benchmarks.md.
 bench: install
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -m iotpipe.bench --out docs/benchmarks.md
 
 include k8s.mk

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import statistics
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,3 +70,22 @@ def test_openapi_document_is_served(server: str) -> None:
     status, text = http_get(f"{server}/openapi.json")
     assert status == 200
     assert b'"openapi": "3.1.0"' in text
+
+
+OPENAPI = Path(__file__).resolve().parents[2] / "services/iotpipe/query/openapi.json"
+# Not `negative_data_rejection` / `positive_data_acceptance`: the prototype's contract answers
+# a body with unknown keys or metrics 200 (the valid rest computed, `errors` listing the rest),
+# and values the schema allows (any string in `from`) may still be refused with a 400.
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance," \
+         "response_schema_conformance"
+
+
+def test_schemathesis_finds_no_5xx_and_only_documented_responses(server: str) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "run", str(OPENAPI), "--url", server,
+         "--checks", CHECKS, "--max-examples", "60", "--seed", "20261125",
+         "--request-timeout", "30", "--no-color"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-5000:]
+    cases = re.search(r"(\d+) generated", done.stdout)
+    assert cases and int(cases[1]) >= 100, done.stdout[-3000:]

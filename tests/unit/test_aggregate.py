@@ -82,3 +82,15 @@ def test_empty_window() -> None:
     agg = WindowAggregate()
     assert [agg.metric(m) for m in ("count", "min", "max", "average", "sum", "stddev")] == [
         0, None, None, None, None, None]
+
+
+def test_split_balances_ranges_by_size() -> None:
+    from iotpipe.query.reader import PartitionRange, split
+
+    ranges = [PartitionRange("t", "t", p, 0, size) for p, size in enumerate([90, 10, 50, 40, 5])]
+    groups = split(ranges, 2)
+    assert sum(len(g) for g in groups) == 5
+    assert {r for g in groups for r in g} == set(ranges)
+    assert sorted(sum(r.end - r.start for r in g) for g in groups) == [95, 100]
+    assert split(ranges[:1], 4) == [(ranges[0],)]
+    assert split([], 3) == []

@@ -49,7 +49,53 @@ def test_documented_example() -> None:
     (b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":false}', "value must be a number"),
     (b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":NaN}', "non-finite"),
     (b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1e999}', "value must be finite"),
+    (b'{"device":"\\udc00x","sensor":"t","seq":1,"ts":1,"value":1}', "valid Unicode"),
 ])
 def test_malformed(raw: bytes | None, reason: str) -> None:
     with pytest.raises(wire.MalformedReading, match=reason):
         wire.decode(raw, "t")
+
+
+def _both(raw: bytes | None, sensor: str) -> tuple[object, object]:
+    try:
+        slow: object = wire.decode(raw, sensor)
+        slow = (slow.device.encode(), slow.seq, slow.ts, slow.value)
+    except wire.MalformedReading:
+        slow = "malformed"
+    try:
+        fast: object = wire.decode_fields(raw, sensor.encode())
+    except wire.MalformedReading:
+        fast = "malformed"
+    return slow, fast
+
+
+@given(readings)
+def test_fast_path_agrees_on_valid_readings(r: wire.Reading) -> None:
+    slow, fast = _both(wire.encode(r), r.sensor)
+    assert slow == fast != "malformed"
+    assert type(fast[3]) is type(r.value)
+
+
+@given(readings, st.integers(0, 200), st.binary(min_size=0, max_size=3))
+def test_fast_path_agrees_on_mutated_messages(r: wire.Reading, at: int, junk: bytes) -> None:
+    raw = wire.encode(r)
+    at = at % (len(raw) + 1)
+    for mutated in (raw[:at] + junk + raw[at:], raw[:at] + raw[at + 1:], raw[:at] + junk):
+        slow, fast = _both(mutated, r.sensor)
+        assert slow == fast
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"device":"d","sensor":"t","seq":01,"ts":1,"value":1}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1e999}',
+    b'{"device":"d","sensor":"t","seq":99999999999999999999,"ts":1,"value":1}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":999999999999999,"value":1}',
+    b'{"device":"\xff","sensor":"t","seq":1,"ts":1,"value":1}',
+    b'{"device":"d","sensor":"u","seq":1,"ts":1,"value":1}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":-0}',
+    b'{"device":"\\ud800","sensor":"t","seq":1,"ts":1,"value":1}',
+    b'{"device":"d\\"q","sensor":"t","seq":1,"ts":1,"value":2.5E+3}',
+])
+def test_fast_path_edge_cases(raw: bytes) -> None:
+    slow, fast = _both(raw, "t")
+    assert slow == fast

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from iotpipe.bench import query_bench
+from iotpipe.bench import load_bench, query_bench
 from iotpipe.bench.measure import machine
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000,1000000")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--skip-load", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="iotpipe-bench-") as tmp:
@@ -74,6 +75,8 @@ def main() -> None:
                 "(gunicorn master, worker, readers).\n\n" + query_table(results),
                 f"## Sensor simulator\n\n| process | readings/s (acknowledged) |\n| --- | ---: |"
                 f"\n| 1 (3000 devices) | {sim:,.0f} |"]
+            if not args.skip_load:
+                sections.append(load_bench.run(broker.bootstrap, Path(tmp), log))
             if not args.skip_stream:
                 from iotpipe.bench import stream_bench
 

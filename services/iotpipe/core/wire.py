@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, NamedTuple
 
 MAX_SEQ = 2**63 - 1
@@ -70,6 +71,10 @@ def decode(raw: bytes | None, sensor: str | None = None) -> Reading:
         raise MalformedReading(f"missing field {e.args[0]}") from None
     if type(device) is not str or not device:
         raise MalformedReading("device must be a non-empty string")
+    try:
+        device.encode()
+    except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+        raise MalformedReading("device must be valid Unicode") from None
     if type(kind) is not str or (sensor is not None and kind != sensor):
         raise MalformedReading(f"sensor must be {sensor!r}" if sensor else "sensor not a string")
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
@@ -83,3 +88,33 @@ def decode(raw: bytes | None, sensor: str | None = None) -> Reading:
     elif vt is not int:
         raise MalformedReading("value must be a number")
     return Reading(device, kind, seq, ts, value)
+
+
+# The canonical form `encode` writes (and most producers send): matched without building a
+# dict. Anything else (whitespace, escapes, extra fields, odd values) takes `decode`'s path,
+# so both paths accept and refuse exactly the same messages (a property test checks it).
+_INT = rb"(?:0|[1-9][0-9]{0,18})"
+CANONICAL = re.compile(
+    rb'\{"device":"([^"\\\x00-\x1f]+)","sensor":"([^"\\\x00-\x1f]*)","seq":(' + _INT
+    + rb'),"ts":(' + _INT + rb'),"value":(-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?)\}')
+
+
+def decode_fields(raw: bytes | None, sensor: bytes) -> tuple[bytes, int, int, int | float]:
+    """(device as UTF-8 bytes, seq, ts, value) of a message of topic `sensor`; the hot path of
+    the query service. Raises MalformedReading exactly when `decode` does."""
+    m = CANONICAL.fullmatch(raw) if raw is not None else None
+    if m is not None and m[2] == sensor:
+        seq, ts = int(m[3]), int(m[4])
+        if m[6] is None and m[7] is None:
+            value: int | float = int(m[5])
+        else:
+            value = float(m[5])
+        if seq <= MAX_SEQ and ts <= MAX_TS_MS and (type(value) is int or math.isfinite(value)):
+            try:
+                m[1].decode()
+            except UnicodeDecodeError:
+                pass
+            else:
+                return m[1], seq, ts, value
+    r = decode(raw, sensor.decode())
+    return r.device.encode(), r.seq, r.ts, r.value

@@ -20,6 +20,8 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    # librdkafka's threads would each get a glibc arena: memory that never goes back
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:iotpipe.query.gunicorn_conf",
             "iotpipe.query.app:create_app()"]
     os.execv(sys.executable, argv)

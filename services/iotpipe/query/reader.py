@@ -1,10 +1,11 @@
-"""Reading one time window out of Kafka: offset lookups per topic, then one scan per partition.
+"""Reading one time window out of Kafka: offset lookups per topic, then parallel range scans.
 
-The offsets bracket the window: the scan starts at the first message stamped at or after
-`from` (`offsets_for_times`) and stops before the first message stamped after
-`to + allowed lateness` (or at the end of the partition). Between the two, only readings whose
-`ts` lies in [from, to] count; the aggregate streams over the messages, so memory does not grow
-with the window. Consumers are created once and reassigned for every scan.
+The offsets bracket the window: a partition is read from the first message stamped at or after
+`from` (`offsets_for_times`) up to, not including, the first message stamped after
+`to + allowed lateness` (or its end). Between the two, only readings whose `ts` lies in
+[from, to] count; the aggregate streams over the messages, so memory does not grow with the
+window. One scan reads several partitions with one consumer (librdkafka fetches them in
+parallel); consumers are created once and reassigned for every scan.
 """
 
 from __future__ import annotations
@@ -45,17 +46,35 @@ class UnknownTopic(LookupError):
 
 
 @dataclass(frozen=True)
-class PartitionScan:
-    """One unit of parallel work: read offsets [start, end) of one partition."""
+class PartitionRange:
+    """Offsets [start, end) of one partition: the part of it that can hold the window."""
 
     topic: str
     sensor: str
     partition: int
     start: int
     end: int
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One unit of parallel work: some partition ranges, read by one consumer."""
+
+    ranges: tuple[PartitionRange, ...]
     from_ms: int
     to_ms: int
     deadline: float  # time.time() after which the scan gives up
+
+
+def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRange, ...]]:
+    """Ranges in `groups` jobs of about equal message counts (largest first, greedy)."""
+    bins: list[list[PartitionRange]] = [[] for _ in range(max(1, min(groups, len(ranges))))]
+    sizes = [0] * len(bins)
+    for r in sorted(ranges, key=lambda r: r.end - r.start, reverse=True):
+        i = sizes.index(min(sizes))
+        bins[i].append(r)
+        sizes[i] += r.end - r.start
+    return [tuple(b) for b in bins if b]
 
 
 def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
@@ -66,7 +85,7 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
         "enable.partition.eof": False,
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
         "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
-        "fetch.max.bytes": 8 * 2**20,
+        "fetch.max.bytes": 16 * 2**20,
         "max.partition.fetch.bytes": 4 * 2**20,
         "queued.max.messages.kbytes": 16 * 1024,
         "socket.timeout.ms": max(1000, int(kafka.timeout_s * 1000)),
@@ -143,9 +162,9 @@ class KafkaWindowReader:
                 raise KafkaException(tp.error)
         return {tp.partition: tp.offset for tp in found}
 
-    def plan(self, topic: str, sensor: str, from_ms: int, to_ms: int, lateness_ms: int,
-             deadline: float) -> list[PartitionScan]:
-        """The partition scans that cover [from, to] with its allowed lateness."""
+    def plan(self, topic: str, sensor: str, from_ms: int, to_ms: int,
+             lateness_ms: int) -> list[PartitionRange]:
+        """The partition ranges that cover [from, to] with its allowed lateness."""
         parts = self.partitions(topic)
         starts = self._offsets_at(topic, parts, from_ms)
         live = [p for p in parts if starts[p] >= 0]  # -1: nothing stamped at/after `from`
@@ -155,75 +174,96 @@ class KafkaWindowReader:
         open_ended = [p for p in live if ends[p] < 0]
         if open_ended:
             ends |= self._offsets_at(topic, open_ended, OFFSET_END)
-        return [PartitionScan(topic, sensor, p, starts[p], ends[p], from_ms, to_ms, deadline)
+        return [PartitionRange(topic, sensor, p, starts[p], ends[p])
                 for p in live if ends[p] > starts[p]]
 
-    def scan(self, job: PartitionScan) -> WindowAggregate:
-        """Stream the messages of one partition range into an aggregate."""
-        agg = WindowAggregate()
+    def scan(self, job: ScanJob) -> dict[str, WindowAggregate]:
+        """Stream the messages of the job's ranges into one aggregate per sensor."""
         with self._consumer() as c:
-            c.assign([TopicPartition(job.topic, job.partition, job.start)])
+            c.assign([TopicPartition(r.topic, r.partition, r.start) for r in job.ranges])
             try:
-                _consume_range(c, job, agg)
+                return _RangeScan(job).run(c)
             finally:
                 c.unassign()
-        return agg
 
 
-def _consume_range(c: Consumer, job: PartitionScan, agg: WindowAggregate) -> None:
-    seen: dict[str, SeqSet] = {}
-    lo, hi, sensor, end = job.from_ms, job.to_ms, job.sensor, job.end
-    last = end - 1
-    decode, malformed = wire.decode, wire.MalformedReading
-    add = agg.add
-    scanned = 0
-    next_offset = job.start
-    while True:
-        remaining = job.deadline - time.time()
-        if remaining <= 0:
-            raise ScanTimeout(f"{job.topic}[{job.partition}] not read before the deadline")
-        # consume() returns early only once it has as many messages as asked for
-        batch = c.consume(max(1, min(BATCH, end - next_offset)), min(POLL_S, remaining))
-        if not batch:
-            pos = c.position([TopicPartition(job.topic, job.partition)])[0].offset
-            if pos >= end:  # e.g. the range ends in transaction markers
-                break
-            continue
-        done = False
-        for msg in batch:
-            if msg.error() is not None:
-                _raise_fetch_error(msg.error())
-            offset = msg.offset()
-            next_offset = offset + 1
-            if offset >= end:
-                done = True
-                break
-            scanned += 1
-            try:
-                r = decode(msg.value(), sensor)
-            except malformed as e:
-                agg.malformed += 1
-                reason = str(e).split(":")[0]
-                agg.malformed_reasons[reason] = agg.malformed_reasons.get(reason, 0) + 1
-                if offset == last:
-                    done = True
-                    break
+class _Range:
+    __slots__ = ("agg", "end", "last", "seen", "sensor")
+
+    def __init__(self, r: PartitionRange, agg: WindowAggregate,
+                 seen: dict[bytes, SeqSet]) -> None:
+        self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor.encode()
+        self.agg, self.seen = agg, seen
+
+
+class _RangeScan:
+    """The hot loop: decode, keep readings inside the window, count each (device, seq) once."""
+
+    def __init__(self, job: ScanJob) -> None:
+        self.job = job
+        self.aggs: dict[str, WindowAggregate] = {}
+        seen: dict[str, dict[bytes, SeqSet]] = {}
+        self.ranges: dict[tuple[str, int], _Range] = {}
+        for r in job.ranges:
+            agg = self.aggs.setdefault(r.sensor, WindowAggregate())
+            agg.scanned += r.end - r.start
+            self.ranges[(r.topic, r.partition)] = _Range(r, agg, seen.setdefault(r.sensor, {}))
+
+    def run(self, c: Consumer) -> dict[str, WindowAggregate]:
+        open_ = set(self.ranges)
+        pending = sum(r.end - r.start for r in self.job.ranges)
+        while open_:
+            remaining = self.job.deadline - time.time()
+            if remaining <= 0:
+                raise ScanTimeout(f"{len(open_)} partitions not read before the deadline")
+            # consume() returns early only once it has as many messages as asked for
+            batch = c.consume(max(1, min(BATCH, pending)), min(POLL_S, remaining))
+            if not batch:
+                self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
                 continue
-            if lo <= r.ts <= hi:
-                seqs = seen.get(r.device)
-                if seqs is None:
-                    seqs = seen[r.device] = SeqSet()
-                if seqs.add(r.seq):
-                    add(r.value)
-                else:
-                    agg.duplicates += 1
-            if offset == last:
-                done = True
-                break
-        if done:
-            break
-    agg.scanned = scanned
+            pending -= self._fold(batch, open_)
+        return self.aggs
+
+    def _fold(self, batch: list, open_: set[tuple[str, int]]) -> int:
+        lo, hi = self.job.from_ms, self.job.to_ms
+        fields, malformed = wire.decode_fields, wire.MalformedReading
+        ranges = self.ranges
+        used = 0
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                raise BrokerUnavailable(f"fetching: {err.str()}")
+            key = (msg.topic(), msg.partition())
+            r = ranges[key]
+            offset = msg.offset()
+            if offset >= r.end:
+                open_.discard(key)
+                continue
+            used += 1
+            try:
+                device, seq, ts, value = fields(msg.value(), r.sensor)
+            except malformed as e:
+                _count_malformed(r.agg, str(e))
+            else:
+                if lo <= ts <= hi:
+                    seqs = r.seen.get(device)
+                    if seqs is None:
+                        seqs = r.seen[device] = SeqSet()
+                    if seqs.add(seq):
+                        r.agg.add(value)
+                    else:
+                        r.agg.duplicates += 1
+            if offset == r.last:
+                open_.discard(key)
+        return used
+
+    def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
+        for tp in c.position([TopicPartition(t, p) for t, p in open_]):
+            if tp.offset >= self.ranges[(tp.topic, tp.partition)].end:
+                open_.discard((tp.topic, tp.partition))
 
 
-def _raise_fetch_error(err: KafkaError) -> None:
-    raise BrokerUnavailable(f"fetching: {err.str()}")
+def _count_malformed(agg: WindowAggregate, reason: str) -> None:
+    agg.malformed += 1
+    reason = reason.split(":")[0]
+    agg.malformed_reasons[reason] = agg.malformed_reasons.get(reason, 0) + 1

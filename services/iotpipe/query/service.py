@@ -21,14 +21,17 @@ from iotpipe.query.aggregate import WindowAggregate
 from iotpipe.query.reader import (
     BrokerUnavailable,
     KafkaWindowReader,
-    PartitionScan,
+    PartitionRange,
+    ScanJob,
     ScanTimeout,
     UnknownTopic,
+    split,
 )
 from iotpipe.query.request import MetricsRequest
 
 log = logging.getLogger(__name__)
 
+SMALL_SCAN = 20_000  # messages; below this a window is read in threads of the worker
 _process_reader: KafkaWindowReader | None = None
 
 
@@ -37,37 +40,48 @@ def _init_reader_process(kafka: KafkaSettings) -> None:
     _process_reader = KafkaWindowReader(kafka)
 
 
-def _scan_in_reader_process(job: PartitionScan) -> WindowAggregate:
+def _scan_in_reader_process(job: ScanJob) -> dict[str, WindowAggregate]:
     assert _process_reader is not None, "reader process not initialised"
     return _process_reader.scan(job)
 
 
 class ScanPool:
-    """Runs partition scans in reader processes (or threads); rebuilt if a process dies."""
+    """Where scans run: threads for small windows (their time is network latency, and threads
+    of one worker share its consumers), reader processes for large ones (their time is
+    decoding, which threads of one process cannot spread over cores). Rebuilt if a reader
+    process dies."""
 
     def __init__(self, settings: Settings, reader: KafkaWindowReader) -> None:
         self._kafka = settings.kafka
-        self._processes = settings.query_readers
+        self.processes = settings.query_readers
         self._reader = reader
+        self._threads = cf.ThreadPoolExecutor(16, thread_name_prefix="scan")
         self._lock = threading.Lock()
-        self._pool: cf.Executor | None = None
+        self._pool: cf.ProcessPoolExecutor | None = None
 
-    def _executor(self) -> cf.Executor:
+    def _process_pool(self) -> cf.ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                if self._processes > 0:
-                    self._pool = cf.ProcessPoolExecutor(
-                        self._processes, multiprocessing.get_context("spawn"),
-                        initializer=_init_reader_process, initargs=(self._kafka,))
-                else:
-                    self._pool = cf.ThreadPoolExecutor(16, thread_name_prefix="scan")
+                self._pool = cf.ProcessPoolExecutor(
+                    self.processes, multiprocessing.get_context("spawn"),
+                    initializer=_init_reader_process, initargs=(self._kafka,))
             return self._pool
 
-    def submit(self, job: PartitionScan) -> cf.Future[WindowAggregate]:
-        pool = self._executor()
-        if isinstance(pool, cf.ProcessPoolExecutor):
-            return pool.submit(_scan_in_reader_process, job)
-        return pool.submit(self._reader.scan, job)
+    def groups(self, messages: int, sensors: int) -> int:
+        """How many parallel scans: one per topic in thread-only mode, else one per reader
+        process for a large window and one (all partitions fetched together) for a small one."""
+        if not self.processes:
+            return sensors
+        return self.processes if messages >= SMALL_SCAN else 1
+
+    def submit(self, job: ScanJob, messages: int) -> cf.Future[dict[str, WindowAggregate]]:
+        if not self.processes or messages < SMALL_SCAN:
+            return self._threads.submit(self._reader.scan, job)
+        try:
+            return self._process_pool().submit(_scan_in_reader_process, job)
+        except BrokenProcessPool:  # a reader died between requests: start fresh ones
+            self.reset()
+            return self._process_pool().submit(_scan_in_reader_process, job)
 
     def reset(self) -> None:
         with self._lock:
@@ -75,11 +89,15 @@ class ScanPool:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def close(self) -> None:
+        self.reset()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
     def warm_up(self) -> None:
-        """Start the reader processes now, not on the first request."""
-        pool = self._executor()
-        if isinstance(pool, cf.ProcessPoolExecutor):
-            list(pool.map(_init_reader_process, [self._kafka] * self._processes))
+        """Start the reader processes now, not on the first large request."""
+        if self.processes:
+            pool = self._process_pool()
+            list(pool.map(_init_reader_process, [self._kafka] * self.processes))
 
 
 class WindowMetricsService:
@@ -90,7 +108,7 @@ class WindowMetricsService:
         self._lookups = cf.ThreadPoolExecutor(8, thread_name_prefix="lookup")
 
     def close(self) -> None:
-        self.scans.reset()
+        self.scans.close()
         self._lookups.shutdown(wait=False, cancel_futures=True)
         self.reader.close()
 
@@ -101,30 +119,34 @@ class WindowMetricsService:
         """
         s = self.settings
         deadline = time.time() + s.query_deadline_s
-        plans = {sensor: self._lookups.submit(
-                     self.reader.plan, s.topic(sensor), sensor, req.from_ms, req.to_ms,
-                     s.allowed_lateness_ms, deadline)
+        plans = {sensor: self._lookups.submit(self.reader.plan, s.topic(sensor), sensor,
+                                              req.from_ms, req.to_ms, s.allowed_lateness_ms)
                  for sensor in req.operations}
-        scans: dict[str, list[cf.Future[WindowAggregate]]] = {}
+        ranges: list[PartitionRange] = []
+        totals: dict[str, WindowAggregate] = {}
         for sensor, plan in plans.items():
             try:
-                jobs = plan.result(timeout=max(0.0, deadline - time.time()) + 1)
+                ranges += plan.result(timeout=max(0.0, deadline - time.time()) + 1)
             except UnknownTopic:
                 req.errors.append(f"No topic for the sensor {sensor} on the broker")
                 continue
             except cf.TimeoutError:
                 raise BrokerUnavailable("offset lookup did not finish") from None
-            scans[sensor] = [self.scans.submit(job) for job in jobs]
+            totals[sensor] = WindowAggregate()
+        messages = sum(r.end - r.start for r in ranges)
+        futures = [self.scans.submit(ScanJob(group, req.from_ms, req.to_ms, deadline), messages)
+                   for group in split(ranges, self.scans.groups(messages, len(totals)))]
+        for future in futures:
+            for sensor, partial in self._wait(future, deadline).items():
+                totals[sensor].merge(partial)
         result: dict[str, dict[str, object]] = {}
-        for sensor, futures in scans.items():
-            total = WindowAggregate()
-            for future in futures:
-                total.merge(self._wait(future, deadline))
+        for sensor, total in totals.items():
             _count(sensor, total)
             result[sensor] = self._metrics(sensor, total, req)
         return result
 
-    def _wait(self, future: cf.Future[WindowAggregate], deadline: float) -> WindowAggregate:
+    def _wait(self, future: cf.Future[dict[str, WindowAggregate]],
+              deadline: float) -> dict[str, WindowAggregate]:
         try:
             return future.result(timeout=max(0.0, deadline - time.time()) + 1)
         except cf.TimeoutError:

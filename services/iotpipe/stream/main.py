@@ -9,11 +9,16 @@ import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
+from pyspark.sql import SparkSession
 
 from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError
+from iotpipe.stream.job import build_session, start, under_spark_submit
+from iotpipe.stream.runner import StreamRunner
 
 log = logging.getLogger("iotpipe.stream")
+RESTART_PAUSE_S = 2.0
+MAX_RESTART_PAUSE_S = 30.0
 
 
 def _check_checkpoint_dir(path: str) -> None:
@@ -35,9 +40,6 @@ def main() -> None:
     except SettingsError as e:
         sys.exit(f"iotpipe stream: {e}")
     configure_logging(settings)
-    from iotpipe.stream.job import build_session, start, under_spark_submit
-    from iotpipe.stream.runner import StreamRunner
-
     jars = list(settings.spark_jars)
     if not jars and not under_spark_submit():
         from iotpipe.localstack.maven import spark_connector_jars
@@ -51,20 +53,36 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     spark = build_session(settings, jars)
-    query, sensors = start(spark, settings, runner.store, runner.on_batch)
     log.info("streaming %s from %s; metrics on %s:%d", ", ".join(settings.sensors),
              settings.kafka.bootstrap, settings.metrics_host, settings.stream_metrics_port)
     try:
-        while query.isActive and not stop.is_set():
-            query.awaitTermination(0.5)
-            runner.absorb_progress(query, sensors)
-            runner.publish()
-        failure = query.exception()
+        _supervise(spark, settings, runner, stop)
     finally:
-        if query.isActive:
-            query.stop()
         spark.stop()
-    if failure is not None:
-        log.error("the streaming query failed: %s", failure)
-        sys.exit(1)
     log.info("stopped cleanly")
+
+
+def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
+               stop: threading.Event) -> None:
+    """Run the query until asked to stop; if it fails (e.g. the broker went away), start it
+    again from its checkpoint after a growing pause, so the app survives broker restarts."""
+    pause = RESTART_PAUSE_S
+    while not stop.is_set():
+        query, sensors = start(spark, settings, runner.store, runner.on_batch)
+        try:
+            while query.isActive and not stop.is_set():
+                query.awaitTermination(0.5)
+                runner.absorb_progress(query, sensors)
+                runner.publish()
+                if query.lastProgress is not None:
+                    pause = RESTART_PAUSE_S  # it made progress: the next failure is a new one
+        finally:
+            if query.isActive:
+                query.stop()
+        failure = query.exception()
+        if failure is None or stop.is_set():
+            return
+        log.error("the streaming query failed (%s); restarting from the checkpoint in %gs",
+                  str(failure).splitlines()[0][:300], pause)
+        stop.wait(pause)
+        pause = min(pause * 2, MAX_RESTART_PAUSE_S)

@@ -1,0 +1,106 @@
+"""Load on the real gunicorn service: wrk with N keep-alive clients for 60 s, small and large
+windows; requests/s, latency percentiles, errors and the process tree's RSS before/after."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from iotpipe.bench.measure import tree_rss_mib
+from iotpipe.core import wire
+from iotpipe.core.settings import Settings
+from iotpipe.localstack.kafka_broker import free_port
+from iotpipe.localstack.processes import http_post_json, start_service, stop_pid, wait_healthy
+from iotpipe.localstack.topics import ensure_topics
+from iotpipe.query.timestamps import format_ms
+
+DEVICES, HOUR_S = 10, 3600
+RUNS = ((16, "1 minute"), (64, "1 minute"), (16, "1 hour"))
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [[%s]]
+"""
+
+
+def _load_last_hour(settings: Settings) -> int:
+    """An hour of readings, 1/s from each of DEVICES devices per sensor, ending now."""
+    ensure_topics(settings)
+    p = Producer(settings.kafka.client_config() | {"linger.ms": 50, "compression.type": "lz4"})
+    now = int(time.time() * 1000)
+    for sensor in settings.sensors:
+        for s in range(HOUR_S):
+            ts = now - (HOUR_S - s) * 1000
+            for d in range(DEVICES):
+                r = wire.Reading(f"{sensor}-{d}", sensor, s, ts, (s * 7 + d) % 101)
+                p.produce(settings.topic(sensor), wire.encode(r), wire.key(r), timestamp=ts)
+            p.poll(0)
+    assert p.flush(60) == 0
+    return now
+
+
+def _wrk(url: str, body: str, clients: int, seconds: int, workdir: Path) -> dict[str, float]:
+    script = workdir / "post.lua"
+    script.write_text(LUA % body)
+    out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency",
+                          "--timeout", "10s", "-s", str(script), url], capture_output=True,
+                         text=True, timeout=seconds + 60, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            raise ValueError(f"no {label}% in wrk output:\n{out}")
+        return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+            "p50": ms("50"), "p99": ms("99"),
+            "errors": (int(non2xx[1]) if non2xx else 0)
+            + (sum(int(x) for x in socket.groups()) if socket else 0)}
+
+
+def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is needed for the load section (make bench installs it)")
+    settings = Settings.from_env({"IOTPIPE_KAFKA_BOOTSTRAP": bootstrap,
+                                  "IOTPIPE_TOPIC_PREFIX": "load-"})
+    now = _load_last_hour(settings)
+    port = free_port()
+    proc = start_service("query", workdir / "query-load.log", {
+        "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": "load-",
+        "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_LOG_LEVEL": "WARNING"})
+    url = f"http://127.0.0.1:{port}/compute/metrics"
+    rows = []
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", 60, proc)
+        for clients, window in RUNS:
+            span = 60_000 if window == "1 minute" else HOUR_S * 1000
+            body = {"temperature": ["count", "average"], "humidity": ["min", "max"],
+                    "pressure": ["count", "stddev"], "from": format_ms(now - span - 30_000),
+                    "to": format_ms(now - 30_000)}
+            status, answer = http_post_json(url, body)
+            assert status == 200 and answer["errors"] == [], answer
+            rss_before = tree_rss_mib(proc.pid)
+            r = _wrk(url, json.dumps(body), clients, 60, workdir)
+            rows.append((clients, window, r, rss_before, tree_rss_mib(proc.pid)))
+            log(f"load {clients} clients, {window}: {r['rps']:.0f} req/s, p50 {r['p50']:.1f} "
+                f"ms, p99 {r['p99']:.1f} ms, errors {r['errors']}")
+    finally:
+        stop_pid(proc.pid)
+    table = "\n".join(
+        f"| {c} | {w} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']:.0f} | "
+        f"{before:.0f} -> {after:.0f} |" for c, w, r, before, after in rows)
+    return ("## Load: the query service under concurrent clients (wrk, 60 s each)\n\n"
+            "gunicorn with the defaults (2 workers x 8 threads, 2 reader processes each); data: "
+            f"{DEVICES} devices per sensor at 1 reading/s for the last hour; a request asks 6 "
+            "metrics of 3 sensors. RSS is the service's whole process tree.\n\n"
+            "| clients | window | requests/s | p50 ms | p99 ms | errors | RSS MiB before -> "
+            "after |\n| ---: | --- | ---: | ---: | ---: | ---: | --- |\n" + table +
+            "\n\nTarget: >= 300 requests/s with p99 < 100 ms for 1-minute windows, 0 errors.")
