@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,74 +46,69 @@ def read_all(settings: Settings) -> dict[tuple[str, str], list[int]]:
     return seqs
 
 
-def sensors_env(broker: KafkaBroker, port: int, **extra: str) -> dict[str, str]:
-    return {"IOTPIPE_KAFKA_BOOTSTRAP": broker.bootstrap, "IOTPIPE_DEVICES_PER_SENSOR": "5",
-            "IOTPIPE_SENSOR_RATE_HZ": "40", "IOTPIPE_SENSORS_METRICS_PORT": str(port),
-            "IOTPIPE_KAFKA_TIMEOUT_SECONDS": "2"} | extra
+@dataclass
+class Run:
+    settings: Settings
+    exit_code: int
+    log: str
+    metrics: dict
+    seqs: dict[tuple[str, str], list[int]]
 
 
-def outage(broker: KafkaBroker, seconds: float) -> None:
-    broker.kill()
-    time.sleep(seconds)
-    broker.start()
-
-
-@pytest.mark.faults
-def test_acknowledged_readings_survive_a_broker_kill_exactly_once(tmp_path: Path) -> None:
+def run_with_outage(tmp_path: Path, up_s: float, down_s: float, **extra: str) -> Run:
+    """Sensors (15 devices, 600 readings/s) against a broker that is killed for `down_s`
+    after `up_s`; then the sensors are stopped (they flush) and the topics read back."""
     broker = KafkaBroker(tmp_path / "kafka", port=free_port()).start()
     settings = settings_for(broker.bootstrap)
     ensure_topics(settings)
     port = free_port()
     log = tmp_path / "sensors.log"
-    sensors = start_service("sensors", log, sensors_env(broker, port))
+    sensors = start_service("sensors", log, {
+        "IOTPIPE_KAFKA_BOOTSTRAP": broker.bootstrap, "IOTPIPE_DEVICES_PER_SENSOR": "5",
+        "IOTPIPE_SENSOR_RATE_HZ": "40", "IOTPIPE_SENSORS_METRICS_PORT": str(port),
+        "IOTPIPE_KAFKA_TIMEOUT_SECONDS": "2"} | extra)
     try:
-        time.sleep(4)
-        outage(broker, 6)
+        time.sleep(up_s)
+        broker.kill()
+        time.sleep(down_s)
+        broker.start()
         time.sleep(4)
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
         assert stop_pid(sensors.pid, 60)
-        assert sensors.wait(5) == 0, log.read_text()[-2000:]  # 0: every reading acknowledged
-        seqs = read_all(settings)
+        code = sensors.wait(5)
+        return Run(settings, code, log.read_text(), metrics, read_all(settings))
     finally:
         stop_pid(sensors.pid, 5)
         broker.stop()
-    text = log.read_text()
-    assert "broker unreachable" in text and "reachable again" in text
-    assert len(seqs) == 15
-    for device, got in seqs.items():
+
+
+@pytest.mark.faults
+def test_acknowledged_readings_survive_a_broker_kill_exactly_once(tmp_path: Path) -> None:
+    run = run_with_outage(tmp_path, up_s=4, down_s=6)
+    assert run.exit_code == 0, run.log[-2000:]  # 0: every reading was acknowledged
+    assert "broker unreachable" in run.log and "reachable again" in run.log
+    assert len(run.seqs) == 15
+    for device, got in run.seqs.items():
         assert len(got) == len(set(got)), f"{device}: a reading was written twice"
         assert sorted(got) == list(range(min(got), max(got) + 1)), f"{device}: a gap"
         assert max(got) - min(got) > 300  # produced before, during and after the outage
-    assert all(metrics.get(("iotpipe_sensor_readings_failed_total", s), 0) == 0
-               for s in settings.sensors)
+    assert all(run.metrics.get(("iotpipe_sensor_readings_failed_total", s), 0) == 0
+               for s in run.settings.sensors)
 
 
 @pytest.mark.faults
 def test_readings_given_up_are_counted_and_logged(tmp_path: Path) -> None:
     """A buffer shorter than the outage: the lost readings are exactly the reported ones."""
-    broker = KafkaBroker(tmp_path / "kafka", port=free_port()).start()
-    settings = settings_for(broker.bootstrap)
-    ensure_topics(settings)
-    port = free_port()
-    log = tmp_path / "sensors.log"
-    sensors = start_service("sensors", log, sensors_env(
-        broker, port, IOTPIPE_PRODUCER_BUFFER_SECONDS="2"))
-    try:
-        time.sleep(3)
-        outage(broker, 8)
-        time.sleep(4)
-        assert stop_pid(sensors.pid, 60)
-        assert sensors.wait(5) == 1  # it says some readings were not delivered
-        seqs = read_all(settings)
-    finally:
-        stop_pid(sensors.pid, 5)
-        broker.stop()
-    given_up = [line for line in log.read_text().splitlines()
+    run = run_with_outage(tmp_path, up_s=3, down_s=8, IOTPIPE_PRODUCER_BUFFER_SECONDS="2")
+    assert run.exit_code == 1  # it says some readings were not delivered
+    given_up = [line for line in run.log.splitlines()
                 if "reading not delivered, given up" in line]
-    missing = sum(max(g) - min(g) + 1 - len(set(g)) for g in seqs.values())
+    missing = sum(max(g) - min(g) + 1 - len(set(g)) for g in run.seqs.values())
     assert missing > 0
     assert len(given_up) >= missing  # every gap in the topic was reported
-    assert all(len(g) == len(set(g)) for g in seqs.values())
+    assert all(len(g) == len(set(g)) for g in run.seqs.values())
+    assert sum(run.metrics.get(("iotpipe_sensor_readings_failed_total", s), 0)
+               for s in run.settings.sensors) > 0
 
 
 def test_unwritable_data_folders_fail_fast_with_one_clear_line(tmp_path: Path) -> None:

@@ -32,7 +32,10 @@ wrk.body = [[%s]]
 def _load_last_hour(settings: Settings) -> int:
     """An hour of readings, 1/s from each of DEVICES devices per sensor, ending now."""
     ensure_topics(settings)
-    p = Producer(settings.kafka.client_config() | {"linger.ms": 50, "compression.type": "lz4"})
+    # small batches, as a live fleet sends them (the broker decompresses a whole batch to find
+    # a timestamp in it, so one huge batch would make every offset lookup expensive)
+    p = Producer(settings.kafka.client_config() | {"linger.ms": 5, "compression.type": "lz4",
+                                                   "batch.num.messages": 10})
     now = int(time.time() * 1000)
     for sensor in settings.sensors:
         for s in range(HOUR_S):
@@ -40,7 +43,7 @@ def _load_last_hour(settings: Settings) -> int:
             for d in range(DEVICES):
                 r = wire.Reading(f"{sensor}-{d}", sensor, s, ts, (s * 7 + d) % 101)
                 p.produce(settings.topic(sensor), wire.encode(r), wire.key(r), timestamp=ts)
-            p.poll(0)
+            p.flush(30) if len(p) > 50_000 else p.poll(0)
     assert p.flush(60) == 0
     return now
 

@@ -77,7 +77,10 @@ def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRang
     return [tuple(b) for b in bins if b]
 
 
-def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
+def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
+    """Fetch sizes bound what is read past a range's end (librdkafka prefetches until the
+    scan pauses the partition): small for the many small windows, larger for throughput."""
+    fetch_kib = 1024 if large else 64
     return kafka.client_config() | {
         "group.id": "iotpipe-query",  # never joined: partitions are assigned by hand
         "enable.auto.commit": False,
@@ -85,9 +88,11 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, object]:
         "enable.partition.eof": False,
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
         "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
-        "fetch.max.bytes": 16 * 2**20,
-        "max.partition.fetch.bytes": 4 * 2**20,
-        "queued.max.messages.kbytes": 16 * 1024,
+        "max.partition.fetch.bytes": fetch_kib * 1024,
+        "fetch.max.bytes": max(8 * fetch_kib, 1024) * 1024,  # >= message.max.bytes
+        "queued.max.messages.kbytes": 8 * fetch_kib,
+        "queued.min.messages": 10_000,
+        "fetch.queue.backoff.ms": 10,  # the default 1 s would stall a scan whose queue filled
         "socket.timeout.ms": max(1000, int(kafka.timeout_s * 1000)),
         "log_level": 3,
         "logger": logging.getLogger("iotpipe.kafka.consumer"),
@@ -115,8 +120,8 @@ def _kafka_call(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
 class KafkaWindowReader:
     """Owns consumers, reused across requests; every broker call has a timeout."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
-        self._config = consumer_config(kafka)
+    def __init__(self, kafka: KafkaSettings, large: bool = False) -> None:
+        self._config = consumer_config(kafka, large)
         self._timeout = kafka.timeout_s
         self._idle: queue.SimpleQueue[Consumer] = queue.SimpleQueue()
         self._partitions: dict[str, tuple[float, list[int]]] = {}
@@ -180,7 +185,8 @@ class KafkaWindowReader:
     def scan(self, job: ScanJob) -> dict[str, WindowAggregate]:
         """Stream the messages of the job's ranges into one aggregate per sensor."""
         with self._consumer() as c:
-            c.assign([TopicPartition(r.topic, r.partition, r.start) for r in job.ranges])
+            tps = [TopicPartition(r.topic, r.partition, r.start) for r in job.ranges]
+            c.assign(tps)
             try:
                 return _RangeScan(job).run(c)
             finally:
@@ -221,14 +227,15 @@ class _RangeScan:
             if not batch:
                 self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
                 continue
-            pending -= self._fold(batch, open_)
+            pending -= self._fold(c, batch, open_)
         return self.aggs
 
-    def _fold(self, batch: list, open_: set[tuple[str, int]]) -> int:
+    def _fold(self, c: Consumer, batch: list, open_: set[tuple[str, int]]) -> int:
         lo, hi = self.job.from_ms, self.job.to_ms
         fields, malformed = wire.decode_fields, wire.MalformedReading
         ranges = self.ranges
         used = 0
+        finished: list[TopicPartition] = []
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -237,7 +244,9 @@ class _RangeScan:
             r = ranges[key]
             offset = msg.offset()
             if offset >= r.end:
-                open_.discard(key)
+                if key in open_:
+                    open_.discard(key)
+                    finished.append(TopicPartition(*key))
                 continue
             used += 1
             try:
@@ -255,6 +264,9 @@ class _RangeScan:
                         r.agg.duplicates += 1
             if offset == r.last:
                 open_.discard(key)
+                finished.append(TopicPartition(*key))
+        if finished:  # stop prefetching what lies past the range
+            c.incremental_unassign(finished)
         return used
 
     def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:

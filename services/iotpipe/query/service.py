@@ -37,7 +37,7 @@ _process_reader: KafkaWindowReader | None = None
 
 def _init_reader_process(kafka: KafkaSettings) -> None:
     global _process_reader
-    _process_reader = KafkaWindowReader(kafka)
+    _process_reader = KafkaWindowReader(kafka, large=True)
 
 
 def _scan_in_reader_process(job: ScanJob) -> dict[str, WindowAggregate]:

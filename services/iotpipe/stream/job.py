@@ -24,6 +24,7 @@ from iotpipe.core.settings import Settings
 from iotpipe.stream.state import BatchRow, StateStore
 
 log = logging.getLogger("iotpipe.stream")
+SCAN_TASKS = 2  # local[2]
 
 DECODED = T.StructType([
     T.StructField("sensor", T.StringType()), T.StructField("device", T.StringType()),
@@ -81,7 +82,8 @@ def readings(spark: SparkSession, settings: Settings) -> tuple[DataFrame, list[s
               .option("maxOffsetsPerTrigger", "500000"))
     for key, value in settings.kafka.java_client_config().items():
         reader = reader.option(f"kafka.{key}", value)
-    decoded = reader.load().select(
+    # one task per topic partition would mean many tiny tasks per micro-batch on 2 cores
+    decoded = reader.load().coalesce(SCAN_TASKS).select(
         F.col("topic"), _decoder(topics)(F.col("value"), F.col("topic")).alias("r"))
     counters: list[Column] = []
     names: list[str] = []

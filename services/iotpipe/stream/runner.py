@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from pyspark.sql.streaming import StreamingQuery
@@ -66,7 +66,8 @@ class StreamRunner:
 
 
 def _clock(ms: int, fmt: str) -> str:
-    return datetime.fromtimestamp(max(0, ms) / 1000, tz=UTC).strftime(fmt)
+    utc = timezone.utc  # noqa: UP017 - not datetime.UTC: the Spark image may run Python 3.10
+    return datetime.fromtimestamp(max(0, ms) / 1000, tz=utc).strftime(fmt)
 
 
 def console_table(state: StreamState, sensors: tuple[str, ...], batch_id: int) -> str:
