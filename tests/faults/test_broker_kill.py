@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import BrokerError, KafkaBroker, free_port
-from iotpipe.localstack.processes import start_service, stop_pid
+from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from iotpipe.localstack.topics import ensure_topics
 from kafka_helpers import settings_for
@@ -74,11 +74,10 @@ def run_with_outage(tmp_path: Path, up_s: float, down_s: float, **extra: str) ->
         broker.start()
         time.sleep(4)
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
-        assert stop_pid(sensors.pid, 60)
-        code = sensors.wait(5)
+        code = stop_process(sensors, 60)
         return Run(settings, code, log.read_text(), metrics, read_all(settings))
     finally:
-        stop_pid(sensors.pid, 5)
+        stop_process(sensors, 5)
         broker.stop()
 
 
@@ -111,6 +110,7 @@ def test_readings_given_up_are_counted_and_logged(tmp_path: Path) -> None:
                for s in run.settings.sensors) > 0
 
 
+@pytest.mark.faults
 def test_unwritable_data_folders_fail_fast_with_one_clear_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -9,7 +9,7 @@ import pytest
 
 from iotpipe.core.wire import Reading
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
-from iotpipe.localstack.processes import start_service, stop_pid
+from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from kafka_helpers import create_topics, produce, settings_for
 from stream_reference import Expected
@@ -63,5 +63,5 @@ def test_stream_resumes_after_broker_kill(tmp_path: Path) -> None:
         assert got[("iotpipe_sensor_value_mean", "pressure")] == pytest.approx(
             sum(values) / len(values))
     finally:
-        stop_pid(stream.pid, 60)
+        assert stop_process(stream, 60) == 0
         broker.stop()

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Dataset
+from exposition import promtool_check
 from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import (
     http_get,
     http_post_json,
     start_service,
-    stop_pid,
+    stop_process,
     wait_healthy,
 )
 from iotpipe.query.timestamps import parse_ms
+from query_dataset import Dataset
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,7 @@ def server(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         wait_healthy(f"{url}/health", 30, proc)
         yield url
     finally:
-        assert stop_pid(proc.pid, 20), "gunicorn did not stop on SIGTERM"
-        assert proc.wait(5) == 0, log.read_text()[-2000:]
+        assert stop_process(proc, 20) == 0, log.read_text()[-2000:]
 
 
 def test_prototype_request_over_http(server: str, dataset: Dataset) -> None:
@@ -64,6 +64,7 @@ def test_metrics_merge_all_workers(server: str) -> None:
              and 'status="400"' in line]
     assert len(lines) == 1 and float(lines[0].split()[-1]) >= 4
     assert "iotpipe_http_request_duration_seconds_bucket" in text.decode()
+    promtool_check(text.decode())
 
 
 def test_openapi_document_is_served(server: str) -> None:

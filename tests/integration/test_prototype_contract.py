@@ -7,8 +7,8 @@ import statistics
 
 from flask.testing import FlaskClient
 
-from conftest import Dataset
 from iotpipe.query.timestamps import parse_ms
+from query_dataset import Dataset
 
 WINDOW = ("2020-01-13 15:12:00", "2020-01-13 15:13:00")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import Dataset
 from iotpipe.core.settings import SettingsError
 from iotpipe.query.app import create_app
+from query_dataset import Dataset
 
 WINDOW = {"from": "2020-01-13 15:12:00", "to": "2020-01-13 15:13:00"}
 TOKEN = "0123456789abcdef-token"

@@ -8,11 +8,11 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
-from conftest import BASE_MS, Dataset
 from iotpipe.core.wire import Reading
 from iotpipe.query.app import create_app
 from iotpipe.query.timestamps import format_ms
 from kafka_helpers import create_topics, produce, reference, settings_for, unique_prefix
+from query_dataset import BASE_MS, Dataset
 
 ALL = ["count", "min", "max", "average", "sum", "stddev"]
 

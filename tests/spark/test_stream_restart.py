@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-from stream_reference import Expected
 
 from iotpipe.bench.measure import child_pids
 from iotpipe.core.wire import Reading
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import start_service, stop_pid
+from iotpipe.localstack.processes import start_service, stop_pid, stop_process
 from iotpipe.localstack.status import scrape
 from kafka_helpers import create_topics, produce, settings_for, unique_prefix
+from stream_reference import Expected
 
 T0 = 1_700_000_040_000
 
@@ -72,8 +72,8 @@ def test_kill_9_then_restart_counts_every_reading_once(bootstrap: str, tmp_path:
             assert got[("iotpipe_sensor_value_mean", sensor)] == pytest.approx(
                 sum(values) / len(values))
     finally:
-        assert stop_pid(proc.pid, 60)
-    assert proc.wait(5) == 0
+        code = stop_process(proc, 60)
+    assert code == 0
     text = log.read_text()
     assert "Batch: " in text and "temperature" in text and "humidity" in text  # console table
     assert "stopped cleanly" in text

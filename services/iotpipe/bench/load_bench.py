@@ -17,7 +17,7 @@ from iotpipe.bench.measure import tree_rss_mib
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import http_post_json, start_service, stop_pid, wait_healthy
+from iotpipe.localstack.processes import http_post_json, start_service, stop_process, wait_healthy
 from iotpipe.localstack.topics import ensure_topics
 from iotpipe.query.timestamps import format_ms
 
@@ -96,7 +96,7 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
             log(f"load {clients} clients, {window}: {r['rps']:.0f} req/s, p50 {r['p50']:.1f} "
                 f"ms, p99 {r['p99']:.1f} ms, errors {r['errors']}")
     finally:
-        stop_pid(proc.pid)
+        stop_process(proc)
     table = "\n".join(
         f"| {c} | {w} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']:.0f} | "
         f"{before:.0f} -> {after:.0f} |" for c, w, r, before, after in rows)

@@ -16,7 +16,7 @@ from iotpipe.bench.measure import PeakRss, percentile
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import http_post_json, start_service, stop_pid, wait_healthy
+from iotpipe.localstack.processes import http_post_json, start_service, stop_process, wait_healthy
 from iotpipe.localstack.topics import ensure_topics
 from iotpipe.query.timestamps import format_ms
 
@@ -148,7 +148,7 @@ def run(bootstrap: str, sizes: list[int], workdir: Path, log) -> list[SizeResult
             lat, rss = _service_runs(f"{url}/compute/metrics", proc.pid, body,
                                      20 if size <= 10**5 else 5, expected)
         finally:
-            stop_pid(proc.pid)
+            stop_process(proc)
         results.append(SizeResult(size, percentile(lat, 50), percentile(lat, 99), rss,
                                   percentile(base["latencies"], 50),
                                   percentile(base["latencies"], 99), base["peak_rss_mib"],

@@ -13,7 +13,7 @@ from iotpipe.bench.measure import percentile
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import start_service, stop_pid
+from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from iotpipe.localstack.topics import ensure_topics
 
@@ -66,8 +66,8 @@ def sustained(bootstrap: str, rate: int, tmp: Path, log: Callable[[str], None]) 
         lag_end = _sent(sensors_url) - _counted(stream_url)
         achieved = (_sent(sensors_url) - sent_start) / (time.monotonic() - t)
     finally:
-        stop_pid(sensors.pid)
-        stop_pid(stream.pid, 60)
+        stop_process(sensors)
+        stop_process(stream, 60)
     flat = lag_end - lag_start <= 3 * rate  # within ~3 s of input: batch granularity
     log(f"stream at {rate}/s: achieved {achieved:,.0f}/s, lag {lag_start:,.0f} -> "
         f"{lag_end:,.0f} ({'flat' if flat else 'growing'})")
@@ -102,7 +102,7 @@ def latency(bootstrap: str, tmp: Path, samples: int = 60) -> list[float]:
                 out.append(time.monotonic() - t)
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
     finally:
-        stop_pid(stream.pid, 60)
+        stop_process(stream, 60)
     return out
 
 

@@ -37,8 +37,21 @@ def start_service(service: str, log_file: Path, env: dict[str, str] | None = Non
                                 env=os.environ | (env or {}), start_new_session=detach)
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM one of our children, wait, SIGKILL if it lingers; return its exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
 def stop_pid(pid: int, timeout_s: float = 30.0) -> bool:
-    """SIGTERM, wait, then SIGKILL; True if the process is gone."""
+    """SIGTERM, wait, then SIGKILL a process known only by PID (e.g. from `make up`); True if
+    it is gone. For our own children use stop_process, which keeps their exit status."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -168,10 +168,13 @@ class SensorFleet:
             self._published[key] = value
 
     def close(self, timeout_s: float = 30.0) -> int:
-        """Send held-back readings, wait for acknowledgements; return readings still unsent."""
+        """Send held-back readings, wait for acknowledgements; return the readings that never
+        got one (still queued now, or given up on earlier)."""
         self.release_late(force=True)
         left = self.producer.flush(timeout_s)
         self.publish_metrics()
-        if left:
-            log.error("%d readings were not acknowledged before exit", left)
-        return left
+        given_up = sum(self.failed.values())
+        if left or given_up:
+            log.error("%d readings were given up on and %d are still unacknowledged at exit",
+                      given_up, left)
+        return left + given_up

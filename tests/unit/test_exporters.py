@@ -1,0 +1,35 @@
+"""Every exporter's exposition passes `promtool check metrics` (names, units, help, types)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exposition import promtool_check
+from iotpipe.sensors import metrics as sensor_metrics
+from iotpipe.stream.state import BatchRow, StreamState
+
+
+def test_stream_exposition_with_every_family() -> None:
+    state = StreamState(window_ms=60_000, lateness_ms=30_000)
+    state.fold_batch(0, [BatchRow("temperature", 0, 3, 60.0, 10.0, 30.0, 59_000),
+                         BatchRow("temperature", 60_000, 2, 10.0, 4.0, 6.0, 150_000)])
+    state.fold_progress(0, {"temperature": 1}, 7, 1, {
+        "iotpipe_stream_input_rows_per_second": 5.0,
+        "iotpipe_stream_processed_rows_per_second": 9.0,
+        "iotpipe_stream_batch_duration_seconds": 0.4,
+        "iotpipe_stream_last_batch_timestamp_seconds": 1.7e9}, {"temperature": 3}, 5)
+    from iotpipe.stream.metrics import FAMILIES, StreamCollector
+
+    collector = StreamCollector()
+    collector.publish(state.snapshot(("temperature",), now_s=200.0))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    for family, (kind, _, _) in FAMILIES.items():
+        assert f"\n{family}{'_total' if kind == 'counter' else ''}" in "\n" + text, family
+    promtool_check(text)
+
+
+def test_sensor_exposition() -> None:
+    sensor_metrics.READINGS_SENT.labels("temperature").inc(3)
+    promtool_check(generate_latest(sensor_metrics.REGISTRY).decode())
