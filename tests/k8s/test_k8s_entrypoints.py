@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
 from k8s_support import ROOT, Rendering, containers, pod_specs
 
+from iotpipe.localstack.processes import SERVICE_COMMANDS
+
 IMAGE_ROOT = "/opt/iotpipe/services/"
 
 
 def expected_commands() -> dict[str, tuple[str, ...]]:
-    if importlib.util.find_spec("iotpipe.localstack.processes") is not None:
-        from iotpipe.localstack.processes import SERVICE_COMMANDS
-
-        return dict(SERVICE_COMMANDS)
-    # TODO: iotpipe.localstack.processes (being written on main) will own SERVICE_COMMANDS;
-    # until it lands, the contract is spelled out here.
-    return {
-        "sensors": ("python", "-m", "iotpipe.sensors"),
-        "query": ("python", "-m", "iotpipe.query"),
-        "stream": ("python", "-m", "iotpipe.stream"),
-    }
+    return dict(SERVICE_COMMANDS)
 
 
 def chart_commands(r: Rendering) -> dict[str, set[tuple[str, ...]]]:

@@ -175,7 +175,11 @@ class KafkaWindowReader:
         live = [p for p in parts if starts[p] >= 0]  # -1: nothing stamped at/after `from`
         if not live:
             return []
-        ends = self._offsets_at(topic, live, to_ms + lateness_ms + 1)
+        stop_ms = to_ms + lateness_ms + 1
+        # a window still open to late readings ends at the partition's end: no message can be
+        # stamped after it yet, so the (costly, for the broker) timestamp lookup is skipped
+        ends = ({p: -1 for p in live} if stop_ms > time.time() * 1000
+                else self._offsets_at(topic, live, stop_ms))
         open_ended = [p for p in live if ends[p] < 0]
         if open_ended:
             ends |= self._offsets_at(topic, open_ended, OFFSET_END)
