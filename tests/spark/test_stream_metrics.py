@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from pyspark.sql import SparkSession
-from stream_reference import Expected
 
 from iotpipe.core.settings import Settings
 from iotpipe.core.wire import Reading
 from iotpipe.stream.job import start
 from iotpipe.stream.runner import StreamRunner
 from kafka_helpers import create_topics, produce, settings_for, unique_prefix
+from stream_reference import Expected
 
 T0 = 1_700_000_040_000  # a window boundary (1-minute windows)
 GARBAGE = [b"not json", b'{"device":"d"}', b'{"device":"d","sensor":"x","seq":1,"ts":1,"value":1}']
