@@ -186,6 +186,7 @@ class KafkaWindowReader:
         return [PartitionRange(topic, sensor, p, starts[p], ends[p])
                 for p in live if ends[p] > starts[p]]
 
+    @_kafka_call("reading partitions")
     def scan(self, job: ScanJob) -> dict[str, WindowAggregate]:
         """Stream the messages of the job's ranges into one aggregate per sensor."""
         with self._consumer() as c:

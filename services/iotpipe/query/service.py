@@ -155,6 +155,8 @@ class WindowMetricsService:
         except BrokenProcessPool:
             self.scans.reset()
             raise BrokerUnavailable("a reader process died; restarted") from None
+        except UnknownTopic as e:  # deleted while being read
+            raise BrokerUnavailable(f"topic vanished during the scan: {e}") from None
 
     @staticmethod
     def _metrics(sensor: str, total: WindowAggregate,
