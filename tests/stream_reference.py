@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from iotpipe.core.wire import Reading
+from iotpipe.localstack.status import scrape
 
 
 @dataclass
@@ -35,3 +38,15 @@ class Expected:
     def window(self, sensor: str, start: int) -> list[float]:
         return [float(r.value) for r in self.seen.values()
                 if r.sensor == sensor and start <= r.ts < start + self.window_ms]
+
+
+def wait_counts(url: str, want: dict[str, int], timeout_s: float, log: Path) -> dict:
+    """Scrape the stream's gauges until every sensor's reading count is `want`."""
+    deadline = time.monotonic() + timeout_s
+    got: dict = {}
+    while time.monotonic() < deadline:
+        got = scrape(url)
+        if all(got.get(("iotpipe_sensor_readings_total", s)) == n for s, n in want.items()):
+            return got
+        time.sleep(1)
+    raise AssertionError(f"counts {got} never reached {want}:\n{log.read_text()[-3000:]}")

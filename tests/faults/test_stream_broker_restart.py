@@ -10,22 +10,10 @@ import pytest
 from iotpipe.core.wire import Reading
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
 from iotpipe.localstack.processes import start_service, stop_process
-from iotpipe.localstack.status import scrape
 from kafka_helpers import create_topics, produce, settings_for
-from stream_reference import Expected
+from stream_reference import Expected, wait_counts
 
 T0 = 1_700_000_040_000
-
-
-def _wait_count(url: str, want: int, timeout_s: float, log: Path) -> dict:
-    deadline = time.monotonic() + timeout_s
-    got: dict = {}
-    while time.monotonic() < deadline:
-        got = scrape(url)
-        if got.get(("iotpipe_sensor_readings_total", "pressure")) == want:
-            return got
-        time.sleep(1)
-    raise AssertionError(f"count never reached {want}: {got}\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.spark
@@ -51,13 +39,13 @@ def test_stream_resumes_after_broker_kill(tmp_path: Path) -> None:
         "IOTPIPE_STREAM_METRICS_PORT": str(port), "IOTPIPE_TRIGGER_SECONDS": "0.5",
         "IOTPIPE_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "IOTPIPE_STREAM_CONSOLE": "false"})
     try:
-        _wait_count(url, 800, 240, log)
+        wait_counts(url, {"pressure": 800}, 240, log)
         broker.kill()
         time.sleep(8)
         assert stream.poll() is None, "the stream app died with the broker"
         broker.start()
         produce_batch(800, 400)
-        got = _wait_count(url, 1200, 240, log)
+        got = wait_counts(url, {"pressure": 1200}, 240, log)
         values = expected.values("pressure")
         assert got[("iotpipe_sensor_value_max", "pressure")] == max(values)
         assert got[("iotpipe_sensor_value_mean", "pressure")] == pytest.approx(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,22 +12,10 @@ from iotpipe.bench.measure import child_pids
 from iotpipe.core.wire import Reading
 from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import start_service, stop_pid, stop_process
-from iotpipe.localstack.status import scrape
 from kafka_helpers import create_topics, produce, settings_for, unique_prefix
-from stream_reference import Expected
+from stream_reference import Expected, wait_counts
 
 T0 = 1_700_000_040_000
-
-
-def _wait_counts(url: str, want: dict[str, int], timeout_s: float, log: Path) -> dict:
-    deadline = time.monotonic() + timeout_s
-    got: dict = {}
-    while time.monotonic() < deadline:
-        got = scrape(url)
-        if all(got.get(("iotpipe_sensor_readings_total", s)) == n for s, n in want.items()):
-            return got
-        time.sleep(1)
-    raise AssertionError(f"counts {got} never reached {want}:\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.spark
@@ -53,7 +40,7 @@ def test_kill_9_then_restart_counts_every_reading_once(bootstrap: str, tmp_path:
     produce_batch(0, 400)
     log = tmp_path / "stream.log"
     proc = start_service("stream", log, env)
-    _wait_counts(url, {s: 400 for s in settings.sensors}, 240, log)
+    wait_counts(url, {s: 400 for s in settings.sensors}, 240, log)
     jvms = child_pids(proc.pid)
     produce_batch(400, 300)
     proc.send_signal(signal.SIGKILL)  # possibly in the middle of a batch
@@ -64,7 +51,7 @@ def test_kill_9_then_restart_counts_every_reading_once(bootstrap: str, tmp_path:
     proc = start_service("stream", log, env)
     try:
         produce_batch(700, 200)
-        got = _wait_counts(url, {s: len(expected.values(s)) for s in settings.sensors}, 240, log)
+        got = wait_counts(url, {s: len(expected.values(s)) for s in settings.sensors}, 240, log)
         for sensor in settings.sensors:
             values = expected.values(sensor)
             assert len(values) == 900

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import KafkaBroker
-from iotpipe.localstack.maven import kafka_libs
+from iotpipe.localstack.maven import kafka_libs, kafka_version
 from iotpipe.localstack.processes import start_service, stop_pid, wait_healthy
 from iotpipe.localstack.status import StatusBoard
 from iotpipe.localstack.topics import ensure_topics
@@ -81,7 +81,8 @@ class LocalStack:
         kafka_libs()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         broker = KafkaBroker(self.data / "kafka", port=port, heap=s.kafka_heap)
-        log.info("starting Kafka %s on %s (data in %s)", "4.x", broker.bootstrap, broker.data_dir)
+        log.info("starting Kafka %s on %s (data in %s)", kafka_version(), broker.bootstrap,
+                 broker.data_dir)
         broker.start()
         assert broker.process is not None
         procs: dict[str, subprocess.Popen[bytes]] = {"broker": broker.process}

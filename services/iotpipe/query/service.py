@@ -1,8 +1,9 @@
 """Answers a MetricsRequest: every sensor topic and every partition is read in parallel.
 
-Offset lookups (a few broker round trips per topic) run in threads. Partition scans are
-CPU-bound (decoding JSON), so with `IOTPIPE_QUERY_READERS > 0` they run in a small pool of
-reader processes, each keeping its own reused consumer; with 0 they run in threads.
+Offset lookups (a few broker round trips per topic) run in threads. Scans of small windows
+run in threads too (their time is network latency); scans of large windows are CPU-bound
+(decoding JSON), so with `IOTPIPE_QUERY_READERS > 0` they run in that many reader processes,
+each keeping its own reused consumer.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def _init_reader_process(kafka: KafkaSettings) -> None:
     _process_reader = KafkaWindowReader(kafka, large=True)
 
 
+def _reader_ready(_: int) -> bool:
+    return _process_reader is not None
+
+
 def _scan_in_reader_process(job: ScanJob) -> dict[str, WindowAggregate]:
     assert _process_reader is not None, "reader process not initialised"
     return _process_reader.scan(job)
@@ -67,15 +72,18 @@ class ScanPool:
                     initializer=_init_reader_process, initargs=(self._kafka,))
             return self._pool
 
+    def _in_processes(self, messages: int) -> bool:
+        return self.processes > 0 and messages >= SMALL_SCAN
+
     def groups(self, messages: int, sensors: int) -> int:
-        """How many parallel scans: one per topic in thread-only mode, else one per reader
-        process for a large window and one (all partitions fetched together) for a small one."""
-        if not self.processes:
-            return sensors
-        return self.processes if messages >= SMALL_SCAN else 1
+        """How many parallel scans: one per reader process for a large window; for a small one,
+        one per topic in thread-only mode, else one (all partitions fetched together)."""
+        if self._in_processes(messages):
+            return self.processes
+        return 1 if self.processes else sensors
 
     def submit(self, job: ScanJob, messages: int) -> cf.Future[dict[str, WindowAggregate]]:
-        if not self.processes or messages < SMALL_SCAN:
+        if not self._in_processes(messages):
             return self._threads.submit(self._reader.scan, job)
         try:
             return self._process_pool().submit(_scan_in_reader_process, job)
@@ -97,7 +105,7 @@ class ScanPool:
         """Start the reader processes now, not on the first large request."""
         if self.processes:
             pool = self._process_pool()
-            list(pool.map(_init_reader_process, [self._kafka] * self.processes))
+            assert all(pool.map(_reader_ready, range(self.processes))), "reader not ready"
 
 
 class WindowMetricsService:
