@@ -6,6 +6,7 @@ import itertools
 import math
 import statistics
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,21 @@ def test_split_balances_ranges_by_size() -> None:
     assert sorted(sum(r.end - r.start for r in g) for g in groups) == [95, 100]
     assert split(ranges[:1], 4) == [(ranges[0],)]
     assert split([], 3) == []
+
+
+@given(st.lists(st.lists(st.one_of(st.integers(-10**6, 10**6),
+                                   st.floats(-1e6, 1e6, allow_nan=False)), max_size=30),
+                max_size=5))
+def test_add_many_equals_adding_one_by_one(chunks: list[list[int | float]]) -> None:
+    one, many = WindowAggregate(), WindowAggregate()
+    for chunk in chunks:
+        for v in chunk:
+            one.add(v)
+        many.add_many(chunk)
+    assert (many.count, many.minimum, many.maximum) == (one.count, one.minimum, one.maximum)
+    for name in ("sum", "average", "stddev"):
+        want, got = one.metric(name), many.metric(name)
+        if all(type(v) is int for chunk in chunks for v in chunk):
+            assert got == want, name  # integers stay exact
+        else:
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-6), name

@@ -21,12 +21,35 @@ from iotpipe.localstack.processes import http_post_json, start_service, stop_pro
 from iotpipe.localstack.topics import ensure_topics
 from iotpipe.query.timestamps import format_ms
 
-DEVICES, HOUR_S = 10, 3600
-RUNS = ((16, "1 minute"), (64, "1 minute"), (16, "1 hour"))
+DEVICES, HOUR_S, SECONDS = 10, 3600, 60
+# (clients, window, window cache on): 1-minute windows at random places in the last hour (each
+# request another window, all closed to late readings), the last minute (open: its end is
+# looked up), the whole hour
+RUNS = ((16, "1 minute", False), (16, "1 minute", True), (64, "1 minute", True),
+        (16, "last minute", True), (16, "1 hour", True))
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[%s]]
+local first, last, span, body = %d, %d, %d, [[%s]]
+local counter = 1
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  math.randomseed(id * 7919 + os.time())
+end
+local function stamp(t)
+  return os.date("!%%Y-%%m-%%d %%H:%%M:%%S", t)
+end
+function request()
+  local from = first
+  if last > first then from = math.random(first, last) end
+  if last < 0 then from = os.time() - span end
+  return wrk.format(nil, nil, nil, string.format(body, stamp(from), stamp(from + span)))
+end
 """
+BODY = json.dumps({"temperature": ["count", "average"], "humidity": ["min", "max"],
+                   "pressure": ["count", "stddev"], "from": "%s", "to": "%s"})
 
 
 def _load_last_hour(settings: Settings) -> int:
@@ -48,9 +71,9 @@ def _load_last_hour(settings: Settings) -> int:
     return now
 
 
-def _wrk(url: str, body: str, clients: int, seconds: int, workdir: Path) -> dict[str, float]:
+def _wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[str, float]:
     script = workdir / "post.lua"
-    script.write_text(LUA % body)
+    script.write_text(lua)
     out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency",
                           "--timeout", "10s", "-s", str(script), url], capture_output=True,
                          text=True, timeout=seconds + 60, check=True).stdout
@@ -69,41 +92,63 @@ def _wrk(url: str, body: str, clients: int, seconds: int, workdir: Path) -> dict
             + (sum(int(x) for x in socket.groups()) if socket else 0)}
 
 
+def _script(now_ms: int, window: str) -> str:
+    """wrk script: `window` of the loaded hour (which ends at now_ms), another one per request."""
+    end_s = now_ms // 1000 - 31  # closed: `to` + allowed lateness (30 s) is in the past
+    if window == "1 hour":
+        return LUA % (end_s - HOUR_S, end_s - HOUR_S, HOUR_S, BODY)
+    if window == "last minute":
+        return LUA % (-1, -1, SECONDS, BODY)
+    return LUA % (end_s - HOUR_S, end_s - SECONDS, SECONDS, BODY)
+
+
+def _serve(bootstrap: str, workdir: Path, cache: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = start_service("query", workdir / "query-load.log", {
+        "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": "load-",
+        "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_LOG_LEVEL": "WARNING",
+        "IOTPIPE_QUERY_CACHE_MESSAGES": "250000" if cache else "0"})
+    wait_healthy(f"http://127.0.0.1:{port}/health", 60, proc)
+    return proc, f"http://127.0.0.1:{port}/compute/metrics"
+
+
 def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is needed for the load section (make bench installs it)")
     settings = Settings.from_env({"IOTPIPE_KAFKA_BOOTSTRAP": bootstrap,
                                   "IOTPIPE_TOPIC_PREFIX": "load-"})
     now = _load_last_hour(settings)
-    port = free_port()
-    proc = start_service("query", workdir / "query-load.log", {
-        "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": "load-",
-        "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_LOG_LEVEL": "WARNING"})
-    url = f"http://127.0.0.1:{port}/compute/metrics"
     rows = []
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", 60, proc)
-        for clients, window in RUNS:
-            span = 60_000 if window == "1 minute" else HOUR_S * 1000
-            body = {"temperature": ["count", "average"], "humidity": ["min", "max"],
-                    "pressure": ["count", "stddev"], "from": format_ms(now - span - 30_000),
-                    "to": format_ms(now - 30_000)}
-            status, answer = http_post_json(url, body)
+    for cache in (False, True):
+        proc, url = _serve(bootstrap, workdir, cache)
+        try:
+            status, answer = http_post_json(url, json.loads(BODY % (
+                format_ms(now - 91_000), format_ms(now - 31_000))))
             assert status == 200 and answer["errors"] == [], answer
-            rss_before = tree_rss_mib(proc.pid)
-            r = _wrk(url, json.dumps(body), clients, 60, workdir)
-            rows.append((clients, window, r, rss_before, tree_rss_mib(proc.pid)))
-            log(f"load {clients} clients, {window}: {r['rps']:.0f} req/s, p50 {r['p50']:.1f} "
-                f"ms, p99 {r['p99']:.1f} ms, errors {r['errors']}")
-    finally:
-        stop_process(proc)
+            for clients, window, cached in RUNS:
+                if cached != cache:
+                    continue
+                rss_before = tree_rss_mib(proc.pid)
+                r = _wrk(url, _script(now, window), clients, 60, workdir)
+                rows.append((clients, window, cache, r, rss_before, tree_rss_mib(proc.pid)))
+                log(f"load {clients} clients, {window}, cache {'on' if cache else 'off'}: "
+                    f"{r['rps']:.0f} req/s, p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, "
+                    f"errors {r['errors']}")
+        finally:
+            stop_process(proc)
     table = "\n".join(
-        f"| {c} | {w} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']:.0f} | "
-        f"{before:.0f} -> {after:.0f} |" for c, w, r, before, after in rows)
+        f"| {c} | {w} | {'on' if k else 'off'} | {r['rps']:.0f} | {r['p50']:.1f} | "
+        f"{r['p99']:.1f} | {r['errors']:.0f} | {before:.0f} -> {after:.0f} |"
+        for c, w, k, r, before, after in rows)
     return ("## Load: the query service under concurrent clients (wrk, 60 s each)\n\n"
             "gunicorn with the defaults (2 workers x 8 threads, 2 reader processes each); data: "
             f"{DEVICES} devices per sensor at 1 reading/s for the last hour; a request asks 6 "
-            "metrics of 3 sensors. RSS is the service's whole process tree.\n\n"
-            "| clients | window | requests/s | p50 ms | p99 ms | errors | RSS MiB before -> "
-            "after |\n| ---: | --- | ---: | ---: | ---: | ---: | --- |\n" + table +
+            "metrics of 3 sensors. Every request asks another window: *1 minute* starts at a "
+            "random second of the hour (closed to late readings), *last minute* ends at the "
+            "request's own second (still open: the partitions' ends are looked up), *1 hour* is "
+            "the whole hour. The cache is the worker's window cache "
+            "(`IOTPIPE_QUERY_CACHE_MESSAGES`; off = 0). RSS is the service's whole process "
+            "tree.\n\n"
+            "| clients | window | cache | requests/s | p50 ms | p99 ms | errors | RSS MiB before "
+            "-> after |\n| ---: | --- | --- | ---: | ---: | ---: | ---: | --- |\n" + table +
             "\n\nTarget: >= 300 requests/s with p99 < 100 ms for 1-minute windows, 0 errors.")

@@ -58,6 +58,12 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_QUERY_READERS", "2",
      "reader processes per worker that scan partitions in parallel (0: scan in the worker)"),
     ("IOTPIPE_QUERY_DEADLINE_SECONDS", "20", "a request still scanning after this gets 504"),
+    ("IOTPIPE_QUERY_CACHE_MESSAGES", "250000",
+     "decoded messages each worker keeps to answer repeated and sliding small windows from "
+     "memory (0: off)"),
+    ("IOTPIPE_QUERY_CACHE_SECONDS", "300",
+     "age after which kept messages are read again (how soon retention or a deleted topic "
+     "shows)"),
     ("IOTPIPE_MAX_WINDOW_SECONDS", "2678400", "longest window a request may ask for"),
     ("IOTPIPE_MAX_BODY_BYTES", "65536", "largest request body accepted"),
     ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token; when set, the API requires it"),
@@ -216,6 +222,8 @@ class Settings:
     query_threads: int = 8
     query_readers: int = 2
     query_deadline_s: float = 20.0
+    query_cache_messages: int = 250_000
+    query_cache_s: float = 300.0
     max_window_s: float = 2_678_400.0
     max_body_bytes: int = 65_536
     api_token_file: str = ""
@@ -287,6 +295,8 @@ class Settings:
             query_threads=n(env, "IOTPIPE_QUERY_THREADS", int, 1, 256),
             query_readers=n(env, "IOTPIPE_QUERY_READERS", int, 0, 64),
             query_deadline_s=n(env, "IOTPIPE_QUERY_DEADLINE_SECONDS", float, 0.1, 3600),
+            query_cache_messages=n(env, "IOTPIPE_QUERY_CACHE_MESSAGES", int, 0, 100_000_000),
+            query_cache_s=n(env, "IOTPIPE_QUERY_CACHE_SECONDS", float, 0, 86_400),
             max_window_s=n(env, "IOTPIPE_MAX_WINDOW_SECONDS", float, 1, 10 * 365 * 86_400),
             max_body_bytes=n(env, "IOTPIPE_MAX_BODY_BYTES", int, 256, 16 * 2**20),
             api_token_file=_read(env, "IOTPIPE_API_TOKEN_FILE"),

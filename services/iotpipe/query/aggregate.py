@@ -85,6 +85,23 @@ class WindowAggregate:
         self.s1 += d
         self.s2 += d * d
 
+    def add_many(self, values: list[int | float]) -> None:
+        """`add` of each value in turn, with the loops in C (sum, min, max)."""
+        if not values:
+            return
+        if self.count == 0:
+            self.shift = values[0]
+            self.minimum, self.maximum = min(values), max(values)
+        else:
+            self.minimum = min(self.minimum, min(values))  # type: ignore[type-var]
+            self.maximum = max(self.maximum, max(values))  # type: ignore[type-var]
+        shift = self.shift
+        self.count += len(values)
+        self.total += sum(values)
+        deltas = [v - shift for v in values]
+        self.s1 += sum(deltas)
+        self.s2 += sum([d * d for d in deltas])
+
     def _moments(self) -> tuple[float, float]:
         """Mean and sum of squared deviations (M2)."""
         n = self.count

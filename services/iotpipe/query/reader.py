@@ -16,54 +16,28 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
-from iotpipe.core import wire
 from iotpipe.core.settings import KafkaSettings
-from iotpipe.query.aggregate import SeqSet, WindowAggregate
+from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.range_scan import (
+    BrokerUnavailable,
+    PartitionRange,
+    RangeScan,
+    ScanJob,
+    ScanTimeout,
+    UnknownTopic,
+)
+from iotpipe.query.window_cache import Bounds, Row, WindowCache
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-BATCH = 5000
-POLL_S = 0.5
-
-
-class BrokerUnavailable(RuntimeError):
-    """The broker did not answer within the timeout."""
-
-
-class ScanTimeout(RuntimeError):
-    """The window could not be read before the request deadline."""
-
-
-class UnknownTopic(LookupError):
-    """The sensor's topic does not exist on the broker."""
-
-
-@dataclass(frozen=True)
-class PartitionRange:
-    """Offsets [start, end) of one partition: the part of it that can hold the window."""
-
-    topic: str
-    sensor: str
-    partition: int
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class ScanJob:
-    """One unit of parallel work: some partition ranges, read by one consumer."""
-
-    ranges: tuple[PartitionRange, ...]
-    from_ms: int
-    to_ms: int
-    deadline: float  # time.time() after which the scan gives up
+__all__ = ["BrokerUnavailable", "KafkaWindowReader", "PartitionRange", "ScanJob", "ScanTimeout",
+           "UnknownTopic", "split"]
 
 
 def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRange, ...]]:
@@ -144,11 +118,15 @@ class KafkaWindowReader:
         finally:
             self._idle.put(consumer)
 
-    @_kafka_call("reading topic metadata")
-    def partitions(self, topic: str, max_age_s: float = 30.0) -> list[int]:
+    def known_partitions(self, topic: str, max_age_s: float = 30.0) -> list[int] | None:
         cached = self._partitions.get(topic)
-        if cached and time.monotonic() - cached[0] < max_age_s:
-            return cached[1]
+        return cached[1] if cached and time.monotonic() - cached[0] < max_age_s else None
+
+    @_kafka_call("reading topic metadata")
+    def partitions(self, topic: str) -> list[int]:
+        cached = self.known_partitions(topic)
+        if cached is not None:
+            return cached
         with self._consumer() as c:
             meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
         if meta.error is not None:
@@ -167,120 +145,72 @@ class KafkaWindowReader:
                 raise KafkaException(tp.error)
         return {tp.partition: tp.offset for tp in found}
 
-    def plan(self, topic: str, sensor: str, from_ms: int, to_ms: int,
-             lateness_ms: int) -> list[PartitionRange]:
-        """The partition ranges that cover [from, to] with its allowed lateness."""
+    def plan(self, topic: str, sensor: str, from_ms: int, to_ms: int, lateness_ms: int,
+             cache: WindowCache | None = None) -> list[PartitionRange]:
+        """The partition ranges that cover [from, to] with its allowed lateness; offsets the
+        cache knows exactly are not asked of the broker."""
         parts = self.partitions(topic)
-        starts = self._offsets_at(topic, parts, from_ms)
-        live = [p for p in parts if starts[p] >= 0]  # -1: nothing stamped at/after `from`
-        if not live:
-            return []
         stop_ms = to_ms + lateness_ms + 1
         # a window still open to late readings ends at the partition's end: no message can be
         # stamped after it yet, so the (costly, for the broker) timestamp lookup is skipped
-        ends = ({p: -1 for p in live} if stop_ms > time.time() * 1000
-                else self._offsets_at(topic, live, stop_ms))
-        open_ended = [p for p in live if ends[p] < 0]
+        closed = stop_ms <= time.time() * 1000
+        known: dict[int, Bounds] = {}
+        if cache is not None:
+            for p in parts:
+                b = cache.bounds(topic, p, from_ms, stop_ms if closed else None)
+                if b is not None:
+                    known[p] = b
+        starts = {p: b.start for p, b in known.items()}
+        if len(starts) < len(parts):
+            starts |= self._offsets_at(topic, [p for p in parts if p not in known], from_ms)
+        live = [p for p in parts if starts[p] >= 0]  # -1: nothing stamped at/after `from`
+        ends = {p: e for p, b in known.items() if (e := b.end) is not None}
+        lookup = [p for p in live if p not in ends]
+        if lookup:
+            ends |= (self._offsets_at(topic, lookup, stop_ms) if closed
+                     else {p: -1 for p in lookup})
+        open_ended = [p for p in lookup if ends[p] < 0]
         if open_ended:
             ends |= self._offsets_at(topic, open_ended, OFFSET_END)
-        return [PartitionRange(topic, sensor, p, starts[p], ends[p])
+        return [PartitionRange(topic, sensor, p, starts[p], ends[p],
+                               None if p in open_ended else stop_ms)
                 for p in live if ends[p] > starts[p]]
+
+    def plan_from_cache(self, topic: str, sensor: str, from_ms: int, to_ms: int,
+                        lateness_ms: int, cache: WindowCache) -> list[PartitionRange] | None:
+        """`plan` when memory knows every offset (a closed window already read), else None;
+        called in the request's thread, no broker call."""
+        parts = self.known_partitions(topic)
+        stop_ms = to_ms + lateness_ms + 1
+        if parts is None or stop_ms > time.time() * 1000:
+            return None
+        ranges = []
+        for p in parts:
+            b = cache.bounds(topic, p, from_ms, stop_ms)
+            if b is None or b.end is None:
+                return None
+            if b.end > b.start:
+                ranges.append(PartitionRange(topic, sensor, p, b.start, b.end, stop_ms))
+        return ranges
 
     @_kafka_call("reading partitions")
     def scan(self, job: ScanJob) -> dict[str, WindowAggregate]:
         """Stream the messages of the job's ranges into one aggregate per sensor."""
+        return self._run(job).aggs
+
+    @_kafka_call("reading partitions")
+    def read_rows(self, job: ScanJob) -> dict[tuple[str, int], list[Row]]:
+        """Every decoded message of the job's ranges, per (topic, partition)."""
+        return self._run(ScanJob(job.ranges, job.from_ms, job.to_ms, job.deadline,
+                                 record=True)).rows()
+
+    def _run(self, job: ScanJob) -> RangeScan:
         with self._consumer() as c:
             tps = [TopicPartition(r.topic, r.partition, r.start) for r in job.ranges]
             c.assign(tps)
             try:
-                return _RangeScan(job).run(c)
+                scan = RangeScan(job)
+                scan.run(c)
+                return scan
             finally:
                 c.unassign()
-
-
-class _Range:
-    __slots__ = ("agg", "end", "last", "seen", "sensor")
-
-    def __init__(self, r: PartitionRange, agg: WindowAggregate,
-                 seen: dict[bytes, SeqSet]) -> None:
-        self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor.encode()
-        self.agg, self.seen = agg, seen
-
-
-class _RangeScan:
-    """The hot loop: decode, keep readings inside the window, count each (device, seq) once."""
-
-    def __init__(self, job: ScanJob) -> None:
-        self.job = job
-        self.aggs: dict[str, WindowAggregate] = {}
-        seen: dict[str, dict[bytes, SeqSet]] = {}
-        self.ranges: dict[tuple[str, int], _Range] = {}
-        for r in job.ranges:
-            agg = self.aggs.setdefault(r.sensor, WindowAggregate())
-            agg.scanned += r.end - r.start
-            self.ranges[(r.topic, r.partition)] = _Range(r, agg, seen.setdefault(r.sensor, {}))
-
-    def run(self, c: Consumer) -> dict[str, WindowAggregate]:
-        open_ = set(self.ranges)
-        pending = sum(r.end - r.start for r in self.job.ranges)
-        while open_:
-            remaining = self.job.deadline - time.time()
-            if remaining <= 0:
-                raise ScanTimeout(f"{len(open_)} partitions not read before the deadline")
-            # consume() returns early only once it has as many messages as asked for
-            batch = c.consume(max(1, min(BATCH, pending)), min(POLL_S, remaining))
-            if not batch:
-                self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
-                continue
-            pending -= self._fold(c, batch, open_)
-        return self.aggs
-
-    def _fold(self, c: Consumer, batch: list, open_: set[tuple[str, int]]) -> int:
-        lo, hi = self.job.from_ms, self.job.to_ms
-        fields, malformed = wire.decode_fields, wire.MalformedReading
-        ranges = self.ranges
-        used = 0
-        finished: list[TopicPartition] = []
-        for msg in batch:
-            err = msg.error()
-            if err is not None:
-                raise BrokerUnavailable(f"fetching: {err.str()}")
-            key = (msg.topic(), msg.partition())
-            r = ranges[key]
-            offset = msg.offset()
-            if offset >= r.end:
-                if key in open_:
-                    open_.discard(key)
-                    finished.append(TopicPartition(*key))
-                continue
-            used += 1
-            try:
-                device, seq, ts, value = fields(msg.value(), r.sensor)
-            except malformed as e:
-                _count_malformed(r.agg, str(e))
-            else:
-                if lo <= ts <= hi:
-                    seqs = r.seen.get(device)
-                    if seqs is None:
-                        seqs = r.seen[device] = SeqSet()
-                    if seqs.add(seq):
-                        r.agg.add(value)
-                    else:
-                        r.agg.duplicates += 1
-            if offset == r.last:
-                open_.discard(key)
-                finished.append(TopicPartition(*key))
-        if finished:  # stop prefetching what lies past the range
-            c.incremental_unassign(finished)
-        return used
-
-    def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
-        for tp in c.position([TopicPartition(t, p) for t, p in open_]):
-            if tp.offset >= self.ranges[(tp.topic, tp.partition)].end:
-                open_.discard((tp.topic, tp.partition))
-
-
-def _count_malformed(agg: WindowAggregate, reason: str) -> None:
-    agg.malformed += 1
-    reason = reason.split(":")[0]
-    agg.malformed_reasons[reason] = agg.malformed_reasons.get(reason, 0) + 1

@@ -1,9 +1,11 @@
 """Answers a MetricsRequest: every sensor topic and every partition is read in parallel.
 
 Offset lookups (a few broker round trips per topic) run in threads. Scans of small windows
-run in threads too (their time is network latency); scans of large windows are CPU-bound
-(decoding JSON), so with `IOTPIPE_QUERY_READERS > 0` they run in that many reader processes,
-each keeping its own reused consumer.
+run in threads too (their time is network latency), and what they decode is kept in the
+worker's WindowCache: a later window over the same offsets (a dashboard refreshing, a window
+sliding forward) reads only what is new. Scans of large windows are CPU-bound (decoding JSON),
+so with `IOTPIPE_QUERY_READERS > 0` they run in that many reader processes, each keeping its
+own reused consumer, and are not cached (memory stays bounded by the fetch sizes).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import multiprocessing
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
 
 from iotpipe.core.settings import KafkaSettings, Settings
 from iotpipe.query import metrics as prom
-from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.aggregate import SeqSet, WindowAggregate
 from iotpipe.query.reader import (
     BrokerUnavailable,
     KafkaWindowReader,
@@ -29,8 +32,10 @@ from iotpipe.query.reader import (
     split,
 )
 from iotpipe.query.request import MetricsRequest
+from iotpipe.query.window_cache import Row, WindowCache
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SMALL_SCAN = 20_000  # messages; below this a window is read in threads of the worker
 _process_reader: KafkaWindowReader | None = None
@@ -91,6 +96,9 @@ class ScanPool:
             self.reset()
             return self._process_pool().submit(_scan_in_reader_process, job)
 
+    def submit_rows(self, job: ScanJob) -> cf.Future[dict[tuple[str, int], list[Row]]]:
+        return self._threads.submit(self._reader.read_rows, job)
+
     def reset(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
@@ -113,6 +121,7 @@ class WindowMetricsService:
         self.settings = settings
         self.reader = reader or KafkaWindowReader(settings.kafka)
         self.scans = ScanPool(settings, self.reader)
+        self.cache = WindowCache(settings.query_cache_messages, settings.query_cache_s)
         self._lookups = cf.ThreadPoolExecutor(8, thread_name_prefix="lookup")
 
     def close(self) -> None:
@@ -127,9 +136,16 @@ class WindowMetricsService:
         """
         s = self.settings
         deadline = time.time() + s.query_deadline_s
-        plans = {sensor: self._lookups.submit(self.reader.plan, s.topic(sensor), sensor,
-                                              req.from_ms, req.to_ms, s.allowed_lateness_ms)
-                 for sensor in req.operations}
+        cache = self.cache if self.cache.enabled else None
+        plans: dict[str, cf.Future[list[PartitionRange]]] = {}
+        for sensor in req.operations:
+            args = (s.topic(sensor), sensor, req.from_ms, req.to_ms, s.allowed_lateness_ms)
+            held = self.reader.plan_from_cache(*args, cache) if cache is not None else None
+            if held is not None:
+                plans[sensor] = cf.Future()
+                plans[sensor].set_result(held)
+            else:  # broker lookups: in parallel, per topic
+                plans[sensor] = self._lookups.submit(self.reader.plan, *args, cache)
         ranges: list[PartitionRange] = []
         totals: dict[str, WindowAggregate] = {}
         for sensor, plan in plans.items():
@@ -142,19 +158,45 @@ class WindowMetricsService:
                 raise BrokerUnavailable("offset lookup did not finish") from None
             totals[sensor] = WindowAggregate()
         messages = sum(r.end - r.start for r in ranges)
-        futures = [self.scans.submit(ScanJob(group, req.from_ms, req.to_ms, deadline), messages)
-                   for group in split(ranges, self.scans.groups(messages, len(totals)))]
-        for future in futures:
-            for sensor, partial in self._wait(future, deadline).items():
-                totals[sensor].merge(partial)
+        if cache is not None and messages < SMALL_SCAN:
+            self._fold_cached(cache, ranges, req, deadline, totals)
+        else:
+            futures = [self.scans.submit(ScanJob(group, req.from_ms, req.to_ms, deadline),
+                                         messages)
+                       for group in split(ranges, self.scans.groups(messages, len(totals)))]
+            for future in futures:
+                for sensor, partial in self._wait(future, deadline).items():
+                    totals[sensor].merge(partial)
         result: dict[str, dict[str, object]] = {}
         for sensor, total in totals.items():
             _count(sensor, total)
             result[sensor] = self._metrics(sensor, total, req)
         return result
 
-    def _wait(self, future: cf.Future[dict[str, WindowAggregate]],
-              deadline: float) -> dict[str, WindowAggregate]:
+    def _fold_cached(self, cache: WindowCache, ranges: list[PartitionRange],
+                     req: MetricsRequest, deadline: float,
+                     totals: dict[str, WindowAggregate]) -> None:
+        """Aggregate the ranges from memory, reading from the broker only the parts not held
+        yet (and keeping them)."""
+        reads = [(r, cache.read(r.topic, r.partition, r.start, r.end)) for r in ranges]
+        gaps = [(PartitionRange(r.topic, r.sensor, r.partition, *read.gap, r.end_stamp), read)
+                for r, read in reads if read.gap is not None]
+        if gaps:
+            messages = sum(g.end - g.start for g, _ in gaps)
+            groups = split([g for g, _ in gaps], self.scans.groups(messages, len(totals)))
+            futures = [self.scans.submit_rows(ScanJob(group, req.from_ms, req.to_ms, deadline))
+                       for group in groups]
+            rows: dict[tuple[str, int], list[Row]] = {}
+            for future in futures:
+                rows |= self._wait(future, deadline)
+            for g, read in gaps:
+                read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)],
+                          req.from_ms, g.end_stamp)
+        seen: dict[str, dict[bytes, SeqSet]] = {sensor: {} for sensor in totals}
+        for r, read in reads:
+            read.fold(totals[r.sensor], seen[r.sensor], req.from_ms, req.to_ms)
+
+    def _wait(self, future: cf.Future[T], deadline: float) -> T:
         try:
             return future.result(timeout=max(0.0, deadline - time.time()) + 1)
         except cf.TimeoutError:

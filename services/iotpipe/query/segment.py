@@ -1,0 +1,121 @@
+"""A run of one partition's offsets, decoded: the unit the window cache keeps.
+
+Readings are stored column-wise (arrays of 64-bit ints, one list of values), with the running
+maximum of Kafka timestamps that makes offset lookups exact (see window_cache), the malformed
+messages' indices, and the readings whose seq breaks their device's +1 run (the only places a
+repeated (device, seq) can be).
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from iotpipe.query.aggregate import SeqSet, WindowAggregate
+
+# one decoded message: (offset, Kafka timestamp, device or None if malformed, seq, ts,
+# value - or the reason it is malformed)
+Row = tuple[int, int, bytes | None, int, int, "int | float | str"]
+NO_TS = -(2**63)
+
+
+class Segment:
+    """Decoded messages of offsets [start, end) of one partition, in offset order."""
+
+    __slots__ = ("_last", "after", "anchor", "bad", "born", "devices", "end", "irregular",
+                 "irregular_prev", "offsets", "runmax", "seqs", "start", "ts", "values")
+
+    def __init__(self, start: int, end: int, anchor: int, born: float) -> None:
+        self.start, self.end, self.anchor, self.born = start, end, anchor, born
+        self.after: int | None = None
+        self.offsets, self.runmax = array("q"), array("q")
+        self.ts, self.seqs = array("q"), array("q")
+        self.devices: list[bytes | None] = []
+        self.values: list[int | float | str] = []
+        self.bad = array("q")  # indices of malformed messages (ts NO_TS: in no window)
+        # indices of readings whose seq is not their device's previous one + 1, and the index
+        # of that previous one (-1: none): a range where each of them is its device's first
+        # holds no repeated (device, seq), so it needs no de-duplication
+        self.irregular, self.irregular_prev = array("q"), array("q")
+        self._last: dict[bytes, tuple[int, int]] = {}  # device -> (index, seq) of its last
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def append(self, rows: Iterable[Row], end: int, after: int | None) -> None:
+        """Add the messages of [self.end, end), in offset order."""
+        top = self.runmax[-1] if self.runmax else -(2**63)
+        for offset, kts, device, seq, ts, value in rows:
+            top = kts if kts > top else top
+            k = len(self.offsets)
+            if device is None:
+                self.bad.append(k)
+                ts = NO_TS
+            else:
+                prev = self._last.get(device)
+                if prev is None or prev[1] + 1 != seq:
+                    self.irregular.append(k)
+                    self.irregular_prev.append(-1 if prev is None else prev[0])
+                self._last[device] = (k, seq)
+            self.offsets.append(offset)
+            self.runmax.append(top)
+            self.ts.append(ts)
+            self.seqs.append(seq)
+            self.devices.append(device)
+            self.values.append(value)
+        self.end, self.after = end, after
+
+    def rows(self, lo: int = 0, hi: int | None = None) -> Iterable[Row]:
+        hi = len(self) if hi is None else hi
+        for k in range(lo, hi):
+            yield (self.offsets[k], self.runmax[k], self.devices[k], self.seqs[k], self.ts[k],
+                   self.values[k])
+
+    def first_stamped(self, t: int, lo: int = 0) -> int | None:
+        """Offset of the first message stamped at or after t (t >= anchor), if known here."""
+        i = bisect_left(self.runmax, t, lo)
+        if i < len(self):
+            return self.offsets[i]
+        return self.end if self.after is not None and t <= self.after else None
+
+    def index(self, offset: int) -> int:
+        return bisect_left(self.offsets, offset)
+
+    def fold(self, agg: WindowAggregate, seen: dict[bytes, SeqSet], start: int, end: int,
+             lo: int, hi: int, alone: bool = True) -> None:
+        """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
+        (device, seq) once - the same as a scan of that range from the broker. Not `alone`:
+        other pieces of the same range are folded with the same `seen`."""
+        agg.scanned += end - start
+        i, j = self.index(start), self.index(end)
+        values = self.values
+        for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
+            reason = str(values[k])
+            agg.malformed += 1
+            agg.malformed_reasons[reason] = agg.malformed_reasons.get(reason, 0) + 1
+        irr = self.irregular_prev[bisect_left(self.irregular, i):bisect_left(self.irregular, j)]
+        if alone and all(p < i for p in irr):  # no (device, seq) twice in the range (the wire
+            # format's key is the device, so a device's readings are all in this partition)
+            agg.add_many([v for t, v in zip(self.ts[i:j], values[i:j], strict=True)
+                          if lo <= t <= hi])
+            return
+        counted: list[int | float] = []
+        keep = counted.append
+        duplicates = 0
+        for t, device, seq, value in zip(self.ts[i:j], self.devices[i:j], self.seqs[i:j],
+                                         values[i:j], strict=True):
+            if lo <= t <= hi:
+                s = seen.get(device)  # type: ignore[arg-type]
+                if s is None:
+                    s = seen[device] = SeqSet()  # type: ignore[index]
+                his = s.his
+                if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline
+                    his[-1] = seq
+                    keep(value)  # type: ignore[arg-type]
+                elif s.add(seq):
+                    keep(value)  # type: ignore[arg-type]
+                else:
+                    duplicates += 1
+        agg.duplicates += duplicates
+        agg.add_many(counted)

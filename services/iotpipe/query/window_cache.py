@@ -1,0 +1,195 @@
+"""Decoded partition data kept between requests, so repeated and sliding windows skip the broker.
+
+Kafka never changes a message below a partition's end, so a range read once stays true. A
+`Segment` is a run [start, end) of one partition's offsets, decoded, plus an *anchor*: a time
+that every message at an offset below `start` is stamped before (`start` was the answer of
+`offsets_for_times(anchor)`). That makes the broker's offset lookups exact from memory: for any
+`t >= anchor`, the first message stamped at or after `t` is the first entry whose running
+maximum of Kafka timestamps reaches `t` - the answer `offsets_for_times(t)` gives. When the
+segment ended at a timestamp lookup's answer, it also keeps that time (`after`: the message at
+`end` is stamped at or after it), so a closed window ending there needs no broker either.
+
+Bounded by a number of messages (least recently used segments go first) and by an age, so a
+topic's retention or its deletion is seen within `IOTPIPE_QUERY_CACHE_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from iotpipe.query.aggregate import SeqSet, WindowAggregate
+from iotpipe.query.segment import Row, Segment
+
+__all__ = ["Bounds", "RangeRead", "Row", "Segment", "WindowCache"]
+
+class RangeRead:
+    """One partition range of a request: the part memory holds, and the gap to fetch."""
+
+    def __init__(self, start: int, end: int, found: tuple[Segment, int] | None) -> None:
+        self.start, self.end = start, end
+        held_to = start if found is None else min(found[1], end)
+        self.pieces = [] if found is None else [(found[0], start, held_to)]
+        self.gap = (held_to, end) if held_to < end else None
+
+    def fill(self, cache: WindowCache, topic: str, partition: int, rows: list[Row],
+             from_ms: int, after: int | None) -> None:
+        """Keep the gap's messages (`rows`); `from_ms`: the window's start, whose lookup gave
+        this range's start; `after`: see Segment."""
+        assert self.gap is not None
+        start, end = self.gap
+        seg = cache.add(topic, partition, start, end, None if self.pieces else from_ms, rows,
+                        after)
+        if seg.start <= self.start:  # one segment now holds the whole range
+            self.pieces = [(seg, self.start, end)]
+        else:
+            self.pieces.append((seg, start, end))
+        self.gap = None
+
+    def fold(self, agg: WindowAggregate, seen: dict[bytes, SeqSet], lo: int, hi: int) -> None:
+        assert self.gap is None
+        for seg, start, end in self.pieces:
+            seg.fold(agg, seen, start, end, lo, hi, alone=len(self.pieces) == 1)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What memory knows of a window in one partition: its start offset, maybe its end."""
+
+    start: int
+    end: int | None
+
+
+class WindowCache:
+    """Segments per (topic, partition); thread-safe; shared by the threads of one worker."""
+
+    def __init__(self, max_messages: int, max_age_s: float) -> None:
+        self.max_messages, self.max_age_s = max_messages, max_age_s
+        self._segments: dict[tuple[str, int], list[Segment]] = {}
+        self._used: dict[int, float] = {}  # id(segment) -> last use, for LRU eviction
+        self._size = 0
+        self._names: dict[bytes, bytes] = {}  # one bytes object per device name
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_messages > 0
+
+    def messages(self) -> int:
+        return self._size
+
+    def _live(self, key: tuple[str, int]) -> list[Segment]:
+        segs = self._segments.get(key, [])
+        old = time.monotonic() - self.max_age_s
+        if any(s.born < old for s in segs):
+            for s in segs:
+                if s.born < old:
+                    self._drop(key, s)
+            segs = self._segments.get(key, [])
+        return segs
+
+    def bounds(self, topic: str, partition: int, from_ms: int,
+               stop_ms: int | None) -> Bounds | None:
+        """Start (and, if `stop_ms` is given, end) offsets of a window from memory, or None."""
+        with self._lock:
+            segs = [s for s in self._live((topic, partition)) if s.anchor <= from_ms]
+            if not segs:
+                return None
+            seg = max(segs, key=lambda s: s.start)  # anchors grow with start offsets
+            start = seg.first_stamped(from_ms)
+            if start is None:
+                return None
+            self._used[id(seg)] = time.monotonic()
+            end = seg.first_stamped(stop_ms, seg.index(start)) if stop_ms is not None else None
+            return Bounds(start, end)
+
+    def read(self, topic: str, partition: int, start: int, end: int) -> RangeRead:
+        """What memory holds of [start, end): the segment holding offset `start` (or ending
+        right at it) up to its end now (another thread may extend it later)."""
+        with self._lock:
+            for s in self._live((topic, partition)):
+                if s.start <= start <= s.end:
+                    self._used[id(s)] = time.monotonic()
+                    return RangeRead(start, end, (s, s.end))
+            return RangeRead(start, end, None)
+
+    def add(self, topic: str, partition: int, start: int, end: int, anchor: int | None,
+            rows: list[Row], after: int | None = None) -> Segment:
+        """Store the decoded messages of [start, end), merged with the segments it overlaps or
+        touches; returns a segment holding [start, end). Without an anchor (a range read past
+        the end of a segment) they can only extend the segment to their left: if that one is
+        gone, the returned segment is not stored. `after`: see Segment."""
+        names = self._names
+        rows = [(o, k, d if d is None else names.setdefault(d, d), q, t, v)
+                for o, k, d, q, t, v in rows]
+        key = (topic, partition)
+        with self._lock:
+            segs = self._live(key)
+            touching = sorted((s for s in segs if s.start <= end and start <= s.end),
+                              key=lambda s: s.start)
+            left = touching[0] if touching and touching[0].start < start else None
+            if left is not None and len(touching) == 1 and left.end >= start:
+                # the common case, a window sliding forward: extend in place
+                if end > left.end:
+                    skip = left.end
+                    left.append((r for r in rows if r[0] >= skip), end, after)
+                    self._size += sum(1 for r in rows if r[0] >= skip)
+                elif end == left.end and after is not None:
+                    left.after = max(after, left.after or after)
+                self._used[id(left)] = time.monotonic()
+                merged = left
+            elif anchor is None and left is None:
+                merged = Segment(start, start, 0, 0.0)
+                merged.append(rows, end, after)
+            else:
+                merged = self._merge(touching, start, end, anchor, rows, after)
+                for s in touching:
+                    self._drop(key, s)
+                self._segments.setdefault(key, []).append(merged)
+                self._size += len(merged)
+                self._used[id(merged)] = time.monotonic()
+            self._evict()
+            return merged
+
+    @staticmethod
+    def _merge(touching: list[Segment], start: int, end: int, anchor: int | None,
+               rows: list[Row], after: int | None) -> Segment:
+        lo = min([start, *(s.start for s in touching)])
+        hi = max([end, *(s.end for s in touching)])
+        first = touching[0] if touching and touching[0].start < start else None
+        # the leftmost part's anchor; at an equal start either holds, the later one says more
+        if first is not None:
+            anchor = first.anchor
+        else:
+            assert anchor is not None
+            anchor = max([anchor, *(s.anchor for s in touching if s.start == start)])
+        born = min([time.monotonic(), *(s.born for s in touching)])
+        merged = Segment(lo, lo, anchor, born)
+        ordered: list[Row] = []
+        for s in touching:
+            if s.start < start:
+                ordered += [r for r in s.rows() if r[0] < start]
+        ordered += rows
+        for s in touching:
+            if s.end > end:
+                ordered += [r for r in s.rows(s.index(end))]
+        known = [b for b in [after if end == hi else None, *(s.after for s in touching
+                                                             if s.end == hi)] if b is not None]
+        merged.append(ordered, hi, max(known) if known else None)
+        return merged
+
+    def _drop(self, key: tuple[str, int], seg: Segment) -> None:
+        segs = self._segments.get(key, [])
+        if seg in segs:
+            segs.remove(seg)
+            self._size -= len(seg)
+            self._used.pop(id(seg), None)
+        if not segs:
+            self._segments.pop(key, None)
+
+    def _evict(self) -> None:
+        while self._size > self.max_messages:
+            key, seg = min(((k, s) for k, segs in self._segments.items() for s in segs),
+                           key=lambda ks: self._used.get(id(ks[1]), 0.0))
+            self._drop(key, seg)

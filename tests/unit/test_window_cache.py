@@ -1,0 +1,166 @@
+"""The window cache answers offset lookups and aggregates exactly as reading the partition would.
+
+A partition is modelled as a list of messages (offsets with gaps, Kafka timestamps out of
+order, duplicates, malformed ones); the reference is computed from that list directly.
+"""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.window_cache import Row, WindowCache
+
+TOPIC, PART = "t", 0
+
+
+@st.composite
+def partitions(draw: st.DrawFn) -> list[Row]:
+    rows: list[Row] = []
+    offset, clock = draw(st.integers(0, 5)), 1000
+    seqs: dict[bytes, int] = {}
+    for _ in range(draw(st.integers(0, 60))):
+        offset += draw(st.integers(1, 3))  # gaps: control records, compaction
+        clock += draw(st.integers(0, 30))
+        kts = clock - draw(st.sampled_from([0, 0, 0, 45]))  # some stamped late
+        if draw(st.integers(0, 9)) == 0:
+            rows.append((offset, kts, None, 0, 0, draw(st.sampled_from(["not JSON", "no seq"]))))
+            continue
+        device = draw(st.sampled_from([b"a", b"b", b"c"]))
+        seq = seqs.get(device, 0) - draw(st.sampled_from([0, 0, 0, 1, 2]))  # repeats
+        seqs[device] = max(seq, seqs.get(device, 0)) + 1
+        rows.append((offset, kts, device, max(seq, 0), kts, draw(st.integers(-5, 100))))
+    return rows
+
+
+def first_stamped(rows: list[Row], t: int) -> int:
+    return next((r[0] for r in rows if r[1] >= t), -1)
+
+
+def partition_end(rows: list[Row]) -> int:
+    return rows[-1][0] + 1 if rows else 0
+
+
+def reference(rows: list[Row], start: int, end: int, lo: int, hi: int) -> WindowAggregate:
+    agg, seen = WindowAggregate(scanned=end - start), set()
+    for offset, _, device, seq, ts, value in rows:
+        if not start <= offset < end:
+            continue
+        if device is None:
+            agg.malformed += 1
+            agg.malformed_reasons[str(value)] = agg.malformed_reasons.get(str(value), 0) + 1
+        elif lo <= ts <= hi:
+            if (device, seq) in seen:
+                agg.duplicates += 1
+            else:
+                seen.add((device, seq))
+                agg.add(value)  # type: ignore[arg-type]
+    return agg
+
+
+def read_window(cache: WindowCache, rows: list[Row], lo: int, hi: int) -> WindowAggregate:
+    """What the service does: bounds from memory or the 'broker', then fold what is held and
+    read (and keep) what is not."""
+    stop = hi + 1
+    known = cache.bounds(TOPIC, PART, lo, stop)
+    start = known.start if known else first_stamped(rows, lo)
+    if known:
+        assert known.start == first_stamped(rows, lo)
+        assert known.end in (None, first_stamped(rows, stop))
+    agg = WindowAggregate()
+    if start < 0:
+        return agg
+    end = known.end if known and known.end is not None else first_stamped(rows, stop)
+    end_stamp = stop if end >= 0 else None  # the end came from a timestamp lookup
+    end = partition_end(rows) if end < 0 else end
+    if end <= start:
+        return agg
+    read = cache.read(TOPIC, PART, start, end)
+    if read.gap is not None:
+        read.fill(cache, TOPIC, PART, [r for r in rows if read.gap[0] <= r[0] < read.gap[1]],
+                  lo, end_stamp)
+    read.fold(agg, {}, lo, hi)
+    return agg
+
+
+def same(a: WindowAggregate, b: WindowAggregate) -> bool:
+    keys = ("count", "total", "minimum", "maximum", "scanned", "malformed", "duplicates",
+            "malformed_reasons")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(partitions(), st.lists(st.tuples(st.integers(900, 2900), st.integers(0, 600)),
+                              min_size=1, max_size=12),
+       st.sampled_from([0, 7, 40, 10_000]))
+def test_cached_windows_equal_reading_the_partition(rows: list[Row],
+                                                    windows: list[tuple[int, int]],
+                                                    capacity: int) -> None:
+    cache = WindowCache(capacity, 300)
+    for lo, length in windows:
+        hi = lo + length
+        start, stop = first_stamped(rows, lo), first_stamped(rows, hi + 1)
+        end = partition_end(rows) if stop < 0 else stop
+        want = reference(rows, start, end, lo, hi) if 0 <= start < end else WindowAggregate()
+        got = read_window(cache, rows, lo, hi)
+        assert same(got, want), (lo, hi)
+        assert cache.messages() <= capacity
+
+
+def test_sliding_window_reads_only_new_messages() -> None:
+    rows: list[Row] = [(o, 1000 + o * 10, b"d", o, 1000 + o * 10, o % 7) for o in range(100)]
+    cache = WindowCache(1000, 300)
+    read_window(cache, rows[:50], 1000, 1200)  # the partition had 50 messages then
+    assert cache.messages() == 21
+    bounds = cache.bounds(TOPIC, PART, 1100, 1301)
+    assert bounds is not None and bounds.start == 10 and bounds.end is None  # end not held
+    got = read_window(cache, rows, 1100, 1300)
+    assert same(got, reference(rows, 10, 31, 1100, 1300))
+    assert cache.messages() == 31  # one segment, extended in place
+    assert cache.bounds(TOPIC, PART, 1150, 1251) == cache.bounds(TOPIC, PART, 1150, 1251)
+    assert cache.bounds(TOPIC, PART, 990, 1100) is None  # before the anchor: ask the broker
+
+
+def test_old_segments_are_dropped() -> None:
+    rows: list[Row] = [(o, 1000 + o, b"d", o, 1000 + o, 1) for o in range(10)]
+    cache = WindowCache(1000, 0.05)
+    read_window(cache, rows, 1000, 1009)
+    assert cache.bounds(TOPIC, PART, 1000, 1010) is not None
+    time.sleep(0.1)
+    assert cache.bounds(TOPIC, PART, 1000, 1010) is None
+    assert cache.messages() == 0
+
+
+def test_least_recently_used_segment_goes_first() -> None:
+    rows: list[Row] = [(o, 1000 + o * 100, b"d", o, 1000 + o * 100, 1) for o in range(30)]
+    cache = WindowCache(12, 300)
+    read_window(cache, rows, 1000, 1400)  # offsets 0..4
+    read_window(cache, rows, 2000, 2400)  # 10..14
+    read_window(cache, rows, 1000, 1400)  # touch the first
+    read_window(cache, rows, 2600, 2900)  # 16..19: 14 held, over 12
+    assert cache.messages() == 9
+    assert cache.bounds(TOPIC, PART, 1000, 1401) is not None
+    assert cache.bounds(TOPIC, PART, 2000, 2401) is None
+    assert cache.bounds(TOPIC, PART, 2600, 2901) is not None
+
+
+def test_range_split_over_two_segments_still_counts_each_reading_once() -> None:
+    """The held segment expires between reading and filling the gap: the range is folded from
+    two pieces, and a reading repeated across them counts once."""
+    seqs = [0, 1, 2, 3, 4, 5, 6, 7, 3, 8]  # offset 8 repeats seq 3 (offset 3)
+    rows: list[Row] = [(o, 1000 + o * 10, b"d", q, 1000 + o * 10, q) for o, q in
+                       enumerate(seqs)]
+    cache = WindowCache(1000, 0.2)
+    read_window(cache, rows, 1000, 1040)  # holds offsets [0, 5)
+    read = cache.read(TOPIC, PART, 2, 10)
+    assert read.gap == (5, 10) and len(read.pieces) == 1
+    time.sleep(0.3)  # the held segment is now too old to be extended
+    read.fill(cache, TOPIC, PART, rows[5:], 1020, None)
+    assert len(read.pieces) == 2
+    agg = WindowAggregate()
+    read.fold(agg, {}, 1020, 1200)
+    assert same(agg, reference(rows, 2, 10, 1020, 1200))
+    assert (agg.count, agg.duplicates) == (7, 1)
