@@ -99,22 +99,27 @@ CANONICAL = re.compile(
     + rb'),"ts":(' + _INT + rb'),"value":(-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?)\}')
 
 
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def decode_fields(raw: bytes | None, sensor: bytes) -> tuple[bytes, int, int, int | float]:
     """(device as UTF-8 bytes, seq, ts, value) of a message of topic `sensor`; the hot path of
     the query service. Raises MalformedReading exactly when `decode` does."""
     m = CANONICAL.fullmatch(raw) if raw is not None else None
-    if m is not None and m[2] == sensor:
-        seq, ts = int(m[3]), int(m[4])
-        if m[6] is None and m[7] is None:
-            value: int | float = int(m[5])
-        else:
-            value = float(m[5])
-        if seq <= MAX_SEQ and ts <= MAX_TS_MS and (type(value) is int or math.isfinite(value)):
-            try:
-                m[1].decode()
-            except UnicodeDecodeError:
-                pass
-            else:
-                return m[1], seq, ts, value
+    if m is not None:
+        device, topic_sensor, seq_text, ts_text, number, fraction, exponent = m.groups()
+        if topic_sensor == sensor:
+            seq, ts = int(seq_text), int(ts_text)
+            value: int | float = (int(number) if fraction is None and exponent is None
+                                  else float(number))
+            if (seq <= MAX_SEQ and ts <= MAX_TS_MS and (type(value) is int
+                                                       or math.isfinite(value))
+                    and (device.isascii() or _utf8(device))):
+                return device, seq, ts, value
     r = decode(raw, sensor.decode())
     return r.device.encode(), r.seq, r.ts, r.value

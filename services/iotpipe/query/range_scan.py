@@ -59,13 +59,14 @@ class ScanJob:
 
 
 class _Range:
-    __slots__ = ("agg", "end", "last", "rows", "seen", "sensor")
+    __slots__ = ("agg", "counted", "end", "last", "rows", "seen", "sensor")
 
     def __init__(self, r: PartitionRange, agg: WindowAggregate,
                  seen: dict[bytes, SeqSet], record: bool) -> None:
         self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor.encode()
         self.agg, self.seen = agg, seen
         self.rows: list[Row] | None = [] if record else None
+        self.counted: list[int | float] = []  # values of this batch, for agg.add_many
 
 
 class RangeScan:
@@ -134,13 +135,21 @@ class RangeScan:
                     seqs = r.seen.get(device)
                     if seqs is None:
                         seqs = r.seen[device] = SeqSet()
-                    if seqs.add(seq):
-                        r.agg.add(value)
+                    his = seqs.his
+                    if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline
+                        his[-1] = seq
+                        r.counted.append(value)
+                    elif seqs.add(seq):
+                        r.counted.append(value)
                     else:
                         r.agg.duplicates += 1
             if offset == r.last:
                 open_.discard(key)
                 finished.append(TopicPartition(*key))
+        for r in ranges.values():
+            if r.counted:
+                r.agg.add_many(r.counted)
+                r.counted.clear()
         if finished:  # stop prefetching what lies past the range
             c.incremental_unassign(finished)
         return used

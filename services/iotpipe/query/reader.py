@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, To
 
 from iotpipe.core.settings import KafkaSettings
 from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.end_offsets import EndOffsets
 from iotpipe.query.range_scan import (
     BrokerUnavailable,
     PartitionRange,
@@ -99,6 +100,7 @@ class KafkaWindowReader:
         self._timeout = kafka.timeout_s
         self._idle: queue.SimpleQueue[Consumer] = queue.SimpleQueue()
         self._partitions: dict[str, tuple[float, list[int]]] = {}
+        self._ends = EndOffsets(self._end_offsets, kafka.timeout_s)
 
     def close(self) -> None:
         while True:
@@ -170,11 +172,21 @@ class KafkaWindowReader:
             ends |= (self._offsets_at(topic, lookup, stop_ms) if closed
                      else {p: -1 for p in lookup})
         open_ended = [p for p in lookup if ends[p] < 0]
-        if open_ended:
-            ends |= self._offsets_at(topic, open_ended, OFFSET_END)
+        if open_ended:  # shared with the other requests asking now
+            ends |= {p: e for (_, p), e in self._ends.get((topic, p) for p in open_ended).items()}
         return [PartitionRange(topic, sensor, p, starts[p], ends[p],
                                None if p in open_ended else stop_ms)
                 for p in live if ends[p] > starts[p]]
+
+    @_kafka_call("looking up end offsets")
+    def _end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        with self._consumer() as c:
+            found = c.offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in partitions],
+                                        timeout=self._timeout)
+        for tp in found:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return {(tp.topic, tp.partition): tp.offset for tp in found}
 
     def plan_from_cache(self, topic: str, sensor: str, from_ms: int, to_ms: int,
                         lateness_ms: int, cache: WindowCache) -> list[PartitionRange] | None:

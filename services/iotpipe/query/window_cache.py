@@ -24,6 +24,7 @@ from iotpipe.query.segment import Row, Segment
 
 __all__ = ["Bounds", "RangeRead", "Row", "Segment", "WindowCache"]
 
+
 class RangeRead:
     """One partition range of a request: the part memory holds, and the gap to fetch."""
 

@@ -1,0 +1,65 @@
+"""Partition end offsets for many concurrent requests from one broker call.
+
+Every window still open to late readings needs the current end of its partitions. Under load,
+many requests ask at once; `EndOffsets` lets one of them look up the ends of all the
+partitions waiting, while the others wait for that answer. A request only takes an answer
+from a lookup that started after it asked, so it is as fresh as its own lookup would have been.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+TP = tuple[str, int]
+
+
+class EndOffsets:
+    def __init__(self, lookup: Callable[[list[TP]], dict[TP, int]], timeout_s: float) -> None:
+        self._lookup, self._timeout = lookup, timeout_s
+        self._cond = threading.Condition()
+        self._pending: set[TP] = set()
+        self._started = 0  # generation of the last lookup started
+        self._done = 0  # generation of the last lookup finished
+        self._running = False
+        self._answers: dict[TP, int | Exception] = {}
+
+    def get(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """End offset of each partition; raises what the lookup raised (after its timeout)."""
+        wanted = list(partitions)
+        deadline = time.monotonic() + self._timeout + 1
+        with self._cond:
+            self._pending.update(wanted)
+            mine = self._started + 1  # the next lookup to start includes these partitions
+            while self._done < mine:
+                if not self._running:
+                    self._lead()
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("end offset lookup did not finish")
+                self._cond.wait(left)
+            answers = {tp: self._answers[tp] for tp in wanted}
+        for answer in answers.values():
+            if isinstance(answer, Exception):  # a copy: other threads raise it too
+                raise type(answer)(*answer.args)
+        return answers  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        """Look up every pending partition (called holding the lock; released meanwhile)."""
+        batch, self._pending = sorted(self._pending), set()
+        self._running = True
+        self._started += 1
+        generation = self._started
+        self._cond.release()
+        try:
+            try:
+                found: dict[TP, int | Exception] = dict(self._lookup(batch))
+            except Exception as e:  # handed to every waiting request
+                found = dict.fromkeys(batch, e)
+        finally:
+            self._cond.acquire()
+        self._answers.update(found)
+        self._done, self._running = generation, False
+        self._cond.notify_all()
