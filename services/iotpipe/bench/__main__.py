@@ -68,7 +68,8 @@ def main() -> None:
             results = query_bench.run(broker.bootstrap, sizes, Path(tmp), log)
             sections = [
                 "## Query service: 3 sensors x 4 metrics over the whole loaded window\n\n"
-                "(a) this service over HTTP (gunicorn, 1 worker, 2 reader processes); (b) the "
+                "(a) this service over HTTP (gunicorn, 1 worker, 2 reader processes, window cache "
+                "off: every request reads the topics); (b) the "
                 "prototype's algorithm (sensors one after another, a new consumer each, one "
                 "message per call, all values in a list); (c) one consumer reading the same "
                 "messages without decoding them. RSS of (a) is the whole process tree "
