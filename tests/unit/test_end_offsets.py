@@ -88,3 +88,25 @@ def test_a_hanging_lookup_times_out_the_waiters() -> None:
     assert time.monotonic() - started < 3
     release.set()
     leader.join(10)
+
+
+def test_an_error_of_one_partition_is_that_partitions_answer_only() -> None:
+    def lookup(partitions: list[TP]) -> dict[TP, int | Exception]:
+        time.sleep(0.05)  # long enough for both requests to join one lookup
+        return {tp: LookupError("topic deleted") if tp[0] == "gone" else 7 for tp in partitions}
+
+    ends = EndOffsets(lookup, timeout_s=5)
+    got: dict[str, object] = {}
+
+    def ask(topic: str) -> None:
+        try:
+            got[topic] = ends.get([(topic, 0)])
+        except LookupError as e:
+            got[topic] = str(e)
+
+    threads = [threading.Thread(target=ask, args=(t,)) for t in ("ok", "gone")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got == {"ok": {("ok", 0): 7}, "gone": "topic deleted"}

@@ -16,7 +16,11 @@ TP = tuple[str, int]
 
 
 class EndOffsets:
-    def __init__(self, lookup: Callable[[list[TP]], dict[TP, int]], timeout_s: float) -> None:
+    """`lookup` answers each partition with its end offset or the error of that partition;
+    raising fails every partition of its batch."""
+
+    def __init__(self, lookup: Callable[[list[TP]], dict[TP, int | Exception]],
+                 timeout_s: float) -> None:
         self._lookup, self._timeout = lookup, timeout_s
         self._cond = threading.Condition()
         self._pending: set[TP] = set()
@@ -26,9 +30,10 @@ class EndOffsets:
         self._answers: dict[TP, int | Exception] = {}
 
     def get(self, partitions: Iterable[TP]) -> dict[TP, int]:
-        """End offset of each partition; raises what the lookup raised (after its timeout)."""
+        """End offset of each partition; raises the partition's error, or TimeoutError."""
         wanted = list(partitions)
-        deadline = time.monotonic() + self._timeout + 1
+        # a lookup may be running: this request waits for it, then for its own
+        deadline = time.monotonic() + 2 * self._timeout + 1
         with self._cond:
             self._pending.update(wanted)
             mine = self._started + 1  # the next lookup to start includes these partitions
@@ -52,14 +57,15 @@ class EndOffsets:
         self._running = True
         self._started += 1
         generation = self._started
+        found: dict[TP, int | Exception] = {}
         self._cond.release()
         try:
-            try:
-                found: dict[TP, int | Exception] = dict(self._lookup(batch))
-            except Exception as e:  # handed to every waiting request
-                found = dict.fromkeys(batch, e)
-        finally:
+            found = dict(self._lookup(batch))
+        except Exception as e:  # handed to every waiting request
+            found = dict.fromkeys(batch, e)
+        finally:  # even on KeyboardInterrupt/SystemExit: never leave the others waiting
             self._cond.acquire()
-        self._answers.update(found)
-        self._done, self._running = generation, False
-        self._cond.notify_all()
+            missing = RuntimeError("end offset lookup interrupted")
+            self._answers.update({tp: found.get(tp, missing) for tp in batch})
+            self._done, self._running = generation, False
+            self._cond.notify_all()

@@ -92,6 +92,13 @@ def _kafka_call(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
     return wrap
 
 
+def _partition_error(err: KafkaError) -> Exception:
+    if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+        return UnknownTopic(str(err))
+    return BrokerUnavailable(f"looking up end offsets: {err}")
+
+
+
 class KafkaWindowReader:
     """Owns consumers, reused across requests; every broker call has a timeout."""
 
@@ -179,14 +186,15 @@ class KafkaWindowReader:
                 for p in live if ends[p] > starts[p]]
 
     @_kafka_call("looking up end offsets")
-    def _end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    def _end_offsets(self, partitions: list[tuple[str, int]]
+                     ) -> dict[tuple[str, int], int | Exception]:
+        """End offsets of partitions of several topics in one call; an error of one partition
+        (e.g. its topic was deleted) is that partition's answer only."""
         with self._consumer() as c:
             found = c.offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in partitions],
                                         timeout=self._timeout)
-        for tp in found:
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-        return {(tp.topic, tp.partition): tp.offset for tp in found}
+        return {(tp.topic, tp.partition): tp.offset if tp.error is None
+                else _partition_error(tp.error) for tp in found}
 
     def plan_from_cache(self, topic: str, sensor: str, from_ms: int, to_ms: int,
                         lateness_ms: int, cache: WindowCache) -> list[PartitionRange] | None:

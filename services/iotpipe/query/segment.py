@@ -85,8 +85,9 @@ class Segment:
     def fold(self, agg: WindowAggregate, seen: dict[bytes, SeqSet], start: int, end: int,
              lo: int, hi: int, alone: bool = True) -> None:
         """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
-        (device, seq) once - the same as a scan of that range from the broker. Not `alone`:
-        other pieces of the same range are folded with the same `seen`."""
+        (device, seq) once - the same as a scan of that range from the broker (which, like
+        this, relies on the wire format's key = device: a device's readings in one partition).
+        Not `alone`: other pieces of the same range are folded with the same `seen`."""
         agg.scanned += end - start
         i, j = self.index(start), self.index(end)
         values = self.values

@@ -36,8 +36,8 @@ class RangeRead:
 
     def fill(self, cache: WindowCache, topic: str, partition: int, rows: list[Row],
              from_ms: int, after: int | None) -> None:
-        """Keep the gap's messages (`rows`); `from_ms`: the window's start, whose lookup gave
-        this range's start; `after`: see Segment."""
+        """Keep the gap's messages (`rows`); `from_ms`: the window's start (when nothing was
+        held, the range's start is its lookup's answer: the anchor); `after`: see Segment."""
         assert self.gap is not None
         start, end = self.gap
         seg = cache.add(topic, partition, start, end, None if self.pieces else from_ms, rows,
@@ -122,6 +122,8 @@ class WindowCache:
         the end of a segment) they can only extend the segment to their left: if that one is
         gone, the returned segment is not stored. `after`: see Segment."""
         names = self._names
+        if len(names) > self.max_messages:  # device ids that came and went
+            names.clear()
         rows = [(o, k, d if d is None else names.setdefault(d, d), q, t, v)
                 for o, k, d, q, t, v in rows]
         key = (topic, partition)
