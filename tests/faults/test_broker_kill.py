@@ -3,6 +3,7 @@ the sensors resume by themselves, and what they gave up on is reported, not hidd
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -74,7 +75,14 @@ def run_with_outage(tmp_path: Path, up_s: float, down_s: float, **extra: str) ->
         broker.start()
         time.sleep(4)
         metrics = scrape(f"http://127.0.0.1:{port}/metrics")
-        code = stop_process(sensors, 60)
+        sensors.terminate()
+        try:
+            code = sensors.wait(60)
+        except subprocess.TimeoutExpired:  # hung: have it print its threads' stacks, then fail
+            sensors.send_signal(signal.SIGABRT)
+            sensors.wait(10)
+            raise AssertionError("sensors did not stop within 60 s:\n"
+                                 + log.read_text()[-6000:]) from None
         return Run(settings, code, log.read_text(), metrics, read_all(settings))
     finally:
         stop_process(sensors, 5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -45,6 +46,7 @@ def run(settings: Settings, stop: threading.Event) -> int:
 
 
 def main() -> None:
+    faulthandler.enable()  # SIGABRT (or a crash) prints every thread's stack: a hang shows where
     try:
         settings = Settings.from_env()
     except SettingsError as e:
