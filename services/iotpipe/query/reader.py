@@ -64,8 +64,10 @@ def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
         "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
         "max.partition.fetch.bytes": fetch_kib * 1024,
-        "fetch.max.bytes": max(8 * fetch_kib, 1024) * 1024,  # >= message.max.bytes
-        "queued.max.messages.kbytes": 8 * fetch_kib,
+        # measured on 10^6 readings/sensor: 8 MiB queues left each reader process at 128 MiB,
+        # 2 MiB at 86 MiB, equally fast (the prefetch only has to stay ahead of the decoding)
+        "fetch.max.bytes": max(2 * fetch_kib, 1024) * 1024,  # >= message.max.bytes
+        "queued.max.messages.kbytes": max(2 * fetch_kib, 512),
         "queued.min.messages": 10_000,
         "fetch.queue.backoff.ms": 10,  # the default 1 s would stall a scan whose queue filled
         "socket.timeout.ms": max(1000, int(kafka.timeout_s * 1000)),
