@@ -85,6 +85,10 @@ class WindowAggregate:
         self.s1 += d
         self.s2 += d * d
 
+    def count_malformed(self, reason: str) -> None:
+        self.malformed += 1
+        self.malformed_reasons[reason] = self.malformed_reasons.get(reason, 0) + 1
+
     def add_many(self, values: list[int | float]) -> None:
         """`add` of each value in turn, with the loops in C (sum, min, max)."""
         if not values:

@@ -32,7 +32,6 @@ class UnknownTopic(LookupError):
     """The sensor's topic does not exist on the broker."""
 
 
-
 @dataclass(frozen=True)
 class PartitionRange:
     """Offsets [start, end) of one partition: the part of it that can hold the window."""
@@ -125,7 +124,7 @@ class RangeScan:
                 device, seq, ts, value = fields(msg.value(), r.sensor)
             except malformed as e:
                 if rows is None:
-                    _count_malformed(r.agg, malformed_reason(e))
+                    r.agg.count_malformed(malformed_reason(e))
                 else:
                     rows.append((offset, msg.timestamp()[1], None, 0, 0, malformed_reason(e)))
             else:
@@ -164,7 +163,3 @@ def malformed_reason(e: Exception) -> str:
     """The kind of defect, without the message's content (it goes to a log line)."""
     return str(e).split(":")[0]
 
-
-def _count_malformed(agg: WindowAggregate, reason: str) -> None:
-    agg.malformed += 1
-    agg.malformed_reasons[reason] = agg.malformed_reasons.get(reason, 0) + 1

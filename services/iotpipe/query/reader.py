@@ -10,6 +10,7 @@ parallel); consumers are created once and reassigned for every scan.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import queue
@@ -85,20 +86,31 @@ def _kafka_call(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
             try:
                 return fn(*args, **kwargs)
             except KafkaException as e:
-                err = e.args[0] if e.args else None
-                if isinstance(err, KafkaError) and err.code() in (
-                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
-                    raise UnknownTopic(str(err)) from None
-                raise BrokerUnavailable(f"{what}: {err}") from None
+                raise _as_error(e.args[0] if e.args else None, what) from None
         return inner
     return wrap
 
 
-def _partition_error(err: KafkaError) -> Exception:
-    if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+def _as_error(err: object, what: str) -> UnknownTopic | BrokerUnavailable:
+    if isinstance(err, KafkaError) and err.code() in (
+            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
         return UnknownTopic(str(err))
-    return BrokerUnavailable(f"looking up end offsets: {err}")
+    return BrokerUnavailable(f"{what}: {err}")
 
+
+def _stop(to_ms: int, lateness_ms: int) -> tuple[int, bool]:
+    """The first time past the window and its lateness, and whether it has passed: a window
+    still open to late readings ends at the partition's end (no message can be stamped after
+    it yet), so the (costly, for the broker) timestamp lookup is skipped."""
+    stop_ms = to_ms + lateness_ms + 1
+    return stop_ms, stop_ms <= time.time() * 1000
+
+
+def _held(cache: WindowCache, topic: str, parts: list[int], from_ms: int, stop_ms: int,
+          closed: bool) -> dict[int, Bounds]:
+    """The partitions whose window start (and, when closed, end) memory knows exactly."""
+    known = {p: cache.bounds(topic, p, from_ms, stop_ms if closed else None) for p in parts}
+    return {p: b for p, b in known.items() if b is not None}
 
 
 class KafkaWindowReader:
@@ -161,16 +173,8 @@ class KafkaWindowReader:
         """The partition ranges that cover [from, to] with its allowed lateness; offsets the
         cache knows exactly are not asked of the broker."""
         parts = self.partitions(topic)
-        stop_ms = to_ms + lateness_ms + 1
-        # a window still open to late readings ends at the partition's end: no message can be
-        # stamped after it yet, so the (costly, for the broker) timestamp lookup is skipped
-        closed = stop_ms <= time.time() * 1000
-        known: dict[int, Bounds] = {}
-        if cache is not None:
-            for p in parts:
-                b = cache.bounds(topic, p, from_ms, stop_ms if closed else None)
-                if b is not None:
-                    known[p] = b
+        stop_ms, closed = _stop(to_ms, lateness_ms)
+        known = _held(cache, topic, parts, from_ms, stop_ms, closed) if cache is not None else {}
         starts = {p: b.start for p, b in known.items()}
         if len(starts) < len(parts):
             starts |= self._offsets_at(topic, [p for p in parts if p not in known], from_ms)
@@ -196,24 +200,21 @@ class KafkaWindowReader:
             found = c.offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in partitions],
                                         timeout=self._timeout)
         return {(tp.topic, tp.partition): tp.offset if tp.error is None
-                else _partition_error(tp.error) for tp in found}
+                else _as_error(tp.error, "looking up end offsets") for tp in found}
 
     def plan_from_cache(self, topic: str, sensor: str, from_ms: int, to_ms: int,
                         lateness_ms: int, cache: WindowCache) -> list[PartitionRange] | None:
         """`plan` when memory knows every offset (a closed window already read), else None;
         called in the request's thread, no broker call."""
         parts = self.known_partitions(topic)
-        stop_ms = to_ms + lateness_ms + 1
-        if parts is None or stop_ms > time.time() * 1000:
+        stop_ms, closed = _stop(to_ms, lateness_ms)
+        if parts is None or not closed:
             return None
-        ranges = []
-        for p in parts:
-            b = cache.bounds(topic, p, from_ms, stop_ms)
-            if b is None or b.end is None:
-                return None
-            if b.end > b.start:
-                ranges.append(PartitionRange(topic, sensor, p, b.start, b.end, stop_ms))
-        return ranges
+        known = _held(cache, topic, parts, from_ms, stop_ms, closed)
+        if len(known) < len(parts) or any(b.end is None for b in known.values()):
+            return None
+        return [PartitionRange(topic, sensor, p, b.start, b.end, stop_ms)
+                for p, b in known.items() if b.end > b.start]  # type: ignore[operator]
 
     @_kafka_call("reading partitions")
     def scan(self, job: ScanJob) -> dict[str, WindowAggregate]:
@@ -223,8 +224,7 @@ class KafkaWindowReader:
     @_kafka_call("reading partitions")
     def read_rows(self, job: ScanJob) -> dict[tuple[str, int], list[Row]]:
         """Every decoded message of the job's ranges, per (topic, partition)."""
-        return self._run(ScanJob(job.ranges, job.from_ms, job.to_ms, job.deadline,
-                                 record=True)).rows()
+        return self._run(dataclasses.replace(job, record=True)).rows()
 
     def _run(self, job: ScanJob) -> RangeScan:
         with self._consumer() as c:

@@ -24,10 +24,11 @@ class Segment:
     """Decoded messages of offsets [start, end) of one partition, in offset order."""
 
     __slots__ = ("_last", "after", "anchor", "bad", "born", "devices", "end", "irregular",
-                 "irregular_prev", "offsets", "runmax", "seqs", "start", "ts", "values")
+                 "irregular_prev", "offsets", "runmax", "seqs", "start", "ts", "used", "values")
 
     def __init__(self, start: int, end: int, anchor: int, born: float) -> None:
         self.start, self.end, self.anchor, self.born = start, end, anchor, born
+        self.used = born  # last time a request read it (time.monotonic), for LRU eviction
         self.after: int | None = None
         self.offsets, self.runmax = array("q"), array("q")
         self.ts, self.seqs = array("q"), array("q")
@@ -67,6 +68,8 @@ class Segment:
         self.end, self.after = end, after
 
     def rows(self, lo: int = 0, hi: int | None = None) -> Iterable[Row]:
+        """The messages again, for a merge; their Kafka timestamp is the running maximum (the
+        same maximum once re-appended after the messages before them)."""
         hi = len(self) if hi is None else hi
         for k in range(lo, hi):
             yield (self.offsets[k], self.runmax[k], self.devices[k], self.seqs[k], self.ts[k],
@@ -92,9 +95,7 @@ class Segment:
         i, j = self.index(start), self.index(end)
         values = self.values
         for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
-            reason = str(values[k])
-            agg.malformed += 1
-            agg.malformed_reasons[reason] = agg.malformed_reasons.get(reason, 0) + 1
+            agg.count_malformed(str(values[k]))
         irr = self.irregular_prev[bisect_left(self.irregular, i):bisect_left(self.irregular, j)]
         if alone and all(p < i for p in irr):  # no (device, seq) twice in the range (the wire
             # format's key is the device, so a device's readings are all in this partition)
@@ -110,11 +111,7 @@ class Segment:
                 s = seen.get(device)  # type: ignore[arg-type]
                 if s is None:
                     s = seen[device] = SeqSet()  # type: ignore[index]
-                his = s.his
-                if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline
-                    his[-1] = seq
-                    keep(value)  # type: ignore[arg-type]
-                elif s.add(seq):
+                if s.add(seq):
                     keep(value)  # type: ignore[arg-type]
                 else:
                     duplicates += 1

@@ -29,7 +29,7 @@ class RangeRead:
     """One partition range of a request: the part memory holds, and the gap to fetch."""
 
     def __init__(self, start: int, end: int, found: tuple[Segment, int] | None) -> None:
-        self.start, self.end = start, end
+        self.start = start
         held_to = start if found is None else min(found[1], end)
         self.pieces = [] if found is None else [(found[0], start, held_to)]
         self.gap = (held_to, end) if held_to < end else None
@@ -68,7 +68,6 @@ class WindowCache:
     def __init__(self, max_messages: int, max_age_s: float) -> None:
         self.max_messages, self.max_age_s = max_messages, max_age_s
         self._segments: dict[tuple[str, int], list[Segment]] = {}
-        self._used: dict[int, float] = {}  # id(segment) -> last use, for LRU eviction
         self._size = 0
         self._names: dict[bytes, bytes] = {}  # one bytes object per device name
         self._lock = threading.Lock()
@@ -101,7 +100,7 @@ class WindowCache:
             start = seg.first_stamped(from_ms)
             if start is None:
                 return None
-            self._used[id(seg)] = time.monotonic()
+            seg.used = time.monotonic()
             end = seg.first_stamped(stop_ms, seg.index(start)) if stop_ms is not None else None
             return Bounds(start, end)
 
@@ -111,7 +110,7 @@ class WindowCache:
         with self._lock:
             for s in self._live((topic, partition)):
                 if s.start <= start <= s.end:
-                    self._used[id(s)] = time.monotonic()
+                    s.used = time.monotonic()
                     return RangeRead(start, end, (s, s.end))
             return RangeRead(start, end, None)
 
@@ -135,12 +134,12 @@ class WindowCache:
             if left is not None and len(touching) == 1 and left.end >= start:
                 # the common case, a window sliding forward: extend in place
                 if end > left.end:
-                    skip = left.end
-                    left.append((r for r in rows if r[0] >= skip), end, after)
-                    self._size += sum(1 for r in rows if r[0] >= skip)
+                    new = [r for r in rows if r[0] >= left.end]
+                    left.append(new, end, after)
+                    self._size += len(new)
                 elif end == left.end and after is not None:
                     left.after = max(after, left.after or after)
-                self._used[id(left)] = time.monotonic()
+                left.used = time.monotonic()
                 merged = left
             elif anchor is None and left is None:
                 merged = Segment(start, start, 0, 0.0)
@@ -151,7 +150,7 @@ class WindowCache:
                     self._drop(key, s)
                 self._segments.setdefault(key, []).append(merged)
                 self._size += len(merged)
-                self._used[id(merged)] = time.monotonic()
+                merged.used = time.monotonic()
             self._evict()
             return merged
 
@@ -176,7 +175,7 @@ class WindowCache:
         ordered += rows
         for s in touching:
             if s.end > end:
-                ordered += [r for r in s.rows(s.index(end))]
+                ordered += s.rows(s.index(end))
         known = [b for b in [after if end == hi else None, *(s.after for s in touching
                                                              if s.end == hi)] if b is not None]
         merged.append(ordered, hi, max(known) if known else None)
@@ -187,12 +186,11 @@ class WindowCache:
         if seg in segs:
             segs.remove(seg)
             self._size -= len(seg)
-            self._used.pop(id(seg), None)
         if not segs:
             self._segments.pop(key, None)
 
     def _evict(self) -> None:
         while self._size > self.max_messages:
             key, seg = min(((k, s) for k, segs in self._segments.items() for s in segs),
-                           key=lambda ks: self._used.get(id(ks[1]), 0.0))
+                           key=lambda ks: ks[1].used)
             self._drop(key, seg)
