@@ -109,8 +109,8 @@ def test_late_readings_within_lateness_count_and_beyond_are_missed(bootstrap: st
 
 @pytest.mark.parametrize("readers", ["0", "2"])
 def test_many_partitions_many_devices(bootstrap: str, readers: str) -> None:
-    """12 partitions, 40 devices, shuffled within 2 s, repeats: threads and reader processes
-    give the reference answer."""
+    """12 partitions, 40 devices, shuffled within 2 s, repeats (also in other partitions):
+    threads and reader processes give the reference answer."""
     settings = settings_for(bootstrap, unique_prefix(), sensors="humidity,pressure",
                             query_readers=readers)
     create_topics(settings, partitions=12)
@@ -126,6 +126,9 @@ def test_many_partitions_many_devices(bootstrap: str, readers: str) -> None:
             rs[i:i + 40 * 8] = run
         data[sensor] = rs
         produce(bootstrap, settings.topic(sensor), rs + rng.sample(rs, 500))
+        # the same readings again in one partition, mostly not their own: a device's repeats
+        # in two partitions (a producer with another partitioner) still count once
+        produce(bootstrap, settings.topic(sensor), rng.sample(rs, 300), partition=5)
     app = create_app(settings)
     try:
         client = app.test_client()
@@ -133,5 +136,28 @@ def test_many_partitions_many_devices(bootstrap: str, readers: str) -> None:
             result = _ask(client, list(settings.sensors), BASE_MS + lo, BASE_MS + hi)
             for sensor, rs in data.items():
                 _same(result[sensor], reference(rs, BASE_MS + lo, BASE_MS + hi))
+    finally:
+        app.extensions["iotpipe.service"].close()
+
+
+def test_repeats_read_by_two_scans_count_once(bootstrap: str) -> None:
+    """A large window is read by two reader processes, cut at equal message counts; readings
+    repeated into a partition the other scan reads are found and still count once."""
+    settings = settings_for(bootstrap, unique_prefix(), sensors="pressure", query_readers="2",
+                            query_cache_messages="0")
+    create_topics(settings, partitions=4)
+    rng = random.Random(5)
+    rs = [Reading(f"pressure-{d}", "pressure", s, BASE_MS + s * 100 + d, rng.randrange(-99, 99))
+          for s in range(4000) for d in range(4)]
+    topic = settings.topic("pressure")
+    for p in range(4):  # device p in partition p; every other reading of device p + 2 too
+        mine, repeats = (rs[d::4] for d in (p, (p + 2) % 4))
+        produce(bootstrap, topic, sorted(mine + repeats[::2], key=lambda r: r.ts), partition=p)
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        for lo, hi in [(0, 400_000), (100_000, 350_000)]:
+            result = _ask(client, ["pressure"], BASE_MS + lo, BASE_MS + hi)
+            _same(result["pressure"], reference(rs, BASE_MS + lo, BASE_MS + hi))
     finally:
         app.extensions["iotpipe.service"].close()

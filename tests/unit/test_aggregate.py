@@ -113,3 +113,45 @@ def test_add_many_equals_adding_one_by_one(chunks: list[list[int | float]]) -> N
             assert got == want, name  # integers stay exact
         else:
             assert got == pytest.approx(want, rel=1e-9, abs=1e-6), name
+
+
+def _seqset(seqs: list[int]) -> SeqSet:
+    s = SeqSet()
+    for seq in seqs:
+        s.add(seq)
+    return s
+
+
+@given(st.lists(st.integers(0, 60), max_size=40), st.lists(st.integers(0, 60), max_size=40))
+def test_seqset_overlap_and_union_match_sets(a: list[int], b: list[int]) -> None:
+    left, right = _seqset(a), _seqset(b)
+    assert left.overlaps(right) == right.overlaps(left) == bool(set(a) & set(b))
+    left.update(right)
+    union = sorted(set(a) | set(b))
+    assert len(left) == len(union) and left.runs == _seqset(union).runs
+    assert (left.los, left.his) == (_seqset(union).los, _seqset(union).his)
+
+
+@given(st.lists(st.integers(0, 500), min_size=1, max_size=12), st.integers(1, 6))
+def test_split_with_cuts_gives_equal_jobs(sizes: list[int], groups: int) -> None:
+    """Every offset in exactly one job, job sizes equal (the last one may be smaller), and
+    never two pieces of one partition in a job (a scan keys its ranges by partition)."""
+    from iotpipe.query.reader import PartitionRange, split
+
+    ranges = [PartitionRange("t", "t", p, 1000 * p + 7, 1000 * p + 7 + n, 1000 * p + 9_999)
+              for p, n in enumerate(sizes) if n]
+    jobs = split(ranges, groups, cut=True)
+    total = sum(sizes)
+    assert len(jobs) <= groups and bool(jobs) == (total > 0)
+    per = [sum(r.end - r.start for r in job) for job in jobs] or [0]
+    assert sum(per) == total and all(n == per[0] for n in per[:-1]) and per[-1] <= per[0]
+    for job in jobs:
+        assert len({r.partition for r in job}) == len(job)
+        assert all(r.end > r.start for r in job)
+    for r in ranges:
+        pieces = sorted((p for job in jobs for p in job if p.partition == r.partition),
+                        key=lambda p: p.start)
+        assert pieces[0].start == r.start and pieces[-1].end == r.end
+        assert all(a.end == b.start for a, b in itertools.pairwise(pieces))
+        # the end's timestamp is known only where a piece ends where the range did
+        assert [p.end_stamp for p in pieces] == [None] * (len(pieces) - 1) + [r.end_stamp]

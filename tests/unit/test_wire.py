@@ -99,3 +99,46 @@ def test_fast_path_agrees_on_mutated_messages(r: wire.Reading, at: int, junk: by
 def test_fast_path_edge_cases(raw: bytes) -> None:
     slow, fast = _both(raw, "t")
     assert slow == fast
+
+
+def _fields_or_none(raws: list[bytes | None], sensor: str) -> list[object] | None:
+    fields = [_both(raw, sensor)[1] for raw in raws]
+    return None if "malformed" in fields else fields
+
+
+@given(st.lists(readings, min_size=1, max_size=20), st.integers(0, 30), st.integers(0, 200),
+       st.binary(max_size=3))
+def test_columns_agree_with_one_by_one(rs: list[wire.Reading], mutate: int, at: int,
+                                       junk: bytes) -> None:
+    """A run decodes as columns only when every message is valid, and then to the same fields;
+    one mutated message (anywhere, into anything, a newline too) sends the run to the slow
+    path. Runs of canonical readings without exponents do take the columns path."""
+    raws: list[bytes | None] = [wire.encode(r._replace(sensor="t")) for r in rs]
+    if mutate < len(raws):
+        raw = raws[mutate]
+        assert raw is not None
+        at %= len(raw) + 1
+        raws[mutate] = raw[:at] + junk + raw[at + 1:]
+    cols = wire.decode_columns(raws, b"t")
+    one_by_one = _fields_or_none(raws, "t")
+    if cols is not None:
+        assert list(zip(*cols, strict=True)) == one_by_one
+        assert [type(v) for v in cols.values] == [type(f[3]) for f in one_by_one]  # type: ignore[index]
+    elif one_by_one is not None:  # valid, but not in the narrow form: an exponent, an escape
+        assert any(b"e" in (raw or b"").lower().split(b'"value":')[-1] or b"\\" in (raw or b"")
+                   or not (raw or b"x").isascii() or b"\n" in (raw or b"") for raw in raws)
+
+
+@pytest.mark.parametrize("raws", [
+    [None], [b""], [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1}', None],
+    [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1}\n{"device":"d","sensor":"t",'
+     b'"seq":2,"ts":1,"value":1}', b"garbage"],  # two readings in one message, then junk
+    [b'{"device":"d","sensor":"t","seq":9223372036854775808,"ts":1,"value":1}'],
+    [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":' + b"9" * 400 + b'.5}'],
+    [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":' + b"9" * 5000 + b"}"],
+    [b'{"device":"\xff","sensor":"t","seq":1,"ts":1,"value":1}'],
+    [b'{"device":"d","sensor":"u","seq":1,"ts":1,"value":1}'],
+])
+def test_columns_refuse_what_one_by_one_refuses(raws: list[bytes | None]) -> None:
+    assert wire.decode_columns(raws, b"t") is None
+    assert _fields_or_none(raws, "t") is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from operator import mul
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
 
@@ -49,6 +50,31 @@ class SeqSet:
 
     def __len__(self) -> int:
         return sum(h - lo + 1 for lo, h in zip(self.los, self.his, strict=True))
+
+    def overlaps(self, other: SeqSet) -> bool:
+        """Whether a seq is in both (one walk over the two run lists)."""
+        a_lo, a_hi, b_lo, b_hi = self.los, self.his, other.los, other.his
+        i = j = 0
+        while i < len(a_lo) and j < len(b_lo):
+            if a_hi[i] < b_lo[j]:
+                i += 1
+            elif b_hi[j] < a_lo[i]:
+                j += 1
+            else:
+                return True
+        return False
+
+    def update(self, other: SeqSet) -> None:
+        """Add every seq of `other` (runs merged, adjacent ones joined)."""
+        los: list[int] = []
+        his: list[int] = []
+        for lo, hi in sorted(zip(self.los + other.los, self.his + other.his, strict=True)):
+            if his and lo <= his[-1] + 1:
+                his[-1] = max(his[-1], hi)
+            else:
+                los.append(lo)
+                his.append(hi)
+        self.los, self.his = los, his
 
     @property
     def runs(self) -> int:
@@ -99,9 +125,13 @@ class WindowAggregate:
         else:
             self.minimum = min(self.minimum, min(values))  # type: ignore[type-var]
             self.maximum = max(self.maximum, max(values))  # type: ignore[type-var]
-        shift = self.shift
-        self.count += len(values)
-        self.total += sum(values)
+        shift, n, total = self.shift, len(values), sum(values)
+        self.count += n
+        self.total += total
+        if type(total) is int and type(shift) is int:  # all ints: the same sums, exactly
+            self.s1 += total - n * shift
+            self.s2 += sum(map(mul, values, values)) - 2 * shift * total + n * shift * shift
+            return
         deltas = [v - shift for v in values]
         self.s1 += sum(deltas)
         self.s2 += sum([d * d for d in deltas])

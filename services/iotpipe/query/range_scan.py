@@ -8,9 +8,12 @@ window cache to answer this and later windows from.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import compress, count
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from iotpipe.core import wire
 from iotpipe.query.aggregate import SeqSet, WindowAggregate
@@ -57,13 +60,21 @@ class ScanJob:
     record: bool = False  # keep every decoded message (for the window cache), not a total
 
 
+@dataclass
+class SensorScan:
+    """What one scan read of one sensor: the aggregate, and the (device, seq) it counted, so
+    that scans of the same sensor can be checked for a reading both counted."""
+
+    agg: WindowAggregate = field(default_factory=WindowAggregate)
+    seen: dict[bytes, SeqSet] = field(default_factory=dict)
+
+
 class _Range:
     __slots__ = ("agg", "counted", "end", "last", "rows", "seen", "sensor")
 
-    def __init__(self, r: PartitionRange, agg: WindowAggregate,
-                 seen: dict[bytes, SeqSet], record: bool) -> None:
+    def __init__(self, r: PartitionRange, scan: SensorScan, record: bool) -> None:
         self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor.encode()
-        self.agg, self.seen = agg, seen
+        self.agg, self.seen = scan.agg, scan.seen
         self.rows: list[Row] | None = [] if record else None
         self.counted: list[int | float] = []  # values of this batch, for agg.add_many
 
@@ -73,16 +84,14 @@ class RangeScan:
 
     def __init__(self, job: ScanJob) -> None:
         self.job = job
-        self.aggs: dict[str, WindowAggregate] = {}
-        seen: dict[str, dict[bytes, SeqSet]] = {}
+        self.sensors: dict[str, SensorScan] = {}
         self.ranges: dict[tuple[str, int], _Range] = {}
         for r in job.ranges:
-            agg = self.aggs.setdefault(r.sensor, WindowAggregate())
-            agg.scanned += r.end - r.start
-            self.ranges[(r.topic, r.partition)] = _Range(r, agg, seen.setdefault(r.sensor, {}),
-                                                         job.record)
+            scan = self.sensors.setdefault(r.sensor, SensorScan())
+            scan.agg.scanned += r.end - r.start
+            self.ranges[(r.topic, r.partition)] = _Range(r, scan, job.record)
 
-    def run(self, c: Consumer) -> dict[str, WindowAggregate]:
+    def run(self, c: Consumer) -> dict[str, SensorScan]:
         open_ = set(self.ranges)
         pending = sum(r.end - r.start for r in self.job.ranges)
         while open_:
@@ -95,57 +104,31 @@ class RangeScan:
                 self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
                 continue
             pending -= self._fold(c, batch, open_)
-        return self.aggs
+        return self.sensors
 
     def rows(self) -> dict[tuple[str, int], list[Row]]:
         return {key: r.rows for key, r in self.ranges.items() if r.rows is not None}
 
-    def _fold(self, c: Consumer, batch: list, open_: set[tuple[str, int]]) -> int:
-        lo, hi = self.job.from_ms, self.job.to_ms
-        fields, malformed = wire.decode_fields, wire.MalformedReading
-        ranges = self.ranges
+    def _fold(self, c: Consumer, batch: list[Message], open_: set[tuple[str, int]]) -> int:
+        """Fold one consumed batch, a run of messages of one partition at a time; returns how
+        many messages were inside the ranges."""
+        for err in filter(None, map(Message.error, batch)):
+            raise BrokerUnavailable(f"fetching: {err.str()}")
+        offsets = list(map(Message.offset, batch))
         used = 0
         finished: list[TopicPartition] = []
-        for msg in batch:
-            err = msg.error()
-            if err is not None:
-                raise BrokerUnavailable(f"fetching: {err.str()}")
-            key = (msg.topic(), msg.partition())
-            r = ranges[key]
-            offset = msg.offset()
-            if offset >= r.end:
+        topics, partitions = list(map(Message.topic, batch)), list(map(Message.partition, batch))
+        for key, i, j in _runs(topics, partitions):
+            r = self.ranges[key]
+            if offsets[j - 1] >= r.last:  # the run reaches the range's last offset, or past it
                 if key in open_:
                     open_.discard(key)
                     finished.append(TopicPartition(*key))
-                continue
-            used += 1
-            rows = r.rows
-            try:
-                device, seq, ts, value = fields(msg.value(), r.sensor)
-            except malformed as e:
-                if rows is None:
-                    r.agg.count_malformed(malformed_reason(e))
-                else:
-                    rows.append((offset, msg.timestamp()[1], None, 0, 0, malformed_reason(e)))
-            else:
-                if rows is not None:
-                    rows.append((offset, msg.timestamp()[1], device, seq, ts, value))
-                elif lo <= ts <= hi:
-                    seqs = r.seen.get(device)
-                    if seqs is None:
-                        seqs = r.seen[device] = SeqSet()
-                    his = seqs.his
-                    if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline
-                        his[-1] = seq
-                        r.counted.append(value)
-                    elif seqs.add(seq):
-                        r.counted.append(value)
-                    else:
-                        r.agg.duplicates += 1
-            if offset == r.last:
-                open_.discard(key)
-                finished.append(TopicPartition(*key))
-        for r in ranges.values():
+                j = bisect_left(offsets, r.end, i, j)
+            if i < j:
+                used += j - i
+                self._fold_run(r, batch[i:j], offsets[i:j])
+        for r in self.ranges.values():
             if r.counted:
                 r.agg.add_many(r.counted)
                 r.counted.clear()
@@ -153,10 +136,89 @@ class RangeScan:
             c.incremental_unassign(finished)
         return used
 
+    def _fold_run(self, r: _Range, msgs: list[Message], offsets: list[int]) -> None:
+        """Messages of one partition inside its range: decoded as columns when all are in the
+        canonical form (the common case), else one by one."""
+        cols = wire.decode_columns(list(map(Message.value, msgs)), r.sensor)
+        if cols is None:
+            self._fold_each(r, msgs, offsets)
+        elif r.rows is not None:
+            stamps = [stamp for _, stamp in map(Message.timestamp, msgs)]
+            r.rows.extend(zip(offsets, stamps, *cols, strict=True))
+        else:
+            self._count(r, cols)
+
+    def _count(self, r: _Range, cols: wire.Columns) -> None:
+        """Count the readings inside the window, each (device, seq) once."""
+        lo, hi = self.job.from_ms, self.job.to_ms
+        devices, seqs, values = cols.devices, cols.seqs, cols.values
+        if lo > min(cols.ts) or max(cols.ts) > hi:
+            inside = [lo <= ts <= hi for ts in cols.ts]
+            devices, seqs = tuple(compress(devices, inside)), list(compress(seqs, inside))
+            values = list(compress(values, inside))
+        seen, repeated = r.seen, []
+        for i, device, seq in zip(count(), devices, seqs):
+            seqs_of = seen.get(device)
+            if seqs_of is None:
+                seqs_of = seen[device] = SeqSet()
+            his = seqs_of.his
+            if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline
+                his[-1] = seq
+            elif not seqs_of.add(seq):
+                repeated.append(i)
+        if repeated:
+            r.agg.duplicates += len(repeated)
+            values = list(_without(values, repeated))
+        r.agg.add_many(values)
+
+    def _fold_each(self, r: _Range, msgs: list[Message], offsets: list[int]) -> None:
+        lo, hi = self.job.from_ms, self.job.to_ms
+        fields, malformed = wire.decode_fields, wire.MalformedReading
+        rows = r.rows
+        for msg, offset in zip(msgs, offsets, strict=True):
+            try:
+                device, seq, ts, value = fields(msg.value(), r.sensor)
+            except malformed as e:
+                if rows is None:
+                    r.agg.count_malformed(malformed_reason(e))
+                else:
+                    rows.append((offset, msg.timestamp()[1], None, 0, 0, malformed_reason(e)))
+                continue
+            if rows is not None:
+                rows.append((offset, msg.timestamp()[1], device, seq, ts, value))
+            elif lo <= ts <= hi:
+                seqs = r.seen.get(device)
+                if seqs is None:
+                    seqs = r.seen[device] = SeqSet()
+                if seqs.add(seq):
+                    r.counted.append(value)
+                else:
+                    r.agg.duplicates += 1
+
     def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
         for tp in c.position([TopicPartition(t, p) for t, p in open_]):
             if tp.offset >= self.ranges[(tp.topic, tp.partition)].end:
                 open_.discard((tp.topic, tp.partition))
+
+
+def _runs(topics: list[str], partitions: list[int]
+          ) -> Iterator[tuple[tuple[str, int], int, int]]:
+    """(partition, start, end) of each run of consecutive messages of one partition."""
+    n = len(partitions)
+    if partitions.count(partitions[0]) == n and topics.count(topics[0]) == n:
+        yield (topics[0], partitions[0]), 0, n  # the common case: one partition's fetch
+        return
+    start = 0
+    for i in range(1, n):
+        if partitions[i] != partitions[start] or topics[i] != topics[start]:
+            yield (topics[start], partitions[start]), start, i
+            start = i
+    yield (topics[start], partitions[start]), start, n
+
+
+def _without(values: list[int | float], positions: list[int]) -> Iterator[int | float]:
+    skip = set(positions)
+    return (v for i, v in enumerate(values) if i not in skip)
 
 
 def malformed_reason(e: Exception) -> str:
