@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,11 @@ class SizeResult:
     baseline_p50: float
     baseline_p99: float
     baseline_rss: float
-    raw_rate: float
+    raw_rates: list[float]  # runs interleaved with the service's requests
+
+    @property
+    def raw_rate(self) -> float:
+        return percentile(self.raw_rates, 50)
 
     @property
     def messages(self) -> int:
@@ -47,7 +54,13 @@ class SizeResult:
 
     @property
     def of_raw(self) -> float:
+        """Median against median: this machine's speed varies by tens of percent from one
+        second to the next, so runs are interleaved and compared at the same percentile."""
         return (self.messages / self.service_p50) / self.raw_rate
+
+    @property
+    def of_best_raw(self) -> float:
+        return (self.messages / self.service_p50) / max(self.raw_rates)
 
 
 def load(settings: Settings, size: int) -> int:
@@ -71,7 +84,8 @@ def load(settings: Settings, size: int) -> int:
 
 
 def raw_consume_rate(settings: Settings) -> float:
-    """Messages/s of one consumer reading every message of the topics, decoding nothing."""
+    """Messages/s of one consumer reading every message of the topics, decoding nothing;
+    tuned as the service's reader processes are (fetch sizes for throughput, no cyclic GC)."""
     c = Consumer(settings.kafka.client_config() | {  # tuned for throughput: it is the limit
         "group.id": "iotpipe-bench-raw", "enable.auto.commit": False,
         "fetch.max.bytes": 50 * 2**20, "max.partition.fetch.bytes": 10 * 2**20,
@@ -82,6 +96,8 @@ def raw_consume_rate(settings: Settings) -> float:
         for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
             tps.append(TopicPartition(topic, p, 0))
     total = sum(c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
     t = time.perf_counter()
     c.assign(tps)
     n = 0
@@ -93,22 +109,27 @@ def raw_consume_rate(settings: Settings) -> float:
             m.value()
         n += len(batch)
     rate = n / (time.perf_counter() - t)
+    gc.set_threshold(*thresholds)
     c.close()
     return rate
 
 
-def _service_runs(url: str, pid: int, body: dict, repeats: int,
-                  expected: dict) -> tuple[list[float], float]:
+def _service_runs(url: str, pid: int, body: dict, repeats: int, expected: dict,
+                  raw: Callable[[], float]) -> tuple[list[float], float, list[float]]:
+    """Latencies of `repeats` requests and the peak RSS of the service's process tree; the raw
+    consumer runs between them (5 times), so both see the machine in the same moods."""
     status, got = http_post_json(url, body, 120)  # warm-up; also checks the answer
     assert status == 200 and got["result"] == expected, got
-    latencies = []
+    latencies, raw_rates = [], []
     with PeakRss(pid) as rss:
-        for _ in range(repeats):
+        for i in range(repeats):
+            if i % max(1, repeats // 5) == 0:
+                raw_rates.append(raw())
             t = time.perf_counter()
             status, _ = http_post_json(url, body, 120)
             latencies.append(time.perf_counter() - t)
             assert status == 200
-    return latencies, rss.peak
+    return latencies, rss.peak, raw_rates
 
 
 def _baseline_runs(settings: Settings, last_ts: int, repeats: int) -> dict:
@@ -136,7 +157,6 @@ def run(bootstrap: str, sizes: list[int], workdir: Path, log) -> list[SizeResult
         t = time.perf_counter()
         last_ts = load(settings, size)
         log(f"size {size}: loaded {size * 3} readings in {time.perf_counter() - t:.1f}s")
-        raw = max(raw_consume_rate(settings) for _ in range(2))
         base = _baseline_runs(settings, last_ts, 5 if size <= 10_000 else 3 if size <= 10**5
                               else 1)
         expected = {s: {m: base["result"][s][m] for m in METRICS} for s in SENSORS}
@@ -147,8 +167,9 @@ def run(bootstrap: str, sizes: list[int], workdir: Path, log) -> list[SizeResult
             wait_healthy(f"{url}/health", 60, proc)
             body = {s: METRICS for s in SENSORS} | {"from": format_ms(T0),
                                                     "to": format_ms(last_ts)}
-            lat, rss = _service_runs(f"{url}/compute/metrics", proc.pid, body,
-                                     20 if size <= 10**5 else 5, expected)
+            lat, rss, raw = _service_runs(f"{url}/compute/metrics", proc.pid, body,
+                                          20 if size <= 10**5 else 5, expected,
+                                          functools.partial(raw_consume_rate, settings))
         finally:
             stop_process(proc)
         results.append(SizeResult(size, percentile(lat, 50), percentile(lat, 99), rss,
@@ -156,5 +177,5 @@ def run(bootstrap: str, sizes: list[int], workdir: Path, log) -> list[SizeResult
                                   percentile(base["latencies"], 99), base["peak_rss_mib"],
                                   raw))
         log(f"size {size}: service p50 {results[-1].service_p50 * 1000:.1f} ms, baseline "
-            f"p50 {results[-1].baseline_p50 * 1000:.1f} ms")
+            f"p50 {results[-1].baseline_p50 * 1000:.1f} ms, raw {results[-1].raw_rate:,.0f}/s")
     return results

@@ -75,8 +75,11 @@ def split(ranges: list[PartitionRange], groups: int,
 
 def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
     """Fetch sizes bound what is read past a range's end (librdkafka prefetches until the
-    scan pauses the partition): small for the many small windows, larger for throughput."""
-    fetch_kib = 1024 if large else 64
+    scan pauses the partition) and the memory of a reader process: the prefetch only has to
+    stay ahead of the decoding. Measured on 10^6 readings/sensor, per reader process: 1 MiB
+    per partition and 8 MiB queues left 128 MiB, 1 MiB and 2 MiB 86 MiB, 128 KiB and 512 KiB
+    63 MiB, at the same speed (the broker then answers more, smaller fetches)."""
+    fetch_kib = 128 if large else 64
     return kafka.client_config() | {
         "group.id": "iotpipe-query",  # never joined: partitions are assigned by hand
         "enable.auto.commit": False,
@@ -85,8 +88,6 @@ def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
         "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
         "max.partition.fetch.bytes": fetch_kib * 1024,
-        # measured on 10^6 readings/sensor: 8 MiB queues left each reader process at 128 MiB,
-        # 2 MiB at 86 MiB, equally fast (the prefetch only has to stay ahead of the decoding)
         "fetch.max.bytes": max(2 * fetch_kib, 1024) * 1024,  # >= message.max.bytes
         "queued.max.messages.kbytes": max(2 * fetch_kib, 512),
         "queued.min.messages": 10_000,
