@@ -19,7 +19,9 @@ from iotpipe.core import wire
 from iotpipe.query.aggregate import SeqSet, WindowAggregate
 from iotpipe.query.window_cache import Row
 
-BATCH = 5000
+# messages per consume(): measured on 10^5 readings/sensor, 1000 keeps a batch's messages, its
+# joined text and its columns in the CPU caches (faster than 5000) and each reader ~10 MiB smaller
+BATCH = 1000
 POLL_S = 0.5
 
 
