@@ -72,13 +72,12 @@ class SensorScan:
 
 
 class _Range:
-    __slots__ = ("agg", "counted", "end", "last", "rows", "seen", "sensor")
+    __slots__ = ("agg", "end", "last", "rows", "seen", "sensor")
 
     def __init__(self, r: PartitionRange, scan: SensorScan, record: bool) -> None:
         self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor.encode()
         self.agg, self.seen = scan.agg, scan.seen
         self.rows: list[Row] | None = [] if record else None
-        self.counted: list[int | float] = []  # values of this batch, for agg.add_many
 
 
 class RangeScan:
@@ -130,10 +129,6 @@ class RangeScan:
             if i < j:
                 used += j - i
                 self._fold_run(r, batch[i:j], offsets[i:j])
-        for r in self.ranges.values():
-            if r.counted:
-                r.agg.add_many(r.counted)
-                r.counted.clear()
         if finished:  # stop prefetching what lies past the range
             c.incremental_unassign(finished)
         return used
@@ -174,9 +169,12 @@ class RangeScan:
         r.agg.add_many(values)
 
     def _fold_each(self, r: _Range, msgs: list[Message], offsets: list[int]) -> None:
+        """The slow path, for a run holding a message not in the canonical form: each message
+        decoded on its own, so a malformed one is counted and the others still count."""
         lo, hi = self.job.from_ms, self.job.to_ms
         fields, malformed = wire.decode_fields, wire.MalformedReading
         rows = r.rows
+        counted: list[int | float] = []  # values, added to the aggregate at once
         for msg, offset in zip(msgs, offsets, strict=True):
             try:
                 device, seq, ts, value = fields(msg.value(), r.sensor)
@@ -193,9 +191,10 @@ class RangeScan:
                 if seqs is None:
                     seqs = r.seen[device] = SeqSet()
                 if seqs.add(seq):
-                    r.counted.append(value)
+                    counted.append(value)
                 else:
                     r.agg.duplicates += 1
+        r.agg.add_many(counted)
 
     def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
         for tp in c.position([TopicPartition(t, p) for t, p in open_]):
