@@ -161,3 +161,26 @@ def test_repeats_read_by_two_scans_count_once(bootstrap: str) -> None:
             _same(result["pressure"], reference(rs, BASE_MS + lo, BASE_MS + hi))
     finally:
         app.extensions["iotpipe.service"].close()
+
+
+def test_repeats_in_another_partition_count_once_from_memory(bootstrap: str) -> None:
+    """Small windows answered from the window cache: a reading repeated into another partition
+    (at most one per range read, the devices' readings otherwise in order, so no partition on
+    its own needs de-duplication) still counts once."""
+    settings = settings_for(bootstrap, unique_prefix(), sensors="pressure")
+    create_topics(settings, partitions=4)
+    rs = [Reading(f"pressure-{d}", "pressure", s, BASE_MS + s * 100 + d, (s * 7 + d) % 50)
+          for s in range(1000) for d in range(4)]
+    topic = settings.topic("pressure")
+    for p in range(4):  # device p in partition p; every 600th reading of device p + 2 too
+        mine, repeats = (rs[d::4] for d in (p, (p + 2) % 4))
+        produce(bootstrap, topic, sorted(mine + repeats[::600], key=lambda r: r.ts),
+                partition=p)
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        for lo in (0, 55_000, 20_000, 55_000):  # cold, then from memory
+            result = _ask(client, ["pressure"], BASE_MS + lo, BASE_MS + lo + 10_000)
+            _same(result["pressure"], reference(rs, BASE_MS + lo, BASE_MS + lo + 10_000))
+    finally:
+        app.extensions["iotpipe.service"].close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 
 from iotpipe.query.aggregate import SeqSet, WindowAggregate
 
@@ -43,6 +43,10 @@ class Segment:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def device_names(self) -> KeysView[bytes]:
+        """The devices with a reading here."""
+        return self._last.keys()
 
     def append(self, rows: Iterable[Row], end: int, after: int | None) -> None:
         """Add the messages of [self.end, end), in offset order."""
@@ -88,17 +92,16 @@ class Segment:
     def fold(self, agg: WindowAggregate, seen: dict[bytes, SeqSet], start: int, end: int,
              lo: int, hi: int, alone: bool = True) -> None:
         """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
-        (device, seq) once - the same as a scan of that range from the broker (which, like
-        this, relies on the wire format's key = device: a device's readings in one partition).
-        Not `alone`: other pieces of the same range are folded with the same `seen`."""
+        (device, seq) once - the same as a scan of that range from the broker. `alone`: no
+        other piece folded with the same `seen` (another piece of the range, another
+        partition) holds any of these devices, so only repeats inside this piece matter."""
         agg.scanned += end - start
         i, j = self.index(start), self.index(end)
         values = self.values
         for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
             agg.count_malformed(str(values[k]))
         irr = self.irregular_prev[bisect_left(self.irregular, i):bisect_left(self.irregular, j)]
-        if alone and all(p < i for p in irr):  # no (device, seq) twice in the range (the wire
-            # format's key is the device, so a device's readings are all in this partition)
+        if alone and all(p < i for p in irr):  # no (device, seq) twice in the piece
             agg.add_many([v for t, v in zip(self.ts[i:j], values[i:j], strict=True)
                           if lo <= t <= hi])
             return

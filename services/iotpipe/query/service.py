@@ -34,7 +34,7 @@ from iotpipe.query.reader import (
     split,
 )
 from iotpipe.query.request import MetricsRequest
-from iotpipe.query.window_cache import Row, WindowCache
+from iotpipe.query.window_cache import Row, WindowCache, devices_shared
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -215,9 +215,12 @@ class WindowMetricsService:
             for g, read in gaps:
                 read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)],
                           req.from_ms, g.end_stamp)
-        seen: dict[str, dict[bytes, SeqSet]] = {sensor: {} for sensor in totals}
-        for r, read in reads:
-            read.fold(totals[r.sensor], seen[r.sensor], req.from_ms, req.to_ms)
+        for sensor, total in totals.items():
+            mine = [read for r, read in reads if r.sensor == sensor]
+            seen: dict[bytes, SeqSet] = {}
+            shared = devices_shared(mine)
+            for read in mine:
+                read.fold(total, seen, req.from_ms, req.to_ms, shared)
 
     def _wait(self, future: cf.Future[T], deadline: float) -> T:
         try:
