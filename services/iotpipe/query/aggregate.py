@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress, count
 from operator import mul
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
@@ -115,7 +117,7 @@ class WindowAggregate:
         self.malformed += 1
         self.malformed_reasons[reason] = self.malformed_reasons.get(reason, 0) + 1
 
-    def add_many(self, values: list[int | float]) -> None:
+    def add_many(self, values: Sequence[int | float]) -> None:
         """`add` of each value in turn, with the loops in C (sum, min, max)."""
         if not values:
             return
@@ -135,6 +137,31 @@ class WindowAggregate:
         deltas = [v - shift for v in values]
         self.s1 += sum(deltas)
         self.s2 += sum([d * d for d in deltas])
+
+    def add_readings(self, seen: dict[bytes, SeqSet], lo: int, hi: int,
+                     devices: Sequence[bytes], seqs: Sequence[int], ts: Sequence[int],
+                     values: Sequence[int | float]) -> None:
+        """Add the readings stamped in [lo, hi] whose (device, seq) is not in `seen` yet, and
+        note them there; the others inside the window count as duplicates."""
+        if ts and (lo > min(ts) or max(ts) > hi):
+            inside = [lo <= t <= hi for t in ts]
+            devices, seqs = list(compress(devices, inside)), list(compress(seqs, inside))
+            values = list(compress(values, inside))
+        repeated = []
+        for i, device, seq in zip(count(), devices, seqs):
+            seqs_of = seen.get(device)
+            if seqs_of is None:
+                seqs_of = seen[device] = SeqSet()
+            his = seqs_of.his
+            if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline: the hot loop
+                his[-1] = seq
+            elif not seqs_of.add(seq):
+                repeated.append(i)
+        if repeated:
+            self.duplicates += len(repeated)
+            skip = set(repeated)
+            values = [v for i, v in enumerate(values) if i not in skip]
+        self.add_many(values)
 
     def _moments(self) -> tuple[float, float]:
         """Mean and sum of squared deviations (M2)."""

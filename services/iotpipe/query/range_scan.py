@@ -11,7 +11,6 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import compress, count
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -143,58 +142,29 @@ class RangeScan:
             stamps = [stamp for _, stamp in map(Message.timestamp, msgs)]
             r.rows.extend(zip(offsets, stamps, *cols, strict=True))
         else:
-            self._count(r, cols)
-
-    def _count(self, r: _Range, cols: wire.Columns) -> None:
-        """Count the readings inside the window, each (device, seq) once."""
-        lo, hi = self.job.from_ms, self.job.to_ms
-        devices, seqs, values = cols.devices, cols.seqs, cols.values
-        if lo > min(cols.ts) or max(cols.ts) > hi:
-            inside = [lo <= ts <= hi for ts in cols.ts]
-            devices, seqs = tuple(compress(devices, inside)), list(compress(seqs, inside))
-            values = list(compress(values, inside))
-        seen, repeated = r.seen, []
-        for i, device, seq in zip(count(), devices, seqs):
-            seqs_of = seen.get(device)
-            if seqs_of is None:
-                seqs_of = seen[device] = SeqSet()
-            his = seqs_of.his
-            if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline
-                his[-1] = seq
-            elif not seqs_of.add(seq):
-                repeated.append(i)
-        if repeated:
-            r.agg.duplicates += len(repeated)
-            values = list(_without(values, repeated))
-        r.agg.add_many(values)
+            r.agg.add_readings(r.seen, self.job.from_ms, self.job.to_ms, *cols)
 
     def _fold_each(self, r: _Range, msgs: list[Message], offsets: list[int]) -> None:
         """The slow path, for a run holding a message not in the canonical form: each message
         decoded on its own, so a malformed one is counted and the others still count."""
-        lo, hi = self.job.from_ms, self.job.to_ms
         fields, malformed = wire.decode_fields, wire.MalformedReading
-        rows = r.rows
-        counted: list[int | float] = []  # values, added to the aggregate at once
+        decoded = []
         for msg, offset in zip(msgs, offsets, strict=True):
             try:
                 device, seq, ts, value = fields(msg.value(), r.sensor)
             except malformed as e:
-                if rows is None:
+                if r.rows is None:
                     r.agg.count_malformed(malformed_reason(e))
                 else:
-                    rows.append((offset, msg.timestamp()[1], None, 0, 0, malformed_reason(e)))
+                    r.rows.append((offset, msg.timestamp()[1], None, 0, 0, malformed_reason(e)))
                 continue
-            if rows is not None:
-                rows.append((offset, msg.timestamp()[1], device, seq, ts, value))
-            elif lo <= ts <= hi:
-                seqs = r.seen.get(device)
-                if seqs is None:
-                    seqs = r.seen[device] = SeqSet()
-                if seqs.add(seq):
-                    counted.append(value)
-                else:
-                    r.agg.duplicates += 1
-        r.agg.add_many(counted)
+            if r.rows is not None:
+                r.rows.append((offset, msg.timestamp()[1], device, seq, ts, value))
+            else:
+                decoded.append((device, seq, ts, value))
+        if decoded:
+            r.agg.add_readings(r.seen, self.job.from_ms, self.job.to_ms,
+                               *zip(*decoded, strict=True))
 
     def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
         for tp in c.position([TopicPartition(t, p) for t, p in open_]):
@@ -215,11 +185,6 @@ def _runs(topics: list[str], partitions: list[int]
             yield (topics[start], partitions[start]), start, i
             start = i
     yield (topics[start], partitions[start]), start, n
-
-
-def _without(values: list[int | float], positions: list[int]) -> Iterator[int | float]:
-    skip = set(positions)
-    return (v for i, v in enumerate(values) if i not in skip)
 
 
 def malformed_reason(e: Exception) -> str:

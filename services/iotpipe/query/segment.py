@@ -105,18 +105,6 @@ class Segment:
             agg.add_many([v for t, v in zip(self.ts[i:j], values[i:j], strict=True)
                           if lo <= t <= hi])
             return
-        counted: list[int | float] = []
-        keep = counted.append
-        duplicates = 0
-        for t, device, seq, value in zip(self.ts[i:j], self.devices[i:j], self.seqs[i:j],
-                                         values[i:j], strict=True):
-            if lo <= t <= hi:
-                s = seen.get(device)  # type: ignore[arg-type]
-                if s is None:
-                    s = seen[device] = SeqSet()  # type: ignore[index]
-                if s.add(seq):
-                    keep(value)  # type: ignore[arg-type]
-                else:
-                    duplicates += 1
-        agg.duplicates += duplicates
-        agg.add_many(counted)
+        # malformed messages (device None, value their reason) are stamped NO_TS: never inside
+        agg.add_readings(seen, lo, hi, self.devices[i:j], self.seqs[i:j],  # type: ignore[arg-type]
+                         self.ts[i:j], values[i:j])  # type: ignore[arg-type]
