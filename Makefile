@@ -45,7 +45,7 @@ status: install
 	$(PY) -m iotpipe status
 
 clean: down
-	rm -rf $(VENV) .cache .data .tools .pytest_cache .ruff_cache .hypothesis services/*.egg-info
+	rm -rf $(VENV) .cache .data .tools .pytest_cache .ruff_cache .hypothesis .schemathesis services/*.egg-info
 
 lint: install
 	$(VENV)/bin/ruff check services tests

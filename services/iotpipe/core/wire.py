@@ -162,7 +162,7 @@ def decode_columns(raws: list[bytes | None], sensor: bytes) -> Columns | None:
     if joined.count(b"\n") != len(raws) - 1:  # a message holding a newline: lines misalign
         return None
     found = _lines_of(sensor).findall(joined)
-    if len(found) != len(raws) or not found:  # each line matched whole, so each message did
+    if len(found) != len(raws):  # each line matched whole, so each message did
         return None
     devices, seq_texts, ts_texts, number_texts = zip(*found, strict=True)
     try:

@@ -167,19 +167,18 @@ class WindowMetricsService:
         if cache is not None and messages < SMALL_SCAN:
             self._fold_cached(cache, ranges, req, deadline, totals)
         else:
-            self._fold_scanned(ranges, req, deadline, totals)
+            self._fold_scanned(ranges, messages, req, deadline, totals)
         result: dict[str, dict[str, object]] = {}
         for sensor, total in totals.items():
             _count(sensor, total)
             result[sensor] = self._metrics(sensor, total, req)
         return result
 
-    def _fold_scanned(self, ranges: list[PartitionRange], req: MetricsRequest, deadline: float,
-                      totals: dict[str, WindowAggregate]) -> None:
+    def _fold_scanned(self, ranges: list[PartitionRange], messages: int, req: MetricsRequest,
+                      deadline: float, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges in parallel scans of equal size. Each scan counts a (device,
         seq) once; a reading found by two scans (repeated into another partition, or on both
         sides of a cut) would count twice, so then that sensor is read again in one scan."""
-        messages = sum(r.end - r.start for r in ranges)
         jobs = split(ranges, self.scans.groups(messages, len(totals)), cut=True)
         futures = [self.scans.submit(ScanJob(job, req.from_ms, req.to_ms, deadline), messages)
                    for job in jobs]
