@@ -21,6 +21,7 @@ from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import http_post_json, start_service, stop_process, wait_healthy
 from iotpipe.localstack.topics import ensure_topics
+from iotpipe.query.service import READER_GC_THRESHOLDS
 from iotpipe.query.timestamps import format_ms
 
 T0 = 1_700_000_000_000
@@ -85,7 +86,7 @@ def load(settings: Settings, size: int) -> int:
 
 def raw_consume_rate(settings: Settings) -> float:
     """Messages/s of one consumer reading every message of the topics, decoding nothing;
-    tuned as the service's reader processes are (fetch sizes for throughput, no cyclic GC)."""
+    tuned for throughput (large fetches) and collecting garbage as seldom as the readers."""
     c = Consumer(settings.kafka.client_config() | {  # tuned for throughput: it is the limit
         "group.id": "iotpipe-bench-raw", "enable.auto.commit": False,
         "fetch.max.bytes": 50 * 2**20, "max.partition.fetch.bytes": 10 * 2**20,
@@ -97,19 +98,21 @@ def raw_consume_rate(settings: Settings) -> float:
             tps.append(TopicPartition(topic, p, 0))
     total = sum(c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
     thresholds = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*READER_GC_THRESHOLDS)
     t = time.perf_counter()
     c.assign(tps)
     n = 0
-    while n < total:
-        batch = c.consume(min(10_000, total - n), 10)
-        if not batch:
-            raise TimeoutError("raw consumer got nothing for 10 s")
-        for m in batch:
-            m.value()
-        n += len(batch)
-    rate = n / (time.perf_counter() - t)
-    gc.set_threshold(*thresholds)
+    try:
+        while n < total:
+            batch = c.consume(min(10_000, total - n), 10)
+            if not batch:
+                raise TimeoutError("raw consumer got nothing for 10 s")
+            for m in batch:
+                m.value()
+            n += len(batch)
+        rate = n / (time.perf_counter() - t)
+    finally:
+        gc.set_threshold(*thresholds)
     c.close()
     return rate
 
