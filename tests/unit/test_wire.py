@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -101,19 +102,33 @@ def test_fast_path_edge_cases(raw: bytes) -> None:
     assert slow == fast
 
 
+# readings in the narrow form the columns path takes (ASCII device without escapes, ts of 13
+# digits, no exponent, at most 300 integer digits; a small float may still print an exponent)
+narrow_readings = st.builds(
+    wire.Reading, sensor=st.just("t"), seq=st.integers(0, wire.MAX_SEQ),
+    device=st.text(st.characters(min_codepoint=32, max_codepoint=126, exclude_characters='"\\'),
+                   min_size=1, max_size=30),
+    ts=st.integers(10**12, 10**13 - 1),
+    value=st.one_of(st.integers(-10**12, 10**12), st.integers(-10**300, 10**300),
+                    st.floats(-1e6, 1e6)))
+
+
 def _fields_or_none(raws: list[bytes | None], sensor: str) -> list[object] | None:
     fields = [_both(raw, sensor)[1] for raw in raws]
     return None if "malformed" in fields else fields
 
 
-@given(st.lists(readings, min_size=1, max_size=20), st.integers(0, 30), st.integers(0, 200),
-       st.binary(max_size=3))
-def test_columns_agree_with_one_by_one(rs: list[wire.Reading], mutate: int, at: int,
-                                       junk: bytes) -> None:
+@given(st.lists(narrow_readings, min_size=1, max_size=20), st.none() | readings,
+       st.integers(0, 30), st.integers(0, 200), st.binary(max_size=3))
+def test_columns_agree_with_one_by_one(rs: list[wire.Reading], other: wire.Reading | None,
+                                       mutate: int, at: int, junk: bytes) -> None:
     """A run decodes as columns only when every message is valid, and then to the same fields;
-    one mutated message (anywhere, into anything, a newline too) sends the run to the slow
-    path. Runs of canonical readings without exponents do take the columns path."""
-    raws: list[bytes | None] = [wire.encode(r._replace(sensor="t")) for r in rs]
+    one mutated message (anywhere, into anything, a newline too) or one reading outside the
+    narrow form (any valid reading) sends the run to the slow path. Runs in the narrow form
+    do take the columns path."""
+    if other is not None:
+        rs = [*rs[:mutate], other._replace(sensor="t"), *rs[mutate:]]
+    raws: list[bytes | None] = [wire.encode(r) for r in rs]
     if mutate < len(raws):
         raw = raws[mutate]
         assert raw is not None
@@ -122,22 +137,30 @@ def test_columns_agree_with_one_by_one(rs: list[wire.Reading], mutate: int, at: 
     cols = wire.decode_columns(raws, b"t")
     one_by_one = _fields_or_none(raws, "t")
     if cols is not None:
-        assert list(zip(*cols, strict=True)) == one_by_one
+        assert list(zip(cols.devices, cols.seqs, cols.ts(), cols.values,
+                        strict=True)) == one_by_one
         assert [type(v) for v in cols.values] == [type(f[3]) for f in one_by_one]  # type: ignore[index]
-    elif one_by_one is not None:  # valid, but not in the narrow form: an exponent, an escape
-        assert any(b"e" in (raw or b"").lower().split(b'"value":')[-1] or b"\\" in (raw or b"")
-                   or not (raw or b"x").isascii() or b"\n" in (raw or b"") for raw in raws)
+        ts = [f[2] for f in one_by_one]  # type: ignore[index]
+        lo, hi = min(ts), max(ts)
+        assert cols.within(lo, hi) and not cols.within(lo + 1, hi) and not cols.within(lo, hi - 1)
+    elif one_by_one is not None:  # valid, but not in the narrow form
+        assert any(not _NARROW.fullmatch(raw or b"") for raw in raws)
+
+
+# the narrow form's outline: what the columns path leaves to the slow one
+_NARROW = re.compile(rb'\{"device":"[^"\\\x00-\x1f\x80-\xff\n]+","sensor":"t","seq":[0-9]+,'
+                     rb'"ts":[1-9][0-9]{12},"value":-?[0-9]{1,300}(\.[0-9]+)?\}')
 
 
 @pytest.mark.parametrize("raws", [
-    [None], [b""], [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1}', None],
-    [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1}\n{"device":"d","sensor":"t",'
-     b'"seq":2,"ts":1,"value":1}', b"garbage"],  # two readings in one message, then junk
-    [b'{"device":"d","sensor":"t","seq":9223372036854775808,"ts":1,"value":1}'],
-    [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":' + b"9" * 400 + b'.5}'],
-    [b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":' + b"9" * 5000 + b"}"],
-    [b'{"device":"\xff","sensor":"t","seq":1,"ts":1,"value":1}'],
-    [b'{"device":"d","sensor":"u","seq":1,"ts":1,"value":1}'],
+    [None], [b""], [b'{"device":"d","sensor":"t","seq":1,"ts":1700000000000,"value":1}', None],
+    [b'{"device":"d","sensor":"t","seq":1,"ts":1700000000000,"value":1}\n'  # two in one
+     b'{"device":"d","sensor":"t","seq":2,"ts":1700000000000,"value":1}', b"garbage"],
+    [b'{"device":"d","sensor":"t","seq":9223372036854775808,"ts":1700000000000,"value":1}'],
+    [b'{"device":"d","sensor":"t","seq":1,"ts":1700000000000,"value":' + b"9" * 400 + b'.5}'],
+    [b'{"device":"d","sensor":"t","seq":1,"ts":1700000000000,"value":' + b"9" * 5000 + b"}"],
+    [b'{"device":"\xff","sensor":"t","seq":1,"ts":1700000000000,"value":1}'],
+    [b'{"device":"d","sensor":"u","seq":1,"ts":1700000000000,"value":1}'],
 ])
 def test_columns_refuse_what_one_by_one_refuses(raws: list[bytes | None]) -> None:
     assert wire.decode_columns(raws, b"t") is None

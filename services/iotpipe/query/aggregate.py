@@ -139,10 +139,11 @@ class WindowAggregate:
         self.s2 += sum([d * d for d in deltas])
 
     def add_readings(self, seen: dict[bytes, SeqSet], lo: int, hi: int,
-                     devices: Sequence[bytes], seqs: Sequence[int], ts: Sequence[int],
+                     devices: Sequence[bytes], seqs: Sequence[int], ts: Sequence[int] | None,
                      values: Sequence[int | float]) -> None:
-        """Add the readings stamped in [lo, hi] whose (device, seq) is not in `seen` yet, and
-        note them there; the others inside the window count as duplicates."""
+        """Add the readings stamped in [lo, hi] (all of them when `ts` is None: the caller
+        knows) whose (device, seq) is not in `seen` yet, and note them there; the others inside
+        the window count as duplicates."""
         if ts and (lo > min(ts) or max(ts) > hi):
             inside = [lo <= t <= hi for t in ts]
             devices, seqs = list(compress(devices, inside)), list(compress(seqs, inside))

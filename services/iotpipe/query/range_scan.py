@@ -140,9 +140,12 @@ class RangeScan:
             self._fold_each(r, msgs, offsets)
         elif r.rows is not None:
             stamps = [stamp for _, stamp in map(Message.timestamp, msgs)]
-            r.rows.extend(zip(offsets, stamps, *cols, strict=True))
+            r.rows.extend(zip(offsets, stamps, cols.devices, cols.seqs, cols.ts(), cols.values,
+                              strict=True))
         else:
-            r.agg.add_readings(r.seen, self.job.from_ms, self.job.to_ms, *cols)
+            lo, hi = self.job.from_ms, self.job.to_ms
+            r.agg.add_readings(r.seen, lo, hi, cols.devices, cols.seqs,
+                               None if cols.within(lo, hi) else cols.ts(), cols.values)
 
     def _fold_each(self, r: _Range, msgs: list[Message], offsets: list[int]) -> None:
         """The slow path, for a run holding a message not in the canonical form: each message
