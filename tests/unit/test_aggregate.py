@@ -155,3 +155,80 @@ def test_split_with_cuts_gives_equal_jobs(sizes: list[int], groups: int) -> None
         assert all(a.end == b.start for a, b in itertools.pairwise(pieces))
         # the end's timestamp is known only where a piece ends where the range did
         assert [p.end_stamp for p in pieces] == [None] * (len(pieces) - 1) + [r.end_stamp]
+
+
+@st.composite
+def fleet_batches(draw: st.DrawFn) -> tuple[list[list[tuple[bytes, int, int, int]]], int, int]:
+    """Readings of a fleet sent in a repeating order (a rotation, the fast path's case, or one
+    where a device comes twice), then edited: repeats, swaps and gaps (which must take the
+    step-by-step path), cut into batches."""
+    order = draw(st.lists(st.integers(0, 3), min_size=1, max_size=6))
+    rounds = draw(st.integers(1, 40))
+    nxt = dict(enumerate(draw(st.lists(st.integers(0, 5), min_size=4, max_size=4))))
+    rows = []
+    for i in range(len(order) * rounds):
+        d = order[i % len(order)]
+        rows.append((b"d%d" % d, nxt[d], i, i % 7))
+        nxt[d] += 1
+    for op, i, j in draw(st.lists(st.tuples(st.sampled_from(["repeat", "swap", "drop"]),
+                                            st.integers(0, 10**4), st.integers(0, 10**4)),
+                                  max_size=3)):
+        i, j = i % len(rows), j % len(rows)
+        if op == "repeat":
+            rows.insert(j, rows[i])
+        elif op == "swap":
+            rows[i], rows[j] = rows[j], rows[i]
+        elif len(rows) > 1:
+            del rows[i]
+    cuts = sorted(draw(st.lists(st.integers(0, len(rows)), max_size=4)))
+    batches = [rows[a:b] for a, b in itertools.pairwise([0, *cuts, len(rows)])]
+    lo = draw(st.integers(0, 20))
+    return batches, lo, lo + draw(st.integers(0, len(rows)))
+
+
+@given(fleet_batches(), st.booleans())
+def test_add_readings_counts_each_reading_once(case: tuple, stamped: bool) -> None:
+    """Batch by batch, against a set of (device, seq): the rotation fast path and the step by
+    step path agree with it on what counts, what repeats, and what is remembered."""
+    _check_against_a_set(*case, stamped)
+
+
+def _rows(devices: list[bytes], seqs: list[int]) -> list[tuple[bytes, int, int, int]]:
+    return [(d, q, 0, q % 5) for d, q in zip(devices, seqs, strict=True)]
+
+
+@pytest.mark.parametrize("rows", [
+    # a device twice per turn, its two slices overlapping: 5 repeats, not a rotation
+    _rows([b"a", b"x", b"x"] * 8, [q for i in range(8) for q in (i, 100 + i, 103 + i)]),
+    # no fixed order, though every other reading goes on by one: b and c are not one device
+    _rows([b"a", b"b", b"a", b"c"] * 8,
+          [q for i in range(8) for q in (2 * i, 2 * i, 2 * i + 1, 2 * i + 1)]),
+])
+def test_add_readings_refuses_lookalike_rotations(rows: list) -> None:
+    _check_against_a_set([rows], 0, 0, False)
+
+
+def _check_against_a_set(batches: list[list[tuple[bytes, int, int, int]]], lo: int, hi: int,
+                         stamped: bool) -> None:
+    agg, seen, counted = WindowAggregate(), {}, set()
+    want = WindowAggregate()
+    for batch in batches:
+        devices, seqs, ts, vals = ([list(col) for col in zip(*batch, strict=True)]
+                                   if batch else ([], [], [], []))
+        # without stamps the caller vouches that every reading is inside the window
+        agg.add_readings(seen, lo, hi, devices, seqs, ts if stamped else None, vals)
+        for device, seq, t, v in batch:
+            if stamped and not lo <= t <= hi:
+                continue
+            if (device, seq) in counted:
+                want.duplicates += 1
+            else:
+                counted.add((device, seq))
+                want.add(v)
+    assert (agg.count, agg.duplicates, agg.total) == (want.count, want.duplicates, want.total)
+    assert (agg.minimum, agg.maximum) == (want.minimum, want.maximum)
+    assert {(d, q) for d, s in seen.items() for q in _members(s)} == counted
+
+
+def _members(s: SeqSet) -> set[int]:
+    return {q for lo, hi in zip(s.los, s.his, strict=True) for q in range(lo, hi + 1)}

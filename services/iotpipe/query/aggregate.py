@@ -82,6 +82,46 @@ class SeqSet:
     def runs(self) -> int:
         return len(self.los)
 
+    def extend(self, lo: int, hi: int) -> None:
+        """Add [lo, hi], all above every seq already here."""
+        if self.his and self.his[-1] + 1 == lo:
+            self.his[-1] = hi
+        else:
+            self.los.append(lo)
+            self.his.append(hi)
+
+
+def note_rotation(seen: dict[bytes, SeqSet], devices: Sequence[bytes],
+                  seqs: Sequence[int]) -> bool:
+    """Note in `seen` a run of new readings whose devices take turns in a fixed order (one
+    device alone, or a fleet sent in rotation, as the simulator and many gateways do) and
+    each go on by one seq: checked with slices and comparisons in C instead of a step per
+    reading. False, with nothing noted, for any other run."""
+    if not devices:
+        return True
+    try:  # the period: where the first device comes again (the compare fails fast if none)
+        k = devices.index(devices[0], 1)
+    except ValueError:
+        k = len(devices)
+    if (k > max(1, len(devices) // 8) or devices[k:] != devices[:-k]
+            or len(set(devices[:k])) != k):
+        return False
+    runs = []
+    for device, first in zip(devices, seqs[:k], strict=False):
+        mine = seqs[len(runs)::k]
+        if mine != list(range(first, first + len(mine))):
+            return False
+        seqs_of = seen.get(device)
+        if seqs_of is not None and seqs_of.his and seqs_of.his[-1] >= first:
+            return False  # maybe repeats: the step by step path tells
+        runs.append((device, first, mine[-1]))
+    for device, first, last in runs:
+        seqs_of = seen.get(device)
+        if seqs_of is None:
+            seqs_of = seen[device] = SeqSet()
+        seqs_of.extend(first, last)
+    return True
+
 
 @dataclass
 class WindowAggregate:
@@ -148,6 +188,9 @@ class WindowAggregate:
             inside = [lo <= t <= hi for t in ts]
             devices, seqs = list(compress(devices, inside)), list(compress(seqs, inside))
             values = list(compress(values, inside))
+        if note_rotation(seen, devices, seqs):
+            self.add_many(values)
+            return
         repeated = []
         for i, device, seq in zip(count(), devices, seqs):
             seqs_of = seen.get(device)
