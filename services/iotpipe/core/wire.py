@@ -177,6 +177,6 @@ def decode_columns(raws: list[bytes | None], sensor: bytes) -> Columns | None:
     devices, seq_texts, stamps, number_texts = zip(*found, strict=True)
     numbers = _decode_json(f"[{b','.join(seq_texts + number_texts).decode()}]")
     seqs, values = numbers[:len(found)], numbers[len(found):]
-    if max(seqs) > MAX_SEQ or not (b"".join(devices).isascii() or all(map(_utf8, devices))):
+    if max(seqs) > MAX_SEQ or not (joined.isascii() or all(map(_utf8, devices))):
         return None
     return Columns(devices, seqs, stamps, values)

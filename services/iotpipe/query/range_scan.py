@@ -114,45 +114,44 @@ class RangeScan:
         many messages were inside the ranges."""
         for err in filter(None, map(Message.error, batch)):
             raise BrokerUnavailable(f"fetching: {err.str()}")
-        offsets = list(map(Message.offset, batch))
         used = 0
         finished: list[TopicPartition] = []
         topics, partitions = list(map(Message.topic, batch)), list(map(Message.partition, batch))
         for key, i, j in _runs(topics, partitions):
             r = self.ranges[key]
-            if offsets[j - 1] >= r.last:  # the run reaches the range's last offset, or past it
+            if batch[j - 1].offset() >= r.last:  # the run reaches the range's last offset
                 if key in open_:
                     open_.discard(key)
                     finished.append(TopicPartition(*key))
-                j = bisect_left(offsets, r.end, i, j)
+                j = bisect_left(batch, r.end, i, j, key=Message.offset)
             if i < j:
                 used += j - i
-                self._fold_run(r, batch[i:j], offsets[i:j])
+                self._fold_run(r, batch[i:j])
         if finished:  # stop prefetching what lies past the range
             c.incremental_unassign(finished)
         return used
 
-    def _fold_run(self, r: _Range, msgs: list[Message], offsets: list[int]) -> None:
+    def _fold_run(self, r: _Range, msgs: list[Message]) -> None:
         """Messages of one partition inside its range: decoded as columns when all are in the
         canonical form (the common case), else one by one."""
         cols = wire.decode_columns(list(map(Message.value, msgs)), r.sensor)
         if cols is None:
-            self._fold_each(r, msgs, offsets)
+            self._fold_each(r, msgs)
         elif r.rows is not None:
             stamps = [stamp for _, stamp in map(Message.timestamp, msgs)]
-            r.rows.extend(zip(offsets, stamps, cols.devices, cols.seqs, cols.ts(), cols.values,
-                              strict=True))
+            r.rows.extend(zip(map(Message.offset, msgs), stamps, cols.devices, cols.seqs,
+                              cols.ts(), cols.values, strict=True))
         else:
             lo, hi = self.job.from_ms, self.job.to_ms
             r.agg.add_readings(r.seen, lo, hi, cols.devices, cols.seqs,
                                None if cols.within(lo, hi) else cols.ts(), cols.values)
 
-    def _fold_each(self, r: _Range, msgs: list[Message], offsets: list[int]) -> None:
+    def _fold_each(self, r: _Range, msgs: list[Message]) -> None:
         """The slow path, for a run holding a message not in the canonical form: each message
         decoded on its own, so a malformed one is counted and the others still count."""
         fields, malformed = wire.decode_fields, wire.MalformedReading
         decoded = []
-        for msg, offset in zip(msgs, offsets, strict=True):
+        for msg, offset in zip(msgs, map(Message.offset, msgs), strict=True):
             try:
                 device, seq, ts, value = fields(msg.value(), r.sensor)
             except malformed as e:
