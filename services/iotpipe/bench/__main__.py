@@ -69,6 +69,9 @@ def main() -> None:
             results = query_bench.run(broker.bootstrap, sizes, Path(tmp), log)
             sections = [
                 "## Query service: 3 sensors x 4 metrics over the whole loaded window\n\n"
+                "Data: readings 10 ms apart taking turns over 10 devices per sensor, as the "
+                "simulator sends them (the de-duplication's bulk path; in a random device order "
+                "it goes reading by reading). "
                 "(a) this service over HTTP (gunicorn, 1 worker, 2 reader processes, window cache "
                 "off: every request reads the topics); (b) the "
                 "prototype's algorithm (sensors one after another, a new consumer each, one "
