@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from array import array
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotpipe.query.aggregate import SeqSet, WindowAggregate
+from iotpipe.query.aggregate import SeqSet, WindowAggregate, note_rotation
 
 values = st.one_of(st.integers(-10**6, 10**6),
                    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
@@ -232,3 +233,12 @@ def _check_against_a_set(batches: list[list[tuple[bytes, int, int, int]]], lo: i
 
 def _members(s: SeqSet) -> set[int]:
     return {q for lo, hi in zip(s.los, s.his, strict=True) for q in range(lo, hi + 1)}
+
+
+def test_rotation_path_takes_the_window_caches_arrays() -> None:
+    """The window cache keeps seqs in an array: its rotations take the bulk path too."""
+    seen: dict[bytes, SeqSet] = {}
+    seqs = array("q", [q for i in range(8) for q in (10 + i, 50 + i)])
+    assert note_rotation(seen, [b"a", b"b"] * 8, seqs)
+    assert {d: (s.los, s.his) for d, s in seen.items()} == {b"a": ([10], [17]),
+                                                           b"b": ([50], [57])}

@@ -12,7 +12,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import compress, count
+from itertools import compress, count, islice
 from operator import mul
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
@@ -108,7 +108,7 @@ def note_rotation(seen: dict[bytes, SeqSet], devices: Sequence[bytes],
         return False
     runs = []
     for device, first in zip(devices, seqs[:k], strict=False):
-        mine = seqs[len(runs)::k]
+        mine = list(islice(seqs, len(runs), None, k))  # a list whatever `seqs` is (arrays too)
         if mine != list(range(first, first + len(mine))):
             return False
         seqs_of = seen.get(device)
