@@ -114,9 +114,8 @@ def note_rotation(seen: dict[bytes, SeqSet], devices: Sequence[bytes],
         seqs_of = seen.get(device)
         if seqs_of is not None and seqs_of.his and seqs_of.his[-1] >= first:
             return False  # maybe repeats: the step by step path tells
-        runs.append((device, first, mine[-1]))
-    for device, first, last in runs:
-        seqs_of = seen.get(device)
+        runs.append((device, seqs_of, first, mine[-1]))
+    for device, seqs_of, first, last in runs:
         if seqs_of is None:
             seqs_of = seen[device] = SeqSet()
         seqs_of.extend(first, last)
