@@ -1,7 +1,8 @@
 """Streaming aggregation of readings: constant memory per device, mergeable across partitions.
 
-`SeqSet` remembers which `seq` of a device were counted as a sorted list of disjoint intervals,
-so memory grows with the number of devices and gaps, not with the number of readings.
+`SeenReadings` remembers which (device, seq) were counted: per device one packed int while its
+seqs form one run, a `SeqSet` of runs otherwise, so memory grows with the number of devices
+and gaps, not with the number of readings.
 `WindowAggregate` keeps count, exact sum (Python ints stay exact), min, max and shifted sums
 for a numerically stable variance; partials from partitions merge with `merge`.
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, count, islice
+from itertools import compress, count
 from operator import mul
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
@@ -23,9 +24,8 @@ class SeqSet:
 
     __slots__ = ("his", "los")
 
-    def __init__(self) -> None:
-        self.los: list[int] = []
-        self.his: list[int] = []
+    def __init__(self, lo: int, hi: int) -> None:
+        self.los, self.his = [lo], [hi]
 
     def add(self, seq: int) -> bool:
         """Add `seq`; return False if it was already there (a duplicate reading)."""
@@ -53,73 +53,57 @@ class SeqSet:
     def __len__(self) -> int:
         return sum(h - lo + 1 for lo, h in zip(self.los, self.his, strict=True))
 
-    def overlaps(self, other: SeqSet) -> bool:
-        """Whether a seq is in both (one walk over the two run lists)."""
-        a_lo, a_hi, b_lo, b_hi = self.los, self.his, other.los, other.his
-        i = j = 0
-        while i < len(a_lo) and j < len(b_lo):
-            if a_hi[i] < b_lo[j]:
-                i += 1
-            elif b_hi[j] < a_lo[i]:
-                j += 1
-            else:
+
+_LOW = (1 << 64) - 1  # a run [first, last] is packed as first << 64 | last
+
+
+class SeenReadings:
+    """The (device, seq) pairs counted so far, each device in as little memory as it needs:
+    while its seqs form one run of consecutive numbers (the common case, whatever the order of
+    the devices), one int packing the run's ends; once they do not (a gap filled later, a
+    reading sent again after others), a SeqSet."""
+
+    __slots__ = ("runs", "sets")
+
+    def __init__(self) -> None:
+        self.runs: dict[str, int] = {}
+        self.sets: dict[str, SeqSet] = {}
+
+    def __len__(self) -> int:
+        """How many devices."""
+        return len(self.runs) + len(self.sets)
+
+    def devices(self) -> Iterator[str]:
+        yield from self.runs
+        yield from self.sets
+
+    def add_all(self, devices: Sequence[str], seqs: Sequence[int]) -> list[int]:
+        """Note each reading; return the indices of those noted before (repeats)."""
+        runs, get, repeated = self.runs, self.runs.get, []
+        for i, device, seq in zip(count(), devices, seqs):
+            run = get(device)
+            if run is not None and (run & _LOW) + 1 == seq:  # the next one: the hot path
+                runs[device] = run + 1
+            elif not self._add(device, seq, run):
+                repeated.append(i)
+        return repeated
+
+    def _add(self, device: str, seq: int, run: int | None) -> bool:
+        if run is None:
+            seqs = self.sets.get(device)
+            if seqs is None:
+                self.runs[device] = seq << 64 | seq
                 return True
-        return False
-
-    def update(self, other: SeqSet) -> None:
-        """Add every seq of `other` (runs merged, adjacent ones joined)."""
-        los: list[int] = []
-        his: list[int] = []
-        for lo, hi in sorted(zip(self.los + other.los, self.his + other.his, strict=True)):
-            if his and lo <= his[-1] + 1:
-                his[-1] = max(his[-1], hi)
-            else:
-                los.append(lo)
-                his.append(hi)
-        self.los, self.his = los, his
-
-    @property
-    def runs(self) -> int:
-        return len(self.los)
-
-    def extend(self, lo: int, hi: int) -> None:
-        """Add [lo, hi], all above every seq already here."""
-        if self.his and self.his[-1] + 1 == lo:
-            self.his[-1] = hi
-        else:
-            self.los.append(lo)
-            self.his.append(hi)
-
-
-def note_rotation(seen: dict[bytes, SeqSet], devices: Sequence[bytes],
-                  seqs: Sequence[int]) -> bool:
-    """Note in `seen` a run of new readings whose devices take turns in a fixed order (one
-    device alone, or a fleet sent in rotation, as the simulator and many gateways do) and
-    each go on by one seq: checked with slices and comparisons in C instead of a step per
-    reading. False, with nothing noted, for any other run."""
-    if not devices:
-        return True
-    try:  # the period: where the first device comes again (the compare fails fast if none)
-        k = devices.index(devices[0], 1)
-    except ValueError:
-        k = len(devices)
-    if (k > max(1, len(devices) // 8) or devices[k:] != devices[:-k]
-            or len(set(devices[:k])) != k):
-        return False
-    runs = []
-    for device, first in zip(devices, seqs[:k], strict=False):
-        mine = list(islice(seqs, len(runs), None, k))  # a list whatever `seqs` is (arrays too)
-        if mine != list(range(first, first + len(mine))):
+            return seqs.add(seq)
+        first, last = run >> 64, run & _LOW
+        if first <= seq <= last:
             return False
-        seqs_of = seen.get(device)
-        if seqs_of is not None and seqs_of.his and seqs_of.his[-1] >= first:
-            return False  # maybe repeats: the step by step path tells
-        runs.append((device, seqs_of, first, mine[-1]))
-    for device, seqs_of, first, last in runs:
-        if seqs_of is None:
-            seqs_of = seen[device] = SeqSet()
-        seqs_of.extend(first, last)
-    return True
+        if seq == first - 1:
+            self.runs[device] = seq << 64 | last
+            return True
+        del self.runs[device]
+        seqs = self.sets[device] = SeqSet(first, last)
+        return seqs.add(seq)
 
 
 @dataclass
@@ -177,8 +161,8 @@ class WindowAggregate:
         self.s1 += sum(deltas)
         self.s2 += sum([d * d for d in deltas])
 
-    def add_readings(self, seen: dict[bytes, SeqSet], lo: int, hi: int,
-                     devices: Sequence[bytes], seqs: Sequence[int], ts: Sequence[int] | None,
+    def add_readings(self, seen: SeenReadings, lo: int, hi: int,
+                     devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int] | None,
                      values: Sequence[int | float]) -> None:
         """Add the readings stamped in [lo, hi] (all of them when `ts` is None: the caller
         knows) whose (device, seq) is not in `seen` yet, and note them there; the others inside
@@ -187,19 +171,7 @@ class WindowAggregate:
             inside = [lo <= t <= hi for t in ts]
             devices, seqs = list(compress(devices, inside)), list(compress(seqs, inside))
             values = list(compress(values, inside))
-        if note_rotation(seen, devices, seqs):
-            self.add_many(values)
-            return
-        repeated = []
-        for i, device, seq in zip(count(), devices, seqs):
-            seqs_of = seen.get(device)
-            if seqs_of is None:
-                seqs_of = seen[device] = SeqSet()
-            his = seqs_of.his
-            if his and his[-1] + 1 == seq:  # SeqSet.add's common case, inline: the hot loop
-                his[-1] = seq
-            elif not seqs_of.add(seq):
-                repeated.append(i)
+        repeated = seen.add_all(devices, seqs)
         if repeated:
             self.duplicates += len(repeated)
             skip = set(repeated)

@@ -8,7 +8,8 @@ from importlib import resources
 
 from flask import Blueprint, Response, current_app, request
 
-from iotpipe.query.reader import BrokerUnavailable, ScanTimeout
+from iotpipe.query import metrics as prom
+from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 from iotpipe.query.request import RequestError, parse_body, validate
 from iotpipe.query.service import WindowMetricsService
 
@@ -58,6 +59,7 @@ def compute_metrics() -> Response:
         return envelope({}, e.errors, e.status)
     except BrokerUnavailable as e:
         log.warning("broker unavailable: %s", e)
+        prom.BROKER_ERRORS.inc()
         return envelope({}, ["Kafka broker unavailable, try again later"], 503)
     except ScanTimeout as e:
         log.warning("query timed out: %s", e)

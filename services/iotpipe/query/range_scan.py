@@ -8,32 +8,24 @@ window cache to answer this and later windows from.
 from __future__ import annotations
 
 import time
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from iotpipe.core import wire
-from iotpipe.query.aggregate import SeqSet, WindowAggregate
-from iotpipe.query.window_cache import Row
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 
-# messages per consume(): measured on 10^5 readings/sensor, 1000 keeps a batch's messages, its
-# joined text and its columns in the CPU caches (faster than 5000) and each reader ~10 MiB smaller
-BATCH = 1000
+BATCH = 1000  # messages per consume(): a batch and its decoded readings stay in the CPU caches
 POLL_S = 0.5
 
 
-class BrokerUnavailable(RuntimeError):
-    """The broker did not answer within the timeout."""
-
-
-class ScanTimeout(RuntimeError):
-    """The window could not be read before the request deadline."""
-
-
-class UnknownTopic(LookupError):
-    """The sensor's topic does not exist on the broker."""
+# one decoded message: (offset, Kafka timestamp, device or None if malformed, seq, ts,
+# value - or the reason it is malformed)
+Row = tuple[int, int, str | None, int, int, "int | float | str"]
 
 
 @dataclass(frozen=True)
@@ -63,19 +55,27 @@ class ScanJob:
 
 @dataclass
 class SensorScan:
-    """What one scan read of one sensor: the aggregate, and the (device, seq) it counted, so
-    that scans of the same sensor can be checked for a reading both counted."""
+    """What one scan read of one sensor: the aggregate, and a fingerprint (hash) of each device
+    it counted, so that scans of the same sensor can be checked for a device both counted
+    (then a reading may have been counted twice: see the service)."""
 
-    agg: WindowAggregate = field(default_factory=WindowAggregate)
-    seen: dict[bytes, SeqSet] = field(default_factory=dict)
+    agg: WindowAggregate
+    devices: array[int]
+
+
+class _Sensor:
+    __slots__ = ("agg", "seen")
+
+    def __init__(self) -> None:
+        self.agg, self.seen = WindowAggregate(), SeenReadings()
 
 
 class _Range:
     __slots__ = ("agg", "end", "last", "rows", "seen", "sensor")
 
-    def __init__(self, r: PartitionRange, scan: SensorScan, record: bool) -> None:
-        self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor.encode()
-        self.agg, self.seen = scan.agg, scan.seen
+    def __init__(self, r: PartitionRange, sensor: _Sensor, record: bool) -> None:
+        self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor
+        self.agg, self.seen = sensor.agg, sensor.seen
         self.rows: list[Row] | None = [] if record else None
 
 
@@ -84,14 +84,14 @@ class RangeScan:
 
     def __init__(self, job: ScanJob) -> None:
         self.job = job
-        self.sensors: dict[str, SensorScan] = {}
+        self.sensors: dict[str, _Sensor] = {}
         self.ranges: dict[tuple[str, int], _Range] = {}
         for r in job.ranges:
-            scan = self.sensors.setdefault(r.sensor, SensorScan())
-            scan.agg.scanned += r.end - r.start
-            self.ranges[(r.topic, r.partition)] = _Range(r, scan, job.record)
+            sensor = self.sensors.setdefault(r.sensor, _Sensor())
+            sensor.agg.scanned += r.end - r.start
+            self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job.record)
 
-    def run(self, c: Consumer) -> dict[str, SensorScan]:
+    def run(self, c: Consumer) -> None:
         open_ = set(self.ranges)
         pending = sum(r.end - r.start for r in self.job.ranges)
         while open_:
@@ -104,7 +104,10 @@ class RangeScan:
                 self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
                 continue
             pending -= self._fold(c, batch, open_)
-        return self.sensors
+
+    def results(self) -> dict[str, SensorScan]:
+        return {name: SensorScan(s.agg, array("q", map(hash, s.seen.devices())))
+                for name, s in self.sensors.items()}
 
     def rows(self) -> dict[tuple[str, int], list[Row]]:
         return {key: r.rows for key, r in self.ranges.items() if r.rows is not None}
@@ -132,41 +135,30 @@ class RangeScan:
         return used
 
     def _fold_run(self, r: _Range, msgs: list[Message]) -> None:
-        """Messages of one partition inside its range: decoded as columns when all are in the
-        canonical form (the common case), else one by one."""
-        cols = wire.decode_columns(list(map(Message.value, msgs)), r.sensor)
-        if cols is None:
-            self._fold_each(r, msgs)
-        elif r.rows is not None:
-            stamps = [stamp for _, stamp in map(Message.timestamp, msgs)]
-            r.rows.extend(zip(map(Message.offset, msgs), stamps, cols.devices, cols.seqs,
-                              cols.ts(), cols.values, strict=True))
-        else:
-            lo, hi = self.job.from_ms, self.job.to_ms
-            r.agg.add_readings(r.seen, lo, hi, cols.devices, cols.seqs,
-                               None if cols.within(lo, hi) else cols.ts(), cols.values)
+        """Messages of one partition inside its range: decoded together, each malformed one
+        counted (with its reason) while the others still count."""
+        readings, malformed = wire.decode_many(list(map(Message.value, msgs)), r.sensor)
+        if r.rows is not None:
+            self._keep_rows(r.rows, msgs, readings, malformed)
+            return
+        for reason in malformed.values():
+            r.agg.count_malformed(reason)
+        r.agg.add_readings(r.seen, self.job.from_ms, self.job.to_ms,
+                           [x.device for x in readings], [x.seq for x in readings],
+                           [x.ts for x in readings], [x.value for x in readings])
 
-    def _fold_each(self, r: _Range, msgs: list[Message]) -> None:
-        """The slow path, for a run holding a message not in the canonical form: each message
-        decoded on its own, so a malformed one is counted and the others still count."""
-        fields, malformed = wire.decode_fields, wire.MalformedReading
-        decoded = []
-        for msg, offset in zip(msgs, map(Message.offset, msgs), strict=True):
-            try:
-                device, seq, ts, value = fields(msg.value(), r.sensor)
-            except malformed as e:
-                if r.rows is None:
-                    r.agg.count_malformed(malformed_reason(e))
-                else:
-                    r.rows.append((offset, msg.timestamp()[1], None, 0, 0, malformed_reason(e)))
-                continue
-            if r.rows is not None:
-                r.rows.append((offset, msg.timestamp()[1], device, seq, ts, value))
+    @staticmethod
+    def _keep_rows(rows: list[Row], msgs: list[Message], readings: list[wire.Reading],
+                   malformed: dict[int, str]) -> None:
+        valid = iter(readings)
+        for k, msg in enumerate(msgs):
+            offset, stamp = msg.offset(), msg.timestamp()[1]
+            reason = malformed.get(k)
+            if reason is None:
+                x = next(valid)
+                rows.append((offset, stamp, x.device, x.seq, x.ts, x.value))
             else:
-                decoded.append((device, seq, ts, value))
-        if decoded:
-            r.agg.add_readings(r.seen, self.job.from_ms, self.job.to_ms,
-                               *zip(*decoded, strict=True))
+                rows.append((offset, stamp, None, 0, 0, reason))
 
     def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
         for tp in c.position([TopicPartition(t, p) for t, p in open_]):
@@ -187,9 +179,4 @@ def _runs(topics: list[str], partitions: list[int]
             yield (topics[start], partitions[start]), start, i
             start = i
     yield (topics[start], partitions[start]), start, n
-
-
-def malformed_reason(e: Exception) -> str:
-    """The kind of defect, without the message's content (it goes to a log line)."""
-    return str(e).split(":")[0]
 

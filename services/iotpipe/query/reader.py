@@ -23,54 +23,26 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, To
 
 from iotpipe.core.settings import KafkaSettings
 from iotpipe.query.end_offsets import EndOffsets
-from iotpipe.query.range_scan import (
-    BrokerUnavailable,
-    PartitionRange,
-    RangeScan,
-    ScanJob,
-    ScanTimeout,
-    SensorScan,
-    UnknownTopic,
-)
-from iotpipe.query.window_cache import Bounds, Row, WindowCache
+from iotpipe.query.errors import BrokerUnavailable, UnknownTopic
+from iotpipe.query.range_scan import PartitionRange, RangeScan, Row, ScanJob, SensorScan
+from iotpipe.query.window_cache import Bounds, WindowCache
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-__all__ = ["BrokerUnavailable", "KafkaWindowReader", "PartitionRange", "ScanJob", "ScanTimeout",
-           "SensorScan", "UnknownTopic", "split"]
 
-
-def split(ranges: list[PartitionRange], groups: int,
-          cut: bool = False) -> list[tuple[PartitionRange, ...]]:
-    """Ranges in `groups` jobs of about equal message counts: whole ranges (largest first,
-    greedy), or with `cut`, exactly equal counts by cutting ranges at an offset (the pieces of
-    one partition go to different jobs)."""
-    if not cut:
-        bins: list[list[PartitionRange]] = [[] for _ in range(max(1, min(groups, len(ranges))))]
-        sizes = [0] * len(bins)
-        for r in sorted(ranges, key=lambda r: r.end - r.start, reverse=True):
-            i = sizes.index(min(sizes))
-            bins[i].append(r)
-            sizes[i] += r.end - r.start
-        return [tuple(b) for b in bins if b]
-    per = -(-sum(r.end - r.start for r in ranges) // max(1, groups))
-    jobs: list[tuple[PartitionRange, ...]] = []
-    job: list[PartitionRange] = []
-    room = per
-    for r in ranges:
-        start = r.start
-        while start < r.end:
-            end = min(r.end, start + room)
-            job.append(r if (start, end) == (r.start, r.end) else dataclasses.replace(
-                r, start=start, end=end, end_stamp=r.end_stamp if end == r.end else None))
-            room -= end - start
-            start = end
-            if room == 0:
-                jobs.append(tuple(job))
-                job, room = [], per
-    return [*jobs, tuple(job)] if job else jobs
+def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRange, ...]]:
+    """Ranges in at most `groups` jobs of about equal message counts (largest first, greedy).
+    A partition is never cut: a device's readings stay in one job, so its repeats are found
+    there."""
+    bins: list[list[PartitionRange]] = [[] for _ in range(max(1, min(groups, len(ranges))))]
+    sizes = [0] * len(bins)
+    for r in sorted(ranges, key=lambda r: r.end - r.start, reverse=True):
+        i = sizes.index(min(sizes))
+        bins[i].append(r)
+        sizes[i] += r.end - r.start
+    return [tuple(b) for b in bins if b]
 
 
 def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
@@ -241,7 +213,7 @@ class KafkaWindowReader:
     @_kafka_call("reading partitions")
     def scan(self, job: ScanJob) -> dict[str, SensorScan]:
         """Stream the messages of the job's ranges into one aggregate per sensor."""
-        return self._run(job).sensors
+        return self._run(job).results()
 
     @_kafka_call("reading partitions")
     def read_rows(self, job: ScanJob) -> dict[tuple[str, int], list[Row]]:

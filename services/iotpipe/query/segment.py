@@ -12,11 +12,9 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, KeysView
 
-from iotpipe.query.aggregate import SeqSet, WindowAggregate
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.range_scan import Row
 
-# one decoded message: (offset, Kafka timestamp, device or None if malformed, seq, ts,
-# value - or the reason it is malformed)
-Row = tuple[int, int, bytes | None, int, int, "int | float | str"]
 NO_TS = -(2**63)
 
 
@@ -32,19 +30,19 @@ class Segment:
         self.after: int | None = None
         self.offsets, self.runmax = array("q"), array("q")
         self.ts, self.seqs = array("q"), array("q")
-        self.devices: list[bytes | None] = []
+        self.devices: list[str | None] = []
         self.values: list[int | float | str] = []
         self.bad = array("q")  # indices of malformed messages (ts NO_TS: in no window)
         # indices of readings whose seq is not their device's previous one + 1, and the index
         # of that previous one (-1: none): a range where each of them is its device's first
         # holds no repeated (device, seq), so it needs no de-duplication
         self.irregular, self.irregular_prev = array("q"), array("q")
-        self._last: dict[bytes, tuple[int, int]] = {}  # device -> (index, seq) of its last
+        self._last: dict[str, tuple[int, int]] = {}  # device -> (index, seq) of its last
 
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def device_names(self) -> KeysView[bytes]:
+    def device_names(self) -> KeysView[str]:
         """The devices with a reading here."""
         return self._last.keys()
 
@@ -89,7 +87,7 @@ class Segment:
     def index(self, offset: int) -> int:
         return bisect_left(self.offsets, offset)
 
-    def fold(self, agg: WindowAggregate, seen: dict[bytes, SeqSet], start: int, end: int,
+    def fold(self, agg: WindowAggregate, seen: SeenReadings, start: int, end: int,
              lo: int, hi: int, alone: bool = True) -> None:
         """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
         (device, seq) once - the same as a scan of that range from the broker. `alone`: no

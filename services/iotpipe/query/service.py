@@ -15,26 +15,22 @@ import gc
 import logging
 import math
 import multiprocessing
+import os
+import random
 import threading
 import time
+from array import array
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from iotpipe.core.settings import KafkaSettings, Settings
 from iotpipe.query import metrics as prom
-from iotpipe.query.aggregate import SeqSet, WindowAggregate
-from iotpipe.query.reader import (
-    BrokerUnavailable,
-    KafkaWindowReader,
-    PartitionRange,
-    ScanJob,
-    ScanTimeout,
-    SensorScan,
-    UnknownTopic,
-    split,
-)
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
+from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
+from iotpipe.query.reader import KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
-from iotpipe.query.window_cache import Row, WindowCache, devices_shared
+from iotpipe.query.window_cache import WindowCache, devices_shared
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,6 +76,9 @@ class ScanPool:
     def _process_pool(self) -> cf.ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
+                # one str hash seed for all reader processes: their device fingerprints
+                # (hashes) are compared with each other
+                os.environ.setdefault("PYTHONHASHSEED", str(random.randrange(1, 2**32)))
                 self._pool = cf.ProcessPoolExecutor(
                     self.processes, multiprocessing.get_context("spawn"),
                     initializer=_init_reader_process, initargs=(self._kafka,))
@@ -178,20 +177,19 @@ class WindowMetricsService:
 
     def _fold_scanned(self, ranges: list[PartitionRange], messages: int, req: MetricsRequest,
                       deadline: float, totals: dict[str, WindowAggregate]) -> None:
-        """Aggregate the ranges in parallel scans of equal size. Each scan counts a (device,
-        seq) once; a reading found by two scans (repeated into another partition, or on both
-        sides of a cut) would count twice, so then that sensor is read again in one scan."""
-        jobs = split(ranges, self.scans.groups(messages, len(totals)), cut=True)
+        """Aggregate the ranges in parallel scans of whole partitions. Each scan counts a
+        (device, seq) once; a device found by two scans (its readings written to two
+        partitions) could have a reading counted by both, so then that sensor is read again in
+        one scan."""
+        jobs = split(ranges, self.scans.groups(messages, len(totals)))
         futures = [self.scans.submit(ScanJob(job, req.from_ms, req.to_ms, deadline), messages)
                    for job in jobs]
-        seen: dict[str, dict[bytes, SeqSet]] = {sensor: {} for sensor in totals}
-        again: set[str] = set()
+        devices: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
         for future in futures:
             for sensor, part in self._wait(future, deadline).items():
                 totals[sensor].merge(part.agg)
-                if _merge_seen(seen[sensor], part.seen):
-                    again.add(sensor)
-        for sensor in again:
+                devices[sensor].append(part.devices)
+        for sensor in [s for s, parts in devices.items() if _shared(parts)]:
             mine = tuple(r for r in ranges if r.sensor == sensor)
             job = ScanJob(mine, req.from_ms, req.to_ms, deadline)
             future = self.scans.submit(job, sum(r.end - r.start for r in mine))
@@ -218,7 +216,7 @@ class WindowMetricsService:
                           req.from_ms, g.end_stamp)
         for sensor, total in totals.items():
             mine = [read for r, read in reads if r.sensor == sensor]
-            seen: dict[bytes, SeqSet] = {}
+            seen = SeenReadings()
             shared = devices_shared(mine)
             for read in mine:
                 read.fold(total, seen, req.from_ms, req.to_ms, shared)
@@ -248,17 +246,17 @@ class WindowMetricsService:
         return out
 
 
-def _merge_seen(into: dict[bytes, SeqSet], other: dict[bytes, SeqSet]) -> bool:
-    """Add the (device, seq) of `other` to `into`; whether one was in both."""
-    both = False
-    for device, seqs in other.items():
-        mine = into.get(device)
-        if mine is None:
-            into[device] = seqs
-        else:
-            both = both or mine.overlaps(seqs)
-            mine.update(seqs)
-    return both
+def _shared(parts: list[array[int]]) -> bool:
+    """Whether two scans' device fingerprints meet (a shared device, or a hash collision: then
+    the sensor is read again needlessly, never wrongly)."""
+    if len(parts) < 2:
+        return False
+    held = set(parts[0])
+    for part in parts[1:]:
+        if not held.isdisjoint(part):
+            return True
+        held.update(part)
+    return False
 
 
 def _count(sensor: str, total: WindowAggregate) -> None:

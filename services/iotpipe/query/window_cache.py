@@ -20,10 +20,9 @@ import time
 from dataclasses import dataclass
 from itertools import combinations
 
-from iotpipe.query.aggregate import SeqSet, WindowAggregate
-from iotpipe.query.segment import Row, Segment
-
-__all__ = ["Bounds", "RangeRead", "Row", "Segment", "WindowCache", "devices_shared"]
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.range_scan import Row
+from iotpipe.query.segment import Segment
 
 
 class RangeRead:
@@ -49,7 +48,7 @@ class RangeRead:
             self.pieces.append((seg, start, end))
         self.gap = None
 
-    def fold(self, agg: WindowAggregate, seen: dict[bytes, SeqSet], lo: int, hi: int,
+    def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int,
              shared: bool = False) -> None:
         """`shared`: another range folded with the same `seen` may hold the same devices."""
         assert self.gap is None
@@ -81,7 +80,7 @@ class WindowCache:
         self.max_messages, self.max_age_s = max_messages, max_age_s
         self._segments: dict[tuple[str, int], list[Segment]] = {}
         self._size = 0
-        self._names: dict[bytes, bytes] = {}  # one bytes object per device name
+        self._names: dict[str, str] = {}  # one str object per device name
         self._lock = threading.Lock()
 
     @property

@@ -10,7 +10,6 @@ failed (`iotpipe_sensor_readings_failed_total`), never dropped silently.
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import random
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import Counter as Counter_
 
+from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.sensors import metrics as prom
 from iotpipe.sensors.models import ValueModel, make_model
@@ -32,8 +32,8 @@ class Device:
     sensor: str
     topic: str
     index: int
+    name: str
     key: bytes
-    prefix: bytes  # the constant head of every value: {"device":...,"sensor":...,"seq":
     model: ValueModel
     seq: int = 0
 
@@ -77,9 +77,8 @@ class SensorFleet:
 
     def _device(self, sensor: str, index: int, first_seq: int) -> Device:
         name = f"{sensor}-{index}"
-        prefix = f'{{"device":{json.dumps(name)},"sensor":{json.dumps(sensor)},"seq":'.encode()
         model = make_model(self.settings.value_model, sensor, self.rng)
-        return Device(sensor, self.settings.topic(sensor), index, name.encode(), prefix, model,
+        return Device(sensor, self.settings.topic(sensor), index, name, name.encode(), model,
                       first_seq)
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
@@ -112,13 +111,13 @@ class SensorFleet:
         s = self.settings
         devices, n_dev = self.devices, len(self.devices)
         produce, poll = self.producer.produce, self.producer.poll
-        rnd = self.rng.random
+        rnd, encode, Reading = self.rng.random, wire.encode, wire.Reading
         dup, late = s.duplicate_rate, s.late_rate
         ts = now_ms if now_ms is not None else int(time.time() * 1000)
         for _ in range(count):
             d = devices[self._next]
             self._next = (self._next + 1) % n_dev
-            raw = b'%s%d,"ts":%d,"value":%r}' % (d.prefix, d.seq, ts, d.model(d.index, ts))
+            raw = encode(Reading(d.name, d.sensor, d.seq, ts, d.model(d.index, ts)))
             d.seq += 1
             if late and rnd() < late:
                 release = time.monotonic() + s.late_delay_s
