@@ -9,6 +9,8 @@ SPARK_VERSION := $(shell sed -n 's:.*<spark.version>\(.*\)</spark.version>.*:\1:
 KAFKA_JARS := .cache/kafka-$(KAFKA_VERSION)/.stamp
 SPARK_JARS := .cache/spark-kafka-$(SPARK_VERSION)/.stamp
 PYTEST_ARGS ?=
+# e.g. BENCH_ARGS="--only query" re-runs one section of docs/benchmarks.md
+BENCH_ARGS ?=
 
 .PHONY: install run up down stop status clean test lint unit integration bench
 
@@ -62,7 +64,8 @@ test: install lint tools
 
 # Speed and memory figures (a table with a same-run baseline and ratios) -> docs/benchmarks.md.
 bench: install
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[stream,dev,bench]'
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(PY) -m iotpipe.bench --out docs/benchmarks.md
+	$(PY) -m iotpipe.bench --out docs/benchmarks.md $(BENCH_ARGS)
 
 include k8s.mk

@@ -1,5 +1,6 @@
-"""`python -m iotpipe.bench [--sizes ...] [--out docs/benchmarks.md]`: prints tables, writes
-them with the machine description. Starts its own broker in a temporary folder."""
+"""`python -m iotpipe.bench [--only query,load,...] [--out docs/benchmarks.md]`: prints tables,
+writes them with the machine description (with --only, the other sections of --out stay).
+Starts its own broker in a temporary folder."""
 
 from __future__ import annotations
 
@@ -38,59 +39,54 @@ def simulator_rate(bootstrap: str, readings: int = 600_000) -> float:
     return rate
 
 
-def query_table(results: list[query_bench.SizeResult]) -> str:
-    rows = ["| readings/sensor | (a) service p50 / p99 ms | (a) peak RSS MiB | "
-            "(b) prototype p50 / p99 ms | (b) peak RSS MiB | (c) raw consume msg/s p50 / best | "
-            "(a) msg/s at p50 | a vs b (speed-up) | a / c (p50 / p50) | a / best c |",
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        rows.append(
-            f"| {r.size:,} | {r.service_p50 * 1e3:.1f} / {r.service_p99 * 1e3:.1f} | "
-            f"{r.service_rss:.0f} | {r.baseline_p50 * 1e3:.1f} / {r.baseline_p99 * 1e3:.1f} | "
-            f"{r.baseline_rss:.0f} | {r.raw_rate:,.0f} / {max(r.raw_rates):,.0f} | "
-            f"{r.messages / r.service_p50:,.0f} | {r.speedup:.1f}x | {r.of_raw:.0%} | "
-            f"{r.of_best_raw:.0%} |")
-    return "\n".join(rows)
+def merge_sections(old: str, new: list[str]) -> list[str]:
+    """The sections of an earlier run (split at "## " headings), each replaced by the new
+    section with the same heading; sections new to the file are added at the end."""
+    sections = ["## " + part.strip() for part in old.split("\n## ")[1:]]
+    for section in new:
+        heading = section.split("\n", 1)[0]
+        same = [i for i, s in enumerate(sections) if s.split("\n", 1)[0] == heading]
+        if same:
+            sections[same[0]] = section
+        else:
+            sections.append(section)
+    return sections
+
+
+SECTIONS = ("query", "simulator", "load", "stream")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="1000,10000,100000,1000000")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--skip-stream", action="store_true")
-    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections among {', '.join(SECTIONS)}; the "
+                             "others keep what --out holds")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    only = args.only.split(",")
+    if unknown := set(only) - set(SECTIONS):
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    sections: list[str] = []
     with tempfile.TemporaryDirectory(prefix="iotpipe-bench-") as tmp:
         broker = KafkaBroker(Path(tmp) / "kafka", port=free_port(), heap="1g").start()
         try:
-            sim = simulator_rate(broker.bootstrap)
-            log(f"simulator: {sim:,.0f} readings/s")
-            results = query_bench.run(broker.bootstrap, sizes, Path(tmp), log)
-            sections = [
-                "## Query service: 3 sensors x 4 metrics over the whole loaded window\n\n"
-                "Data: readings 10 ms apart taking turns over 10 devices per sensor, as the "
-                "simulator sends them (the de-duplication's bulk path; in a random device order "
-                "it goes reading by reading). "
-                "(a) this service over HTTP (gunicorn, 1 worker, 2 reader processes, window cache "
-                "off: every request reads the topics); (b) the "
-                "prototype's algorithm (sensors one after another, a new consumer each, one "
-                "message per call, all values in a list); (c) one consumer reading the same "
-                "messages without decoding them, tuned for throughput (large fetches, the "
-                "readers' seldom cyclic GC), run 5 times between (a)'s requests: this "
-                "machine's speed varies by tens of percent from minute to minute, so a / c "
-                "compares medians, and the best raw run is shown too. RSS of (a) is the whole "
-                "process tree (gunicorn master, worker, readers).\n\n" + query_table(results),
-                f"## Sensor simulator\n\n| process | readings/s (acknowledged) |\n| --- | ---: |"
-                f"\n| 1 (3000 devices) | {sim:,.0f} |"]
-            if not args.skip_load:
+            if "query" in only:
+                sections.append(query_bench.run(broker.bootstrap, Path(tmp), log))
+            if "simulator" in only:
+                sim = simulator_rate(broker.bootstrap)
+                log(f"simulator: {sim:,.0f} readings/s")
+                sections.append("## Sensor simulator\n\n| process | readings/s (acknowledged) |"
+                                f"\n| --- | ---: |\n| 1 (3000 devices) | {sim:,.0f} |")
+            if "load" in only:
                 sections.append(load_bench.run(broker.bootstrap, Path(tmp), log))
-            if not args.skip_stream:
+            if "stream" in only:
                 from iotpipe.bench import stream_bench
 
                 sections.append(stream_bench.run(broker.bootstrap, Path(tmp), log))
         finally:
             broker.stop()
+    if args.out and args.out.exists() and len(only) < len(SECTIONS):
+        sections = merge_sections(args.out.read_text(), sections)
     header = (f"# Benchmarks\n\n`make bench`, {time.strftime('%Y-%m-%d', time.gmtime())}, "
               f"on {machine()}; Apache Kafka {kafka_version()} (one local broker, 3 "
               f"partitions per topic).\n")

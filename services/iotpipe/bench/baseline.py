@@ -1,8 +1,9 @@
-"""The prototype's algorithm, as the baseline of `make bench`.
+"""The prototype as it ran, the baseline of `make bench`: kafka-python (a bench-only
+dependency), one consumer per sensor, its message iterator, `json.loads` per message, every
+value of the window in a list, then `statistics.mean`, `min`, `max`, `len`.
 
-One sensor after another, a new consumer for each, every value of the window loaded into a
-list, one message per call (the prototype iterated kafka-python's consumer), then
-`statistics.mean`, `min`, `max`, `len`. Same client library as the service (confluent-kafka).
+The partitions of a topic are read from the first offset stamped at or after `from` to the
+first stamped after `to` (the window's values only; the prototype's off-by-one is not copied).
 Run as its own process (`python -m iotpipe.bench.baseline ...`) so its peak RSS is its own.
 """
 
@@ -14,39 +15,46 @@ import statistics
 import sys
 import time
 
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-
-from iotpipe.core import wire
+from kafka import KafkaConsumer, TopicPartition
 
 FUNCTIONS = {"average": statistics.mean, "min": min, "max": max, "count": len}
 
 
 def _window_values(bootstrap: str, topic: str, from_ms: int, to_ms: int) -> list[int | float]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "iotpipe-baseline",
-                  "enable.auto.commit": False})
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=10_000)
     try:
-        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        starts = c.offsets_for_times([TopicPartition(topic, p, from_ms) for p in parts], 10)
-        ends = c.offsets_for_times([TopicPartition(topic, p, to_ms + 1) for p in parts], 10)
-        latest = c.offsets_for_times([TopicPartition(topic, p, OFFSET_END) for p in parts], 10)
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        starts = consumer.offsets_for_times({tp: from_ms for tp in parts})
+        stops = consumer.offsets_for_times({tp: to_ms + 1 for tp in parts})
+        ends = consumer.end_offsets(parts)
+        todo = {}
+        for tp in parts:
+            start = starts[tp].offset if starts[tp] is not None else ends[tp]
+            stop = stops[tp].offset if stops[tp] is not None else ends[tp]
+            if start < stop:
+                todo[tp] = (start, stop)
         values: list[int | float] = []
-        for start, end, last in zip(starts, ends, latest, strict=True):
-            stop = end.offset if end.offset >= 0 else last.offset
-            if start.offset < 0 or start.offset >= stop:
+        if not todo:
+            return values
+        consumer.assign(list(todo))
+        for tp, (start, _) in todo.items():
+            consumer.seek(tp, start)
+        left = set(todo)
+        for msg in consumer:
+            tp = TopicPartition(msg.topic, msg.partition)
+            if tp not in left or msg.offset >= todo[tp][1]:
                 continue
-            c.assign([start])
-            while True:
-                msg = c.poll(10)
-                if msg is None:
-                    raise TimeoutError(f"{topic}: no message within 10 s")
-                if msg.offset() >= stop:
+            values.append(json.loads(msg.value)["value"])
+            if msg.offset == todo[tp][1] - 1:
+                left.discard(tp)
+                if not left:
                     break
-                values.append(wire.decode(msg.value()).value)
-                if msg.offset() == stop - 1:
-                    break
+        if left:
+            raise TimeoutError(f"{topic}: no message for 10 s")
         return values
     finally:
-        c.close()
+        consumer.close()
 
 
 def compute(bootstrap: str, operations: dict[str, list[str]], topics: dict[str, str],
@@ -54,23 +62,25 @@ def compute(bootstrap: str, operations: dict[str, list[str]], topics: dict[str, 
     result = {}
     for sensor, metrics in operations.items():
         values = _window_values(bootstrap, topics[sensor], from_ms, to_ms)
-        result[sensor] = {m: FUNCTIONS[m](values) for m in metrics}
+        result[sensor] = {m: FUNCTIONS[m](values) if values or m == "count" else None
+                          for m in metrics}
     return result
 
 
 def main() -> None:
-    """argv: bootstrap, JSON {sensor: topic}, from_ms, to_ms, repeats -> JSON on stdout."""
-    bootstrap, topics_json, from_ms, to_ms, repeats = sys.argv[1:6]
+    """argv: bootstrap, JSON {sensor: topic}, JSON [[from_ms, to_ms], ...] -> JSON on stdout:
+    one latency and one result per window."""
+    bootstrap, topics_json, windows_json = sys.argv[1:4]
     topics = json.loads(topics_json)
     ops = {s: ["count", "min", "max", "average"] for s in topics}
-    latencies, result = [], {}
-    for _ in range(int(repeats)):
+    latencies, results = [], []
+    for from_ms, to_ms in json.loads(windows_json):
         t = time.perf_counter()
-        result = compute(bootstrap, ops, topics, int(from_ms), int(to_ms))
+        results.append(compute(bootstrap, ops, topics, from_ms, to_ms))
         latencies.append(time.perf_counter() - t)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"latencies": latencies, "peak_rss_mib": peak_kib / 1024,
-                      "result": result}))
+                      "results": results}))
 
 
 if __name__ == "__main__":

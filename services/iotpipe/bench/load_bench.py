@@ -58,7 +58,8 @@ def _load_last_hour(settings: Settings) -> int:
     ensure_topics(settings)
     # small batches, as a live fleet sends them (the broker decompresses a whole batch to find
     # a timestamp in it, so one huge batch would make every offset lookup expensive)
-    p = Producer(settings.kafka.client_config() | {"linger.ms": 5, "compression.type": "lz4",
+    p = Producer(settings.kafka.client_config() | {"enable.idempotence": True, "linger.ms": 5,
+                                                   "compression.type": "lz4",
                                                    "batch.num.messages": 10})
     now = int(time.time() * 1000)
     for sensor in settings.sensors:
