@@ -6,8 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
+
+# no per-example deadline: on a shared 2-core machine a slow example is load, not a defect
+settings.register_profile("iotpipe", deadline=None)
+settings.load_profile("iotpipe")
 
 
 @pytest.fixture(scope="session")

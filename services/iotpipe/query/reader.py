@@ -22,10 +22,10 @@ from typing import ParamSpec, TypeVar
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from iotpipe.core.settings import KafkaSettings
-from iotpipe.query.end_offsets import EndOffsets
+from iotpipe.query.end_offsets import TP, EndOffsets
 from iotpipe.query.errors import BrokerUnavailable, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, RangeScan, Row, ScanJob, SensorScan
-from iotpipe.query.window_cache import Bounds, WindowCache
+from iotpipe.query.window_cache import WindowCache
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -100,13 +100,6 @@ def _stop(to_ms: int, lateness_ms: int) -> tuple[int, bool]:
     return stop_ms, stop_ms <= time.time() * 1000
 
 
-def _held(cache: WindowCache, topic: str, parts: list[int], from_ms: int, stop_ms: int,
-          closed: bool) -> dict[int, Bounds]:
-    """The partitions whose window start (and, when closed, end) memory knows exactly."""
-    known = {p: cache.bounds(topic, p, from_ms, stop_ms if closed else None) for p in parts}
-    return {p: b for p, b in known.items() if b is not None}
-
-
 class KafkaWindowReader:
     """Owns consumers, reused across requests; every broker call has a timeout."""
 
@@ -153,37 +146,50 @@ class KafkaWindowReader:
         return parts
 
     @_kafka_call("looking up offsets")
-    def _offsets_at(self, topic: str, parts: list[int], ts_ms: int) -> dict[int, int]:
+    def _offsets_at(self, partitions: list[TP], ts_ms: int) -> dict[TP, int]:
+        """The first offset stamped at or after `ts_ms` (-1: none) of partitions of any topics,
+        in one request."""
+        if not partitions:
+            return {}
         with self._consumer() as c:
-            found = c.offsets_for_times([TopicPartition(topic, p, ts_ms) for p in parts],
+            found = c.offsets_for_times([TopicPartition(t, p, ts_ms) for t, p in partitions],
                                         timeout=self._timeout)
         for tp in found:
             if tp.error is not None:
                 raise KafkaException(tp.error)
-        return {tp.partition: tp.offset for tp in found}
+        return {(tp.topic, tp.partition): tp.offset for tp in found}
 
-    def plan(self, topic: str, sensor: str, from_ms: int, to_ms: int, lateness_ms: int,
-             cache: WindowCache | None = None) -> list[PartitionRange]:
-        """The partition ranges that cover [from, to] with its allowed lateness; offsets the
-        cache knows exactly are not asked of the broker."""
-        parts = self.partitions(topic)
+    def plan(self, topics: dict[str, str], from_ms: int, to_ms: int, lateness_ms: int,
+             cache: WindowCache | None = None) -> dict[str, list[PartitionRange] | UnknownTopic]:
+        """Per sensor ({topic: sensor}), the partition ranges that cover [from, to] with its
+        allowed lateness, or why its topic cannot be read. The starts of all topics are one
+        broker request, their ends another; offsets the cache knows exactly are not asked."""
+        plans: dict[str, list[PartitionRange] | UnknownTopic] = {}
+        parts: list[TP] = []
+        for topic, sensor in topics.items():
+            try:
+                parts += [(topic, p) for p in self.partitions(topic)]
+            except UnknownTopic as e:
+                plans[sensor] = e
         stop_ms, closed = _stop(to_ms, lateness_ms)
-        known = _held(cache, topic, parts, from_ms, stop_ms, closed) if cache is not None else {}
-        starts = {p: b.start for p, b in known.items()}
-        if len(starts) < len(parts):
-            starts |= self._offsets_at(topic, [p for p in parts if p not in known], from_ms)
-        live = [p for p in parts if starts[p] >= 0]  # -1: nothing stamped at/after `from`
-        ends = {p: e for p, b in known.items() if (e := b.end) is not None}
-        lookup = [p for p in live if p not in ends]
-        if lookup:
-            ends |= (self._offsets_at(topic, lookup, stop_ms) if closed
-                     else {p: -1 for p in lookup})
-        open_ended = [p for p in lookup if ends[p] < 0]
+        known = {(t, p): b for t, p in parts if cache is not None
+                 and (b := cache.bounds(t, p, from_ms, stop_ms if closed else None)) is not None}
+        starts = {tp: b.start for tp, b in known.items()}
+        starts |= self._offsets_at([tp for tp in parts if tp not in known], from_ms)
+        live = [tp for tp in parts if starts[tp] >= 0]  # -1: nothing stamped at/after `from`
+        ends = {tp: b.end for tp, b in known.items() if b.end is not None}
+        lookup = [tp for tp in live if tp not in ends]
+        ends |= self._offsets_at(lookup, stop_ms) if closed else dict.fromkeys(lookup, -1)
+        open_ended = [tp for tp in lookup if ends[tp] < 0]
         if open_ended:  # shared with the other requests asking now
-            ends |= {p: e for (_, p), e in self._ends.get((topic, p) for p in open_ended).items()}
-        return [PartitionRange(topic, sensor, p, starts[p], ends[p],
-                               None if p in open_ended else stop_ms)
-                for p in live if ends[p] > starts[p]]
+            ends |= self._ends.get(open_ended)
+        for topic, sensor in topics.items():
+            if sensor not in plans:
+                plans[sensor] = [
+                    PartitionRange(t, sensor, p, starts[(t, p)], ends[(t, p)],
+                                   None if (t, p) in open_ended else stop_ms)
+                    for t, p in live if t == topic and ends[(t, p)] > starts[(t, p)]]
+        return plans
 
     @_kafka_call("looking up end offsets")
     def _end_offsets(self, partitions: list[tuple[str, int]]
@@ -195,20 +201,6 @@ class KafkaWindowReader:
                                         timeout=self._timeout)
         return {(tp.topic, tp.partition): tp.offset if tp.error is None
                 else _as_error(tp.error, "looking up end offsets") for tp in found}
-
-    def plan_from_cache(self, topic: str, sensor: str, from_ms: int, to_ms: int,
-                        lateness_ms: int, cache: WindowCache) -> list[PartitionRange] | None:
-        """`plan` when memory knows every offset (a closed window already read), else None;
-        called in the request's thread, no broker call."""
-        parts = self.known_partitions(topic)
-        stop_ms, closed = _stop(to_ms, lateness_ms)
-        if parts is None or not closed:
-            return None
-        known = _held(cache, topic, parts, from_ms, stop_ms, closed)
-        if len(known) < len(parts) or any(b.end is None for b in known.values()):
-            return None
-        return [PartitionRange(topic, sensor, p, b.start, b.end, stop_ms)
-                for p, b in known.items() if b.end > b.start]  # type: ignore[operator]
 
     @_kafka_call("reading partitions")
     def scan(self, job: ScanJob) -> dict[str, SensorScan]:

@@ -129,11 +129,9 @@ class WindowMetricsService:
         self.reader = reader or KafkaWindowReader(settings.kafka)
         self.scans = ScanPool(settings, self.reader)
         self.cache = WindowCache(settings.query_cache_messages, settings.query_cache_s)
-        self._lookups = cf.ThreadPoolExecutor(8, thread_name_prefix="lookup")
 
     def close(self) -> None:
         self.scans.close()
-        self._lookups.shutdown(wait=False, cancel_futures=True)
         self.reader.close()
 
     def compute(self, req: MetricsRequest) -> dict[str, dict[str, object]]:
@@ -144,26 +142,17 @@ class WindowMetricsService:
         s = self.settings
         deadline = time.time() + s.query_deadline_s
         cache = self.cache if self.cache.enabled else None
-        plans: dict[str, cf.Future[list[PartitionRange]]] = {}
-        for sensor in req.operations:
-            args = (s.topic(sensor), sensor, req.from_ms, req.to_ms, s.allowed_lateness_ms)
-            held = self.reader.plan_from_cache(*args, cache) if cache is not None else None
-            if held is not None:
-                plans[sensor] = cf.Future()
-                plans[sensor].set_result(held)
-            else:  # broker lookups: in parallel, per topic
-                plans[sensor] = self._lookups.submit(self.reader.plan, *args, cache)
+        topics = {s.topic(sensor): sensor for sensor in req.operations}
+        plans = self.reader.plan(topics, req.from_ms, req.to_ms, s.allowed_lateness_ms, cache)
         ranges: list[PartitionRange] = []
         totals: dict[str, WindowAggregate] = {}
-        for sensor, plan in plans.items():
-            try:
-                ranges += plan.result(timeout=max(0.0, deadline - time.time()) + 1)
-            except UnknownTopic:
+        for sensor in req.operations:
+            plan = plans[sensor]
+            if isinstance(plan, UnknownTopic):
                 req.errors.append(f"No topic for the sensor {sensor} on the broker")
-                continue
-            except cf.TimeoutError:
-                raise BrokerUnavailable("offset lookup did not finish") from None
-            totals[sensor] = WindowAggregate()
+            else:
+                ranges += plan
+                totals[sensor] = WindowAggregate()
         messages = sum(r.end - r.start for r in ranges)
         if cache is not None and messages < SMALL_SCAN:
             self._fold_cached(cache, ranges, req, deadline, totals)
