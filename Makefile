@@ -51,6 +51,7 @@ clean: down
 
 lint: install
 	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/mypy
 
 unit: install
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)

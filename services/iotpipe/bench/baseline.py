@@ -14,10 +14,12 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
-FUNCTIONS = {"average": statistics.mean, "min": min, "max": max, "count": len}
+FUNCTIONS: dict[str, Callable[[list[int | float]], object]] = {
+    "average": statistics.mean, "min": min, "max": max, "count": len}
 
 
 def _window_values(bootstrap: str, topic: str, from_ms: int, to_ms: int) -> list[int | float]:

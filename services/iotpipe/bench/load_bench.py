@@ -88,7 +88,10 @@ def _wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
                        out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise ValueError(f"no requests/s in wrk output:\n{out}")
+    return {"rps": float(rps[1]),
             "p50": ms("50"), "p99": ms("99"),
             "errors": (int(non2xx[1]) if non2xx else 0)
             + (sum(int(x) for x in socket.groups()) if socket else 0)}

@@ -36,7 +36,7 @@ class StatusBoard:
 
     def _api_last_minute(self) -> dict[str, dict]:
         now = int(time.time() * 1000)
-        body = {sensor: ["count", "average"] for sensor in self.s.sensors}
+        body: dict[str, object] = {sensor: ["count", "average"] for sensor in self.s.sensors}
         body |= {"from": format_ms(now - 60_000), "to": format_ms(now)}
         try:
             status, payload = http_post_json(

@@ -112,8 +112,8 @@ class WindowAggregate:
 
     count: int = 0
     total: int | float = 0
-    minimum: int | float | None = None
-    maximum: int | float | None = None
+    minimum: int | float = math.inf  # the metric is None while count is 0
+    maximum: int | float = -math.inf
     shift: int | float = 0  # the first value seen; s1/s2 are sums of (value - shift)
     s1: int | float = 0
     s2: int | float = 0
@@ -124,12 +124,11 @@ class WindowAggregate:
 
     def add(self, value: int | float) -> None:
         if self.count == 0:
-            self.shift = self.minimum = self.maximum = value
-        else:
-            if value < self.minimum:  # type: ignore[operator]
-                self.minimum = value
-            if value > self.maximum:  # type: ignore[operator]
-                self.maximum = value
+            self.shift = value
+        if value < self.minimum:
+            self.minimum = value
+        if value > self.maximum:
+            self.maximum = value
         self.count += 1
         self.total += value
         d = value - self.shift
@@ -146,10 +145,8 @@ class WindowAggregate:
             return
         if self.count == 0:
             self.shift = values[0]
-            self.minimum, self.maximum = min(values), max(values)
-        else:
-            self.minimum = min(self.minimum, min(values))  # type: ignore[type-var]
-            self.maximum = max(self.maximum, max(values))  # type: ignore[type-var]
+        self.minimum = min(self.minimum, min(values))
+        self.maximum = max(self.maximum, max(values))
         shift, n, total = self.shift, len(values), sum(values)
         self.count += n
         self.total += total
@@ -207,8 +204,8 @@ class WindowAggregate:
         mean = mean_a + delta * n_b / n
         m2 = m2_a + m2_b + delta * delta * n_a * n_b / n
         self.count, self.total = n, self.total + other.total
-        self.minimum = min(self.minimum, other.minimum)  # type: ignore[type-var]
-        self.maximum = max(self.maximum, other.maximum)  # type: ignore[type-var]
+        self.minimum = min(self.minimum, other.minimum)
+        self.maximum = max(self.maximum, other.maximum)
         # re-express as shifted sums around the merged mean: s1 = 0, s2 = M2
         self.shift, self.s1, self.s2 = mean, 0.0, m2
 

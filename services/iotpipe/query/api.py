@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from importlib import resources
 
 from flask import Blueprint, Response, current_app, request
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 
 
-def envelope(result: dict[str, object], errors: list[str], status: int) -> Response:
+def envelope(result: Mapping[str, object], errors: list[str], status: int) -> Response:
     """The prototype's body: json.dumps({'result': ..., 'errors': ...}) with default spacing."""
     body = json.dumps({"result": result, "errors": errors}, allow_nan=False)
     return Response(body, status=status, mimetype="application/json")

@@ -46,10 +46,12 @@ class EndOffsets:
                     raise TimeoutError("end offset lookup did not finish")
                 self._cond.wait(left)
             answers = {tp: self._answers[tp] for tp in wanted}
-        for answer in answers.values():
+        offsets: dict[TP, int] = {}
+        for tp, answer in answers.items():
             if isinstance(answer, Exception):  # a copy: other threads raise it too
                 raise type(answer)(*answer.args)
-        return answers  # type: ignore[return-value]
+            offsets[tp] = answer
+        return offsets
 
     def _lead(self) -> None:
         """Look up every pending partition (called holding the lock; released meanwhile)."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -21,6 +22,10 @@ from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 
 BATCH = 1000  # messages per consume(): a batch and its decoded readings stay in the CPU caches
 POLL_S = 0.5
+# a consumed message that is not an error event always has these (the stubs say "or None")
+_topic = cast(Callable[[Message], str], Message.topic)
+_partition = cast(Callable[[Message], int], Message.partition)
+_offset = cast(Callable[[Message], int], Message.offset)
 
 
 # one decoded message: (offset, Kafka timestamp, device or None if malformed, seq, ts,
@@ -119,14 +124,14 @@ class RangeScan:
             raise BrokerUnavailable(f"fetching: {err.str()}")
         used = 0
         finished: list[TopicPartition] = []
-        topics, partitions = list(map(Message.topic, batch)), list(map(Message.partition, batch))
+        topics, partitions = list(map(_topic, batch)), list(map(_partition, batch))
         for key, i, j in _runs(topics, partitions):
             r = self.ranges[key]
-            if batch[j - 1].offset() >= r.last:  # the run reaches the range's last offset
+            if _offset(batch[j - 1]) >= r.last:  # the run reaches the range's last offset
                 if key in open_:
                     open_.discard(key)
                     finished.append(TopicPartition(*key))
-                j = bisect_left(batch, r.end, i, j, key=Message.offset)
+                j = bisect_left(batch, r.end, i, j, key=_offset)
             if i < j:
                 used += j - i
                 self._fold_run(r, batch[i:j])
@@ -152,7 +157,7 @@ class RangeScan:
                    malformed: dict[int, str]) -> None:
         valid = iter(readings)
         for k, msg in enumerate(msgs):
-            offset, stamp = msg.offset(), msg.timestamp()[1]
+            offset, stamp = _offset(msg), msg.timestamp()[1]
             reason = malformed.get(k)
             if reason is None:
                 x = next(valid)

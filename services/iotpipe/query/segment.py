@@ -11,6 +11,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, KeysView
+from typing import cast
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
@@ -95,7 +96,9 @@ class Segment:
         partition) holds any of these devices, so only repeats inside this piece matter."""
         agg.scanned += end - start
         i, j = self.index(start), self.index(end)
-        values = self.values
+        # malformed messages (device None, value their reason) are stamped NO_TS: the window
+        # filter drops them before their device or value is read
+        values = cast(list[int | float], self.values)
         for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
             agg.count_malformed(str(values[k]))
         irr = self.irregular_prev[bisect_left(self.irregular, i):bisect_left(self.irregular, j)]
@@ -103,6 +106,5 @@ class Segment:
             agg.add_many([v for t, v in zip(self.ts[i:j], values[i:j], strict=True)
                           if lo <= t <= hi])
             return
-        # malformed messages (device None, value their reason) are stamped NO_TS: never inside
-        agg.add_readings(seen, lo, hi, self.devices[i:j], self.seqs[i:j],  # type: ignore[arg-type]
-                         self.ts[i:j], values[i:j])  # type: ignore[arg-type]
+        agg.add_readings(seen, lo, hi, cast(list[str], self.devices[i:j]), self.seqs[i:j],
+                         self.ts[i:j], values[i:j])

@@ -199,7 +199,8 @@ class WindowMetricsService:
                        for group in groups]
             rows: dict[tuple[str, int], list[Row]] = {}
             for future in futures:
-                rows |= self._wait(future, deadline)
+                part: dict[tuple[str, int], list[Row]] = self._wait(future, deadline)
+                rows.update(part)
             for g, read in gaps:
                 read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)],
                           req.from_ms, g.end_stamp)

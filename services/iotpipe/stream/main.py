@@ -71,7 +71,7 @@ def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
         query, sensors = start(spark, settings, runner.store, runner.on_batch)
         try:
             while query.isActive and not stop.is_set():
-                query.awaitTermination(0.5)
+                query.awaitTermination(0.5)  # type: ignore[arg-type]  # seconds; hinted int
                 runner.absorb_progress(query, sensors)
                 runner.publish()
                 if query.lastProgress is not None:
