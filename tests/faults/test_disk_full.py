@@ -39,7 +39,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
                     assert e.strerror == NO_SPACE
         else:
             (mount / "ckpt" / ".write-probe").symlink_to("/dev/full")
-            (mount / "kafka" / f".write-probe-{os.getpid()}").symlink_to("/dev/full")
+            (mount / "kafka" / ".write-probe").symlink_to("/dev/full")
         yield mount
     finally:
         if mounted:

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SENSOR_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,99}$")
@@ -321,3 +322,16 @@ class Settings:
             data_dir=_read(env, "IOTPIPE_DATA_DIR"),
             kafka_heap=_read(env, "IOTPIPE_KAFKA_HEAP"),
         )
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot hold our files, or None: it is created if missing and a 4 KiB probe
+    is written, so a full disk shows at start-up as one clear line, not later as a crash."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-probe"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink(missing_ok=True)  # another process probing at the same moment
+    except OSError as e:
+        return e.strerror or str(e)
+    return None

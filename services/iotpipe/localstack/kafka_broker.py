@@ -7,9 +7,7 @@ to 127.0.0.1, and the broker is stopped by PID.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +17,9 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from iotpipe.core.settings import unwritable
 from iotpipe.localstack.maven import PROJECT_ROOT, kafka_libs
+from iotpipe.localstack.processes import stop_process
 
 LOG4J = PROJECT_ROOT / "local" / "kafka" / "log4j2.properties"
 
@@ -35,13 +35,8 @@ def free_port() -> int:
 
 
 def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise BrokerError(f"the broker data folder {folder} is not writable: {e.strerror}") from e
+    if (why := unwritable(folder)) is not None:
+        raise BrokerError(f"the broker data folder {folder} is not writable: {why}")
 
 
 class KafkaBroker:
@@ -139,14 +134,8 @@ class KafkaBroker:
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (a clean shutdown), then SIGKILL if it takes longer than timeout_s."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        if proc is not None:
+            stop_process(proc, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (fault tests)."""

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pyspark.sql import SparkSession
 
 from iotpipe.core.logs import configure_logging
-from iotpipe.core.settings import Settings, SettingsError
+from iotpipe.core.settings import Settings, SettingsError, unwritable
 from iotpipe.stream.job import build_session, start, under_spark_submit
 from iotpipe.stream.runner import StreamRunner
 
@@ -23,14 +23,8 @@ MAX_RESTART_PAUSE_S = 30.0
 
 def _check_checkpoint_dir(path: str) -> None:
     """A clear line at start-up, not a Spark stack trace loop, when the folder is unusable."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-probe"
-        probe.write_bytes(b"x" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise SettingsError(f"IOTPIPE_CHECKPOINT_DIR={path}: not writable: {e.strerror}") from e
+    if (why := unwritable(Path(path))) is not None:
+        raise SettingsError(f"IOTPIPE_CHECKPOINT_DIR={path}: not writable: {why}")
 
 
 def main() -> None:
