@@ -1,16 +1,15 @@
 """A run of one partition's offsets, decoded: the unit the window cache keeps.
 
 Readings are stored column-wise (arrays of 64-bit ints, one list of values), with the running
-maximum of Kafka timestamps that makes offset lookups exact (see window_cache), the malformed
-messages' indices, and the readings whose seq breaks their device's +1 run (the only places a
-repeated (device, seq) can be).
+maximum of Kafka timestamps that makes offset lookups exact (see window_cache) and the
+malformed messages' indices.
 """
 
 from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, KeysView
+from collections.abc import Iterable
 from typing import cast
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
@@ -22,8 +21,8 @@ NO_TS = -(2**63)
 class Segment:
     """Decoded messages of offsets [start, end) of one partition, in offset order."""
 
-    __slots__ = ("_last", "after", "anchor", "bad", "born", "devices", "end", "irregular",
-                 "irregular_prev", "offsets", "runmax", "seqs", "start", "ts", "used", "values")
+    __slots__ = ("after", "anchor", "bad", "born", "devices", "end", "offsets", "runmax", "seqs",
+                 "start", "ts", "used", "values")
 
     def __init__(self, start: int, end: int, anchor: int, born: float) -> None:
         self.start, self.end, self.anchor, self.born = start, end, anchor, born
@@ -34,18 +33,9 @@ class Segment:
         self.devices: list[str | None] = []
         self.values: list[int | float | str] = []
         self.bad = array("q")  # indices of malformed messages (ts NO_TS: in no window)
-        # indices of readings whose seq is not their device's previous one + 1, and the index
-        # of that previous one (-1: none): a range where each of them is its device's first
-        # holds no repeated (device, seq), so it needs no de-duplication
-        self.irregular, self.irregular_prev = array("q"), array("q")
-        self._last: dict[str, tuple[int, int]] = {}  # device -> (index, seq) of its last
 
     def __len__(self) -> int:
         return len(self.offsets)
-
-    def device_names(self) -> KeysView[str]:
-        """The devices with a reading here."""
-        return self._last.keys()
 
     def append(self, rows: Iterable[Row], end: int, after: int | None) -> None:
         """Add the messages of [self.end, end), in offset order."""
@@ -56,12 +46,6 @@ class Segment:
             if device is None:
                 self.bad.append(k)
                 ts = NO_TS
-            else:
-                prev = self._last.get(device)
-                if prev is None or prev[1] + 1 != seq:
-                    self.irregular.append(k)
-                    self.irregular_prev.append(-1 if prev is None else prev[0])
-                self._last[device] = (k, seq)
             self.offsets.append(offset)
             self.runmax.append(top)
             self.ts.append(ts)
@@ -89,11 +73,10 @@ class Segment:
         return bisect_left(self.offsets, offset)
 
     def fold(self, agg: WindowAggregate, seen: SeenReadings, start: int, end: int,
-             lo: int, hi: int, alone: bool = True) -> None:
+             lo: int, hi: int) -> None:
         """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
-        (device, seq) once - the same as a scan of that range from the broker. `alone`: no
-        other piece folded with the same `seen` (another piece of the range, another
-        partition) holds any of these devices, so only repeats inside this piece matter."""
+        (device, seq) once across everything folded with the same `seen` - the same as a scan
+        of that range from the broker."""
         agg.scanned += end - start
         i, j = self.index(start), self.index(end)
         # malformed messages (device None, value their reason) are stamped NO_TS: the window
@@ -101,10 +84,5 @@ class Segment:
         values = cast(list[int | float], self.values)
         for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
             agg.count_malformed(str(values[k]))
-        irr = self.irregular_prev[bisect_left(self.irregular, i):bisect_left(self.irregular, j)]
-        if alone and all(p < i for p in irr):  # no (device, seq) twice in the piece
-            agg.add_many([v for t, v in zip(self.ts[i:j], values[i:j], strict=True)
-                          if lo <= t <= hi])
-            return
         agg.add_readings(seen, lo, hi, cast(list[str], self.devices[i:j]), self.seqs[i:j],
                          self.ts[i:j], values[i:j])

@@ -30,7 +30,7 @@ from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
 from iotpipe.query.reader import KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
-from iotpipe.query.window_cache import WindowCache, devices_shared
+from iotpipe.query.window_cache import WindowCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -206,10 +206,9 @@ class WindowMetricsService:
                           req.from_ms, g.end_stamp)
         for sensor, total in totals.items():
             mine = [read for r, read in reads if r.sensor == sensor]
-            seen = SeenReadings()
-            shared = devices_shared(mine)
+            seen = SeenReadings()  # one per sensor: a repeat in another partition counts once
             for read in mine:
-                read.fold(total, seen, req.from_ms, req.to_ms, shared)
+                read.fold(total, seen, req.from_ms, req.to_ms)
 
     def _wait(self, future: cf.Future[T], deadline: float) -> T:
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from itertools import combinations
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
@@ -48,21 +47,10 @@ class RangeRead:
             self.pieces.append((seg, start, end))
         self.gap = None
 
-    def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int,
-             shared: bool = False) -> None:
-        """`shared`: another range folded with the same `seen` may hold the same devices."""
+    def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int) -> None:
         assert self.gap is None
         for seg, start, end in self.pieces:
-            seg.fold(agg, seen, start, end, lo, hi, alone=len(self.pieces) == 1 and not shared)
-
-
-def devices_shared(reads: list[RangeRead]) -> bool:
-    """Whether a device has readings in two of the reads (say, two partitions of a topic whose
-    producers do not all key by device): then each read must check repeats against the
-    others. Segments are compared whole: a superset of each read's devices."""
-    segs = [(k, seg) for k, read in enumerate(reads) for seg, _, _ in read.pieces]
-    return any(a != b and not sa.device_names().isdisjoint(sb.device_names())
-               for (a, sa), (b, sb) in combinations(segs, 2))
+            seg.fold(agg, seen, start, end, lo, hi)
 
 
 @dataclass(frozen=True)
