@@ -77,8 +77,9 @@ class ScanPool:
         with self._lock:
             if self._pool is None:
                 # one str hash seed for all reader processes: their device fingerprints
-                # (hashes) are compared with each other
-                os.environ.setdefault("PYTHONHASHSEED", str(random.randrange(1, 2**32)))
+                # (hashes) are compared with each other ("random" would give each its own)
+                if not os.environ.get("PYTHONHASHSEED", "").isdigit():
+                    os.environ["PYTHONHASHSEED"] = str(random.randrange(1, 2**32))
                 self._pool = cf.ProcessPoolExecutor(
                     self.processes, multiprocessing.get_context("spawn"),
                     initializer=_init_reader_process, initargs=(self._kafka,))
