@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -66,10 +67,13 @@ class LocalStack:
         self.data = Path(settings.data_dir).resolve()
         self.run_dir = self.data / "run"
         self.supervisor = Supervisor(self.run_dir)
-        self.broker = KafkaBroker(self.data / "kafka", port=_port_of(settings.kafka.bootstrap),
-                                  heap=settings.kafka_heap, log_file=self.run_dir / "broker.log")
         self.components = ["broker", "query", *(["stream"] if stream_available() else []),
                            "sensors"]  # start order
+
+    @functools.cached_property
+    def broker(self) -> KafkaBroker:
+        return KafkaBroker(self.data / "kafka", port=_port_of(self.settings.kafka.bootstrap),
+                           heap=self.settings.kafka_heap, log_file=self.run_dir / "broker.log")
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
@@ -194,9 +198,9 @@ class LocalStack:
                     f"{n} (pid {', '.join(map(str, p))})" for n, p in sorted(left.items())) +
                     "; `make up` or `make down` stops them")
             return lines, False
-        infos = self.supervisor.infos()
-        lines = component_lines([infos[n] for n in self.components], self.supervisor.history())
-        return lines, all(infos[n]["statename"] == "RUNNING" for n in self.components)
+        infos = sorted(self.supervisor.infos().values(), key=lambda i: PROGRAMS[i["name"]].priority)
+        lines = component_lines(infos, self.supervisor.history())
+        return lines, all(i["statename"] == "RUNNING" for i in infos)
 
     def run_foreground(self) -> None:
         """`up`, the live table until Ctrl-C (or SIGTERM, or the terminal closing), `down`."""

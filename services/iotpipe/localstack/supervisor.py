@@ -186,7 +186,7 @@ class Supervisor:
             return {}
         spawned: dict[str, int] = {}
         exits: dict[str, str] = {}
-        for event, name, why in _EVENT.findall(text[text.rfind(_STARTED):]):
+        for event, name, why in _EVENT.findall(text[max(0, text.rfind(_STARTED)):]):
             if event == "spawned":
                 spawned[name] = spawned.get(name, 0) + 1
             else:
@@ -194,8 +194,9 @@ class Supervisor:
         return {n: (max(0, spawned.get(n, 0) - 1), exits.get(n, "")) for n in spawned | exits}
 
     def leftovers(self) -> dict[str, list[int]]:
-        """Processes of this stack that outlived their supervisord (killed, or the machine's
-        supervisord hung): its children carry its socket URL in their environment. Linux only."""
+        """This stack's processes, found by the socket URL that supervisord puts in its
+        children's environment (and supervisord by its config path): once it no longer answers,
+        those it left behind. Linux only (/proc)."""
         found: dict[str, list[int]] = {}
         marker = f"SUPERVISOR_SERVER_URL={self.url}".encode()
         me = os.getpid()
