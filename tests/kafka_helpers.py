@@ -6,7 +6,7 @@ import itertools
 import math
 from collections.abc import Iterable
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from iotpipe.core import wire
@@ -65,3 +65,25 @@ def reference(readings: Iterable[wire.Reading], from_ms: int, to_ms: int) -> dic
     return {"count": n, "min": min(values), "max": max(values), "average": mean,
             "sum": sum(values),
             "stddev": math.sqrt(sum((v - mean) ** 2 for v in values) / n)}
+
+
+def read_topics(settings: Settings) -> list[wire.Reading]:
+    """Every reading in the sensor topics, in each partition's order."""
+    c = Consumer(settings.kafka.client_config() | {"group.id": "tests-read-all",
+                                                   "enable.auto.commit": False})
+    readings: list[wire.Reading] = []
+    for sensor in settings.sensors:
+        topic = settings.topic(sensor)
+        for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            if high == 0:
+                continue
+            c.assign([TopicPartition(topic, p, 0)])
+            n = 0
+            while n < high:
+                batch = c.consume(min(5000, high - n), 10)
+                assert batch, f"{topic}[{p}] stalled at {n}/{high}"
+                readings += [wire.decode(m.value(), sensor) for m in batch]
+                n += len(batch)
+    c.close()
+    return readings

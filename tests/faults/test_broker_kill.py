@@ -12,38 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
-from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import BrokerError, KafkaBroker, free_port
 from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from iotpipe.localstack.topics import ensure_topics
-from kafka_helpers import settings_for
+from kafka_helpers import read_topics, settings_for
 
 
 def read_all(settings: Settings) -> dict[tuple[str, str], list[int]]:
     """Every reading in the topics: (sensor, device) -> seqs in topic order."""
-    c = Consumer(settings.kafka.client_config() | {"group.id": "faults-check",
-                                                   "enable.auto.commit": False})
     seqs: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for sensor in settings.sensors:
-        topic = settings.topic(sensor)
-        for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
-            high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            if high == 0:
-                continue
-            c.assign([TopicPartition(topic, p, 0)])
-            n = 0
-            while n < high:
-                batch = c.consume(min(5000, high - n), 10)
-                assert batch, f"{topic}[{p}] stalled at {n}/{high}"
-                for m in batch:
-                    r = wire.decode(m.value(), sensor)
-                    seqs[(sensor, r.device)].append(r.seq)
-                n += len(batch)
-    c.close()
+    for r in read_topics(settings):
+        seqs[(r.sensor, r.device)].append(r.seq)
     return seqs
 
 

@@ -1,8 +1,8 @@
 """A real single-node Apache Kafka 4 broker (KRaft, broker + controller) run from Maven jars.
 
-`make run` and the test suite start the broker through this class: the jars come from Maven
-Central (`local/maven/kafka/pom.xml`), the storage is formatted on first start, everything binds
-to 127.0.0.1, and the broker is stopped by PID.
+The test suite starts the broker through this class, and the local stack's supervisor runs its
+`command()`: the jars come from Maven Central (`local/maven/kafka/pom.xml`), the storage is
+formatted on first start, everything binds to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -42,19 +43,17 @@ def _check_writable(folder: Path) -> None:
 class KafkaBroker:
     """One broker process; `start` returns once it answers metadata requests."""
 
-    def __init__(self, data_dir: Path | str, port: int = 9092, heap: str = "512m") -> None:
+    def __init__(self, data_dir: Path | str, port: int = 9092, heap: str = "512m",
+                 log_file: Path | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.heap = heap
+        self.log_file = log_file or self.data_dir / "broker.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "broker.log"
 
     def _write_config(self, controller_port: int) -> Path:
         log_dirs = self.data_dir / "kraft-logs"
@@ -97,32 +96,47 @@ class KafkaBroker:
         if done.returncode != 0:
             raise BrokerError(f"formatting the storage failed:\n{done.stdout}{done.stderr}")
 
-    def start(self, timeout_s: float = 90.0) -> KafkaBroker:
+    def command(self) -> list[str]:
+        """Check the folder and java, write the config, format the storage on first use: the
+        broker's command line, for this class or a process supervisor to run."""
         _check_writable(self.data_dir)
         if shutil.which("java") is None:
             raise BrokerError("java (JDK 17+) is needed to run the Kafka broker")
         config = self._write_config(free_port())
         self._format(config)
+        return self._java("kafka.Kafka", str(config))
+
+    def start(self, timeout_s: float = 90.0) -> KafkaBroker:
+        argv = self.command()
         with open(self.log_file, "ab") as out:
-            self.process = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready(timeout_s)
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        try:
+            self.wait_ready(timeout_s, self._exited)
+        except BrokerError:
+            self.stop()
+            raise
         return self
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _exited(self) -> str | None:
+        if self.process is not None and self.process.poll() is not None:
+            return f"the broker exited with {self.process.returncode}"
+        return None
+
+    def wait_ready(self, timeout_s: float, failed: Callable[[], str | None]) -> None:
+        """Poll until the broker answers metadata requests; stop early once `failed` says why."""
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise BrokerError(f"the broker exited with {self.process.returncode}; "
-                                  f"last log lines:\n{self.log_tail()}")
+            why = failed()
+            if why:
+                raise BrokerError(f"{why}; last log lines:\n{self.log_tail()}")
             try:
                 if admin.list_topics(timeout=1).brokers:
                     return
             except KafkaException:
                 pass
             time.sleep(0.2)
-        self.stop()
         raise BrokerError(f"the broker did not answer within {timeout_s:g}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:

@@ -6,6 +6,7 @@ local stack exercises exactly the cluster's entry points; only the interpreter d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 SERVICE_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -50,26 +52,29 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0) -> bool:
-    """SIGTERM, wait, then SIGKILL a process known only by PID (e.g. from `make up`); True if
-    it is gone. For our own children use stop_process, which keeps their exit status."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    time.sleep(0.2)
-    return not _alive(pid)
+    """SIGTERM, wait, then SIGKILL a process known only by PID; True if it is gone. For our own
+    children use stop_process, which keeps their exit status."""
+    terminate([pid], timeout_s)
+    return not pid_alive(pid)
 
 
-def _alive(pid: int) -> bool:
+def terminate(pids: list[int], timeout_s: float) -> None:
+    """SIGTERM every pid, wait up to timeout_s for all of them, then SIGKILL the rest."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while any(pid_alive(p) for p in pids):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        else:
+            return
+
+
+def pid_alive(pid: int) -> bool:
+    """False once the process is gone or a zombie (reaped here if it is our child)."""
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
@@ -80,7 +85,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:  # an orphan's zombie waits for a reaper that a container may not have
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
@@ -103,12 +111,15 @@ def http_post_json(url: str, body: object, timeout_s: float = 10.0,
 
 
 def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None,
-                 ) -> None:
-    """Poll `url` until it answers 200; fail early if `proc` exits."""
+                 failed: Callable[[], str | None] | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` exits or `failed` says why."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        why = failed() if failed is not None else None
+        if why:
+            raise RuntimeError(why)
         try:
             if http_get(url, 1.0)[0] == 200:
                 return

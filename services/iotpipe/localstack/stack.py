@@ -1,33 +1,43 @@
-"""The whole pipeline on this machine: broker, topics, sensors, query API and streaming app.
+"""The whole pipeline on this machine: broker, topics, sensors, query API and streaming app,
+supervised by supervisord (see supervisor.py).
 
-`run` keeps it in the foreground with a live table and stops everything on Ctrl-C; `up`
-starts the same processes detached (their PIDs in <data dir>/run/pids.json) and `down` stops
-them by PID, the broker last so that the sensors can flush.
+`up` starts what is not running, the broker first (its storage formatted, its topics created:
+the two steps supervisord cannot do), and returns once the API answers; run twice it says all is
+running; after a killed supervisor it stops what was left and starts afresh. `run` is `up`, the
+live table until Ctrl-C, then `down`. `down` asks supervisord to stop everything in order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import importlib.util
-import json
 import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
+import xmlrpc.client
+from collections.abc import Iterator
 from pathlib import Path
 
-from iotpipe.core.settings import Settings
+from iotpipe.core.settings import ENV_VARS, Settings
 from iotpipe.localstack.kafka_broker import KafkaBroker
-from iotpipe.localstack.maven import kafka_libs, kafka_version
-from iotpipe.localstack.processes import start_service, stop_pid, wait_healthy
-from iotpipe.localstack.status import StatusBoard
+from iotpipe.localstack.maven import kafka_version
+from iotpipe.localstack.processes import local_argv, terminate, wait_healthy
+from iotpipe.localstack.status import StatusBoard, component_lines
+from iotpipe.localstack.supervisor import (
+    PROGRAMS,
+    START_RETRIES,
+    START_SECONDS,
+    Supervisor,
+    render_config,
+)
 from iotpipe.localstack.topics import ensure_topics
 
 log = logging.getLogger("iotpipe.stack")
-STOP_ORDER = ("sensors", "stream", "query", "broker")
+DOWN_STATES = ("STOPPED", "EXITED", "FATAL", "UNKNOWN")  # what `up` starts again
 
 
 class StackError(RuntimeError):
@@ -56,83 +66,164 @@ class LocalStack:
         self.settings = settings
         self.data = Path(settings.data_dir).resolve()
         self.run_dir = self.data / "run"
-        self.pids_file = self.run_dir / "pids.json"
+        self.supervisor = Supervisor(self.run_dir)
+        self.components = ["broker", "query", *(["stream"] if stream_available() else []),
+                           "sensors"]  # start order
 
-    def running(self) -> dict[str, int]:
-        try:
-            pids = json.loads(self.pids_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        alive = {}
-        for name, pid in pids.items():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, 0)
-                alive[name] = pid
-        return alive
+    @functools.cached_property
+    def broker(self) -> KafkaBroker:
+        return KafkaBroker(self.data / "kafka", port=_port_of(self.settings.kafka.bootstrap),
+                           heap=self.settings.kafka_heap, log_file=self.run_dir / "broker.log")
 
-    def start(self, detach: bool) -> dict[str, subprocess.Popen[bytes]]:
-        s = self.settings
-        if self.running():
-            raise StackError(f"already running ({self.pids_file}); stop it with `make down`")
-        port = _port_of(s.kafka.bootstrap)
-        for p, what in ((port, "Kafka"), (s.query_port, "the query API")):
-            if _port_busy(p):
-                raise StackError(f"port {p} for {what} is taken by another program")
-        kafka_libs()
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One `up`/`down` at a time per data folder (two would race to start supervisors)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        broker = KafkaBroker(self.data / "kafka", port=port, heap=s.kafka_heap)
-        log.info("starting Kafka %s on %s (data in %s)", kafka_version(), broker.bootstrap,
-                 broker.data_dir)
-        broker.start()
-        assert broker.process is not None
-        procs: dict[str, subprocess.Popen[bytes]] = {"broker": broker.process}
-        try:
-            created = ensure_topics(s)
-            log.info("topics: %s", ", ".join(map(s.topic, s.sensors)) +
-                     (f" (created {', '.join(created)})" if created else ""))
-            services = ["query", "sensors"] + (["stream"] if stream_available() else [])
-            for name in services:
-                procs[name] = start_service(name, self.run_dir / f"{name}.log", detach=detach)
-            self._save({n: p.pid for n, p in procs.items()})
-            wait_healthy(f"http://{s.query_host}:{s.query_port}/health", 60, procs["query"])
-        except BaseException:
-            self.stop()
-            raise
-        return procs
+        with open(self.run_dir / "stack.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StackError(f"another `iotpipe up/run/down` is changing {self.data}"
+                                 ) from None
+            yield
 
-    def _save(self, pids: dict[str, int]) -> None:
-        self.pids_file.write_text(json.dumps(pids))
+    def up(self) -> list[str]:
+        """Start the components that are not running; return their names ([]: all were)."""
+        with self._changing():
+            if self.supervisor.alive():
+                self._warn_if_settings_changed()
+            else:
+                self._launch()
+            infos = self.supervisor.infos()
+            if set(self.components) - set(infos):
+                raise StackError("the running stack lacks "
+                                 f"{', '.join(sorted(set(self.components) - set(infos)))}; "
+                                 "`make down` then `make up` adds it")
+            down = [n for n in self.components if infos[n]["statename"] in DOWN_STATES]
+            if down:
+                self._start(down)
+            return down
 
-    def stop(self) -> list[str]:
-        """Stop every process of the stack by PID; return the names stopped."""
-        try:
-            pids = json.loads(self.pids_file.read_text())
-        except (OSError, ValueError):
-            return []
-        stopped = []
-        for name in STOP_ORDER:
-            if name in pids:
-                stop_pid(pids[name], timeout_s=40 if name == "stream" else 30)
-                stopped.append(name)
-        self.pids_file.unlink(missing_ok=True)
-        return stopped
+    def _env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k in ENV_VARS}
+
+    def _warn_if_settings_changed(self) -> None:
+        if self.supervisor.running_config() != self._env():
+            log.warning("the IOTPIPE_* settings differ from those the running stack was started "
+                        "with; `make down` then `make up` applies them")
+
+    def _launch(self) -> None:
+        """A fresh supervisord: first stop whatever a killed one left behind (never two brokers
+        on one data folder), then check the ports."""
+        if self._stop_leftovers():
+            log.warning("stopped processes left by a supervisor that is gone")
+        s = self.settings
+        for port, what in ((self.broker.port, "Kafka"), (s.query_port, "the query API")):
+            if _port_busy(port):
+                raise StackError(f"port {port} for {what} is taken by another program")
+        log.info("starting Kafka %s on %s (data in %s)", kafka_version(), self.broker.bootstrap,
+                 self.broker.data_dir)
+        commands = {"broker": self.broker.command()} | {
+            n: local_argv(n) for n in self.components if n != "broker"}
+        self.supervisor.launch(render_config(self.run_dir, commands, self._env(), Path.cwd()))
+
+    def _failed(self, name: str) -> str | None:
+        info = self.supervisor.infos()[name]
+        if info["statename"] == "FATAL":
+            return (f"{name} keeps exiting (given up after {START_RETRIES} quick retries); "
+                    f"see {info['stdout_logfile']} or `make status`")
+        return None
+
+    def _start(self, names: list[str]) -> None:
+        """The broker first and ready, the topics there, then its clients."""
+        s = self.settings
+        if "broker" in names:
+            self.supervisor.start("broker")
+        self.broker.wait_ready(90, lambda: self._failed("broker"))
+        created = ensure_topics(s)
+        log.info("topics: %s", ", ".join(map(s.topic, s.sensors)) +
+                 (f" (created {', '.join(created)})" if created else ""))
+        for name in names:
+            if name != "broker":
+                self.supervisor.start(name)
+        wait_healthy(f"http://{s.query_host}:{s.query_port}/health", 60,
+                     failed=lambda: self._failed("query"))
+        self._wait_running(names, START_SECONDS + 60)
+
+    def _wait_running(self, names: list[str], timeout_s: float) -> None:
+        """Until supervisord counts each as started (alive START_SECONDS): then `make status`
+        says running."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            infos = self.supervisor.infos()
+            waiting = [n for n in names if infos[n]["statename"] != "RUNNING"]
+            if not waiting:
+                return
+            why = next(filter(None, map(self._failed, waiting)), None)
+            if why:
+                raise StackError(why)
+            if time.monotonic() > deadline:
+                raise StackError(f"{', '.join(waiting)} not running after {timeout_s:g}s; "
+                                 "see `make status`")
+            time.sleep(0.5)
+
+    def _stop_leftovers(self) -> list[str]:
+        """Stop, in the supervisor's order, processes whose supervisor is gone."""
+        found = self.supervisor.leftovers()
+        order = ["supervisord", *sorted(PROGRAMS, key=lambda n: -PROGRAMS[n].priority)]
+        for name in order + sorted(set(found) - set(order)):
+            if name in found:
+                wait = PROGRAMS[name].stop_wait_s if name in PROGRAMS else 30
+                terminate(found[name], wait)
+        return sorted(found)
+
+    def down(self) -> list[str]:
+        """Stop every component (the sensors first, the broker last); return the names stopped."""
+        with self._changing():
+            stopped: list[str] = []
+            if self.supervisor.alive():
+                stopped = [n for n, i in self.supervisor.infos().items()
+                           if i["statename"] not in DOWN_STATES]
+                self.supervisor.shutdown(sum(p.stop_wait_s for p in PROGRAMS.values()) + 30)
+            left = self._stop_leftovers()
+            return stopped + [n for n in left if n not in stopped]
+
+    def status(self) -> tuple[list[str], bool]:
+        """One line per component (and a stopped one's last log lines); True if all run."""
+        if not self.supervisor.alive():
+            left = self.supervisor.leftovers()
+            lines = [f"iotpipe is not running (no supervisor answers on {self.supervisor.sock})"]
+            if left:
+                lines.append("left behind by a killed supervisor: " + ", ".join(
+                    f"{n} (pid {', '.join(map(str, p))})" for n, p in sorted(left.items())) +
+                    "; `make up` or `make down` stops them")
+            return lines, False
+        infos = sorted(self.supervisor.infos().values(), key=lambda i: PROGRAMS[i["name"]].priority)
+        lines = component_lines(infos, self.supervisor.history())
+        return lines, all(i["statename"] == "RUNNING" for i in infos)
 
     def run_foreground(self) -> None:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on SIGTERM too
-        procs = self.start(detach=False)
-        board = StatusBoard(self.settings, procs)
-        print(f"iotpipe is running: API http://{self.settings.query_host}:"
-              f"{self.settings.query_port}, logs in {self.run_dir}. Ctrl-C stops everything.",
-              flush=True)
+        """`up`, the live table until Ctrl-C (or SIGTERM, or the terminal closing), `down`."""
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.default_int_handler)
+        board = StatusBoard(self.settings)
         try:
+            self.up()
+            print(f"iotpipe is running: API http://{self.settings.query_host}:"
+                  f"{self.settings.query_port}, logs in {self.run_dir}. Ctrl-C stops everything.",
+                  flush=True)
             while True:
-                board.show()
-                dead = [n for n, p in procs.items() if p.poll() is not None]
-                if dead:
-                    print(f"{', '.join(dead)} exited; see {self.run_dir}/*.log", file=sys.stderr)
-                    break
+                board.show(self._states())
                 time.sleep(2)
         except KeyboardInterrupt:
             print("\nstopping...", flush=True)
         finally:
-            self.stop()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut `down`
+            self.down()
+
+    def _states(self) -> str:
+        try:
+            infos = self.supervisor.infos()
+        except (OSError, xmlrpc.client.Error):
+            return "supervisor not answering"
+        return "  ".join(f"{n}:{infos[n]['statename'].lower()}" for n in self.components)

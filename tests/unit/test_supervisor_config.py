@@ -1,0 +1,69 @@
+"""The supervisord config written from the settings, read back by supervisor's own parser; the
+restart history read from supervisord's log."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from supervisor.options import ServerOptions
+
+from iotpipe.localstack.supervisor import (
+    PROGRAMS,
+    Supervisor,
+    SupervisorError,
+    render_config,
+)
+
+
+def test_supervisord_reads_back_the_commands_and_settings_unchanged(tmp_path: Path) -> None:
+    commands = {"broker": ["java", "-cp", "/opt/a b/libs/*", "kafka.Kafka", "50%.properties"],
+                "query": ["/venv/bin/python", "-m", "iotpipe.query"],
+                "sensors": ["/venv/bin/python", "-m", "iotpipe.sensors"]}
+    env = {"IOTPIPE_SENSORS": "a,b", "IOTPIPE_TOPIC_PREFIX": "%(here)s", "IOTPIPE_X": "it's a=b"}
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(render_config(tmp_path, commands, env, tmp_path))
+    options = ServerOptions()
+    options.realize(args=["-c", str(conf)])
+    programs = {pc.name: pc for g in options.process_group_configs for pc in g.process_configs}
+    assert set(programs) == set(commands)
+    for name, argv in commands.items():
+        pc = programs[name]
+        assert shlex.split(pc.command) == argv
+        assert pc.environment == env
+        assert pc.priority == PROGRAMS[name].priority
+        assert pc.stopwaitsecs == PROGRAMS[name].stop_wait_s
+        assert pc.autorestart is not False and pc.killasgroup
+        assert pc.stdout_logfile == str(tmp_path / f"{name}.log")
+    # the broker starts first and stops last; the sensors stop first (they flush)
+    assert sorted(programs, key=lambda n: programs[n].priority) == ["broker", "query", "sensors"]
+    assert options.serverurl == Supervisor(tmp_path).url
+    assert Supervisor(tmp_path).running_config() == env
+
+
+def test_values_it_cannot_pass_are_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(SupervisorError, match="IOTPIPE_X: a value with a double quote"):
+        render_config(tmp_path, {}, {"IOTPIPE_X": 'say "hi"'}, tmp_path)
+    with pytest.raises(SupervisorError, match="too long for a unix socket"):
+        render_config(tmp_path / ("d" * 120), {}, {}, tmp_path)
+
+
+def test_restarts_and_last_exit_count_from_the_latest_supervisord_start(tmp_path: Path) -> None:
+    lines = [
+        "INFO supervisord started with pid 10", "INFO spawned: 'broker' with pid 11",
+        "WARN exited: broker (terminated by SIGKILL; not expected)",
+        "INFO spawned: 'broker' with pid 12",
+        "INFO supervisord started with pid 20", "INFO spawned: 'broker' with pid 21",
+        "INFO spawned: 'sensors' with pid 22",
+        "WARN exited: sensors (exit status 1; not expected)",
+        "INFO spawned: 'sensors' with pid 23",
+        "WARN exited: sensors (exit status 1; not expected)",
+        "INFO spawned: 'sensors' with pid 24",
+        "WARN exited: sensors (terminated by SIGKILL; not expected)",
+        "INFO gave up: sensors entered FATAL state, too many start retries too quickly"]
+    (tmp_path / "supervisord.log").write_text(
+        "".join(f"2026-01-01 00:00:0{i % 10},000 {line}\n" for i, line in enumerate(lines)))
+    assert Supervisor(tmp_path).history() == {
+        "broker": (0, ""), "sensors": (2, "terminated by SIGKILL; not expected")}
+    assert Supervisor(tmp_path / "nowhere").history() == {}
