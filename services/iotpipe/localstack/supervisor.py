@@ -23,6 +23,7 @@ import time
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -117,7 +118,8 @@ class Supervisor:
         self.log = run_dir / "supervisord.log"
         self.url = f"unix://{self.sock}"
 
-    def rpc(self, timeout_s: float = 10.0) -> xmlrpc.client.ServerProxy:
+    def rpc(self, timeout_s: float = 10.0) -> Any:
+        """supervisord's XML-RPC interface (its calls are looked up at run time: Any)."""
         transport = SupervisorTransport(None, None, self.url)
         transport._get_connection = lambda: _UnixConnection(str(self.sock), timeout_s)
         return xmlrpc.client.ServerProxy("http://localhost", transport=transport)
