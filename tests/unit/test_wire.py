@@ -20,27 +20,69 @@ readings = st.builds(
                     st.floats(allow_nan=False, allow_infinity=False)))
 
 
+FIELDS = ("device", "sensor", "seq", "ts", "value")
+
+
+def _text(v: object) -> bool:
+    """A JSON string that is Unicode text (not a lone surrogate such as "\\ud800")."""
+    try:
+        return type(v) is str and bool(v.encode() or True)
+    except UnicodeEncodeError:
+        return False
+
+
+def _all_text(v: object) -> bool:
+    if isinstance(v, _Object):
+        return all(_text(k) and _all_text(x) for k, x in v.pairs)
+    if isinstance(v, list):
+        return all(map(_all_text, v))
+    return not isinstance(v, str) or isinstance(v, _TooLong) or _text(v)
+
+
+def _field_ok(name: str, v: object) -> bool:
+    if name == "device":
+        return _text(v) and v != ""
+    if name == "sensor":
+        return _text(v)
+    if name in ("seq", "ts"):
+        top = wire.MAX_SEQ if name == "seq" else wire.MAX_TS_MS
+        return type(v) is int and 0 <= v <= top
+    return type(v) is int or (type(v) is float and math.isfinite(v))
+
+
+class _Object(dict):
+    """A JSON object that remembers every copy of a key (the last one is its value)."""
+
+    def __init__(self, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+class _TooLong(str):
+    """An integer of over 4300 characters, the sign counted (msgspec's limit): refused in a
+    reading's field, ignored elsewhere like the rest of an extra field."""
+
+
+def _int(text: str) -> int | str:
+    return _TooLong(text) if len(text) > 4300 else int(text)
+
+
 def reference(raw: bytes | None, sensor: str) -> tuple[str, int, int, int | float] | None:
     """The documented rules, spelled out: None when the message is not a valid reading."""
     if raw is None:
         return None
     try:
-        obj = json.loads(raw.decode(), parse_constant=lambda name: 1 / 0)
-    except (UnicodeDecodeError, ValueError, ZeroDivisionError):  # not JSON, NaN, > 4300 digits
+        obj = json.loads(raw.decode(), parse_constant=lambda name: 1 / 0, parse_int=_int,
+                         object_pairs_hook=_Object)
+    except (UnicodeError, ValueError, ZeroDivisionError, RecursionError):
+        return None  # not UTF-8, not JSON, NaN, too deep
+    if not _all_text(obj):
+        return None  # a lone surrogate anywhere, in any copy
+    if type(obj) is not _Object or not set(FIELDS) <= obj.keys() or obj["sensor"] != sensor:
         return None
-    if type(obj) is not dict or not {"device", "sensor", "seq", "ts", "value"} <= obj.keys():
-        return None
-    device, seq, ts, value = obj["device"], obj["seq"], obj["ts"], obj["value"]
-    try:
-        device.encode()  # a lone surrogate such as "\ud800" is not text
-    except (AttributeError, UnicodeEncodeError):
-        return None
-    if (not device or obj["sensor"] != sensor or type(seq) is not int
-            or not 0 <= seq <= wire.MAX_SEQ or type(ts) is not int
-            or not 0 <= ts <= wire.MAX_TS_MS or type(value) not in (int, float)
-            or (type(value) is float and not math.isfinite(value))):
-        return None
-    return device, seq, ts, value
+    if any(k in FIELDS and not _field_ok(k, v) for k, v in obj.pairs):
+        return None  # a field given twice: every copy must be valid, the last one counts
+    return obj["device"], obj["seq"], obj["ts"], obj["value"]
 
 
 def _verdict(raw: bytes | None, sensor: str) -> tuple[str, int, int, int | float] | None:
@@ -131,6 +173,17 @@ def test_mutated_messages_agree_with_the_reference(r: wire.Reading, at: int,
     b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"value":2.5}',
     b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"device":""}',
     b' {"device":"d","sensor":"t","seq":1,"ts":1,"value":1}\n',
+    b'{"device":"","sensor":"t","seq":1,"ts":1,"value":1,"device":"d"}',
+    b'{"device":"d","sensor":"t","seq":-1,"ts":1,"value":1,"seq":2}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"x":"\xff"}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"\xff":1}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"x":"\xed\xa0\x80"}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"x":"\\ud800"}',
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"x":' + b"9" * 4301 + b"}",
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":-' + b"9" * 4299 + b"}",
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":-' + b"9" * 4300 + b"}",
+    b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"x":' + b"[" * 5000 + b"]" * 5000
+    + b"}",
     b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":' + b"9" * 4300 + b"}",
     b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":' + b"9" * 4301 + b"}",
     b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":' + b"9" * 400 + b".5}",
@@ -146,3 +199,21 @@ def test_decode_many_equals_one_by_one(raws: list[bytes | None], sensor: str) ->
     one_by_one = [_verdict(raw, sensor) for raw in raws]
     assert [(r.device, r.seq, r.ts, r.value) for r in valid] == [v for v in one_by_one if v]
     assert sorted(malformed) == [i for i, v in enumerate(one_by_one) if v is None]
+
+
+_SNIPPETS = ['"d"', '""', '"t"', '"h"', "1", "-1", "0", "1.5", "1e999", "-0.0", "true", "null",
+             "[]", '{"seq":-1}', "[1,[2]]", '"\\ud800"', "9" * 4301, "-" + "9" * 4300, "NaN"]
+
+
+@settings(max_examples=500)
+@given(st.lists(st.tuples(st.sampled_from([*FIELDS, "x", "firmware"]), st.sampled_from(_SNIPPETS)),
+                max_size=9), st.booleans())
+def test_objects_with_repeated_and_extra_fields_agree(pairs: list[tuple[str, str]],
+                                                      complete: bool) -> None:
+    """Fields given twice, extra fields of every kind, invalid copies before valid ones."""
+    if complete:
+        pairs = [("device", '"d"'), ("sensor", '"t"'), ("seq", "1"), ("ts", "1"),
+                 ("value", "1"), *pairs]
+    raw = ("{" + ",".join(f'"{k}":{v}' for k, v in pairs) + "}").encode()
+    assert _verdict(raw, "t") == reference(raw, "t")
+

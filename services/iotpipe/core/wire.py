@@ -8,6 +8,10 @@ extra fields are allowed and ignored. The message timestamp (CreateTime) equals 
 
 Encoding and decoding are msgspec's compiled JSON codec over one typed `Reading`: the type
 holds every rule (field types, ranges, a non-empty device), so no code here walks the JSON.
+The rules at the edges of JSON, as msgspec applies them: the whole message is UTF-8 (checked
+here, as msgspec skips the text of fields it ignores) without lone surrogate escapes; a field
+given twice counts once, the last copy, and every copy must be valid; an integer is at most
+4300 characters long, its sign included; nesting deeper than the decoder's limit is malformed.
 """
 
 from __future__ import annotations
@@ -72,6 +76,14 @@ def _malformed(e: msgspec.MsgspecError) -> MalformedReading:
     return MalformedReading(f"not a JSON object: {text}")
 
 
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def decode(raw: bytes | None, sensor: str | None = None) -> Reading:
     """Parse and validate one message value; raise MalformedReading with the reason.
 
@@ -80,10 +92,14 @@ def decode(raw: bytes | None, sensor: str | None = None) -> Reading:
     """
     if raw is None:
         raise MalformedReading("empty message")
+    if not (raw.isascii() or _utf8(raw)):
+        raise MalformedReading("not JSON: not UTF-8 text")
     try:
         reading = _decode(raw)
     except msgspec.MsgspecError as e:
         raise _malformed(e) from None
+    except RecursionError:
+        raise MalformedReading("not JSON: nested too deeply") from None
     if sensor is not None and reading.sensor != sensor:
         raise MalformedReading(f"sensor must be {sensor!r}")
     return reading
@@ -93,11 +109,13 @@ def decode_many(raws: Sequence[bytes | None], sensor: str
                 ) -> tuple[list[Reading], dict[int, str]]:
     """The valid readings of a run of `sensor` messages, in order, and the reason each
     malformed one was refused, by its index in `raws`; the hot path of the query service."""
+    texts = [raw for raw in raws if raw is not None]
     try:
-        readings = [_decode(raw) for raw in raws if raw is not None]
-        if [r.sensor for r in readings].count(sensor) == len(raws):  # the common case
+        readings = [_decode(raw) for raw in texts]
+        if ([r.sensor for r in readings].count(sensor) == len(raws)  # the common case
+                and (b"".join(texts).isascii() or all(map(_utf8, texts)))):
             return readings, {}
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         pass
     readings, malformed = [], {}
     for i, raw in enumerate(raws):

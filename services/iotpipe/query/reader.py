@@ -1,4 +1,4 @@
-"""Reading one time window out of Kafka: offset lookups per topic, then parallel range scans.
+"""Reading one time window out of Kafka: offset lookups for all topics, then range scans.
 
 The offsets bracket the window: a partition is read from the first message stamped at or after
 `from` (`offsets_for_times`) up to, not including, the first message stamped after
@@ -128,15 +128,11 @@ class KafkaWindowReader:
         finally:
             self._idle.put(consumer)
 
-    def known_partitions(self, topic: str, max_age_s: float = 30.0) -> list[int] | None:
-        cached = self._partitions.get(topic)
-        return cached[1] if cached and time.monotonic() - cached[0] < max_age_s else None
-
     @_kafka_call("reading topic metadata")
-    def partitions(self, topic: str) -> list[int]:
-        cached = self.known_partitions(topic)
-        if cached is not None:
-            return cached
+    def partitions(self, topic: str, max_age_s: float = 30.0) -> list[int]:
+        cached = self._partitions.get(topic)
+        if cached and time.monotonic() - cached[0] < max_age_s:
+            return cached[1]
         with self._consumer() as c:
             meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
         if meta.error is not None:
@@ -164,6 +160,17 @@ class KafkaWindowReader:
         """Per sensor ({topic: sensor}), the partition ranges that cover [from, to] with its
         allowed lateness, or why its topic cannot be read. The starts of all topics are one
         broker request, their ends another; offsets the cache knows exactly are not asked."""
+        try:
+            return self._plan(topics, from_ms, to_ms, lateness_ms, cache)
+        except UnknownTopic:  # deleted since its partitions were listed: list them again
+            self._partitions.clear()
+        try:
+            return self._plan(topics, from_ms, to_ms, lateness_ms, cache)
+        except UnknownTopic as e:
+            raise BrokerUnavailable(f"a topic vanished during the lookup: {e}") from None
+
+    def _plan(self, topics: dict[str, str], from_ms: int, to_ms: int, lateness_ms: int,
+              cache: WindowCache | None) -> dict[str, list[PartitionRange] | UnknownTopic]:
         plans: dict[str, list[PartitionRange] | UnknownTopic] = {}
         parts: list[TP] = []
         for topic, sensor in topics.items():
@@ -182,7 +189,10 @@ class KafkaWindowReader:
         ends |= self._offsets_at(lookup, stop_ms) if closed else dict.fromkeys(lookup, -1)
         open_ended = [tp for tp in lookup if ends[tp] < 0]
         if open_ended:  # shared with the other requests asking now
-            ends |= self._ends.get(open_ended)
+            try:
+                ends |= self._ends.get(open_ended)
+            except TimeoutError:
+                raise BrokerUnavailable("end offset lookup did not finish") from None
         for topic, sensor in topics.items():
             if sensor not in plans:
                 plans[sensor] = [

@@ -1,0 +1,75 @@
+"""The lookup plan of a request, against a reader whose broker calls are replaced: a topic
+deleted since its partitions were listed, and an end-offset lookup that times out."""
+
+from __future__ import annotations
+
+import pytest
+
+from iotpipe.core.settings import Settings
+from iotpipe.query.errors import BrokerUnavailable, UnknownTopic
+from iotpipe.query.reader import KafkaWindowReader
+
+TOPICS = {"t-a": "a", "t-b": "b"}
+
+
+class FakeBroker:
+    """Partitions and offsets of two topics; "t-b" can be deleted."""
+
+    def __init__(self) -> None:
+        self.deleted = False
+
+    def partitions(self, topic: str, max_age_s: float = 30.0) -> list[int]:
+        if topic == "t-b" and self.deleted:
+            raise UnknownTopic(topic)
+        return [0, 1]
+
+    def offsets_at(self, partitions: list[tuple[str, int]], ts_ms: int) -> dict:
+        if self.deleted and any(t == "t-b" for t, _ in partitions):
+            raise UnknownTopic("t-b")
+        return {tp: (10 if ts_ms < 1000 else 20) for tp in partitions}
+
+
+@pytest.fixture
+def reader(monkeypatch: pytest.MonkeyPatch) -> tuple[KafkaWindowReader, FakeBroker]:
+    broker = FakeBroker()
+    r = KafkaWindowReader(Settings.from_env({}).kafka)
+    listed: dict[str, list[int]] = {}
+
+    def partitions(topic: str, max_age_s: float = 30.0) -> list[int]:
+        if topic not in r._partitions:  # listed once, kept until cleared
+            listed[topic] = broker.partitions(topic)
+            r._partitions[topic] = (0.0, listed[topic])
+        return r._partitions[topic][1]
+
+    monkeypatch.setattr(r, "partitions", partitions)
+    monkeypatch.setattr(r, "_offsets_at", broker.offsets_at)
+    return r, broker
+
+
+def test_plan_covers_every_partition(reader: tuple[KafkaWindowReader, FakeBroker]) -> None:
+    r, _ = reader
+    plans = r.plan(TOPICS, 500, 1500, 100)
+    assert {s: [(p.partition, p.start, p.end) for p in ps] for s, ps in plans.items()} == {
+        "a": [(0, 10, 20), (1, 10, 20)], "b": [(0, 10, 20), (1, 10, 20)]}
+
+
+def test_topic_deleted_since_listed_fails_only_its_sensor(
+        reader: tuple[KafkaWindowReader, FakeBroker]) -> None:
+    r, broker = reader
+    r.plan(TOPICS, 500, 1500, 100)  # lists both topics
+    broker.deleted = True
+    plans = r.plan(TOPICS, 500, 1500, 100)
+    assert isinstance(plans["b"], UnknownTopic)
+    assert [(p.start, p.end) for p in plans["a"]] == [(10, 20), (10, 20)]  # type: ignore[union-attr]
+
+
+def test_end_offset_timeout_is_broker_unavailable(
+        reader: tuple[KafkaWindowReader, FakeBroker], monkeypatch: pytest.MonkeyPatch) -> None:
+    r, _ = reader
+
+    def never(partitions: object) -> dict:
+        raise TimeoutError("end offset lookup did not finish")
+
+    monkeypatch.setattr(r._ends, "get", never)
+    with pytest.raises(BrokerUnavailable):
+        r.plan(TOPICS, 500, 10**15, 100)  # still open: its ends are the partitions' ends
