@@ -16,6 +16,7 @@ given twice counts once, the last copy, and every copy must be valid; an integer
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -23,6 +24,7 @@ import msgspec
 
 MAX_SEQ = 2**63 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_VALUE = int(sys.float_info.max)  # an integer value beyond this has no finite double
 
 
 class MalformedReading(ValueError):
@@ -35,8 +37,9 @@ class MalformedReading(ValueError):
 
 
 class Reading(msgspec.Struct, frozen=True, gc=False):
-    """One reading. Integers are exact (JSON integers of any size up to Python's 4300-digit
-    limit); floats must be finite (JSON has no NaN or Infinity, and 1e999 is out of range)."""
+    """One reading. Integer values are exact, up to a double's largest finite value (the
+    stream computes in doubles; `_finite` checks it); floats must be finite (JSON has no NaN
+    or Infinity, and 1e999 is out of range)."""
 
     device: Annotated[str, msgspec.Meta(min_length=1)]
     sensor: str
@@ -102,7 +105,13 @@ def decode(raw: bytes | None, sensor: str | None = None) -> Reading:
         raise MalformedReading("not JSON: nested too deeply") from None
     if sensor is not None and reading.sensor != sensor:
         raise MalformedReading(f"sensor must be {sensor!r}")
+    if not _finite(reading.value):
+        raise MalformedReading("value must be a finite number: beyond a double's range")
     return reading
+
+
+def _finite(value: int | float) -> bool:
+    return type(value) is not int or -MAX_VALUE <= value <= MAX_VALUE
 
 
 def decode_many(raws: Sequence[bytes | None], sensor: str
@@ -113,7 +122,9 @@ def decode_many(raws: Sequence[bytes | None], sensor: str
     try:
         readings = [_decode(raw) for raw in texts]
         if ([r.sensor for r in readings].count(sensor) == len(raws)  # the common case
-                and (b"".join(texts).isascii() or all(map(_utf8, texts)))):
+                and (b"".join(texts).isascii() or all(map(_utf8, texts)))
+                and (max(map(len, texts), default=0) < 300  # too short for a huge integer
+                     or all(_finite(r.value) for r in readings))):
             return readings, {}
     except (msgspec.MsgspecError, RecursionError):
         pass
