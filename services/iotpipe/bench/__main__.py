@@ -53,13 +53,35 @@ def query_table(results: list[query_bench.SizeResult]) -> str:
     return "\n".join(rows)
 
 
+def only_stream(out: Path | None) -> None:
+    from iotpipe.bench import stream_bench
+
+    with tempfile.TemporaryDirectory(prefix="iotpipe-bench-") as tmp:
+        broker = KafkaBroker(Path(tmp) / "kafka", port=free_port(), heap="1g").start()
+        try:
+            section = stream_bench.run(broker.bootstrap, Path(tmp), log)
+        finally:
+            broker.stop()
+    print(section)
+    if out:
+        heading = section.split("\n", 1)[0]
+        parts = out.read_text().rstrip("\n").split("\n\n## ")
+        kept = [p if i == 0 else "## " + p for i, p in enumerate(parts)]
+        kept = [section if p.split("\n", 1)[0] == heading else p for p in kept]
+        out.write_text("\n\n".join(kept if section in kept else [*kept, section]) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000,1000000")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--skip-stream", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--only", choices=["stream"],
+                        help="run one section; --out keeps the file's other sections")
     args = parser.parse_args()
+    if args.only:
+        return only_stream(args.out)
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="iotpipe-bench-") as tmp:
         broker = KafkaBroker(Path(tmp) / "kafka", port=free_port(), heap="1g").start()
