@@ -1,8 +1,9 @@
 """The wire format's rules in the JVM, so the stream decodes without a Python call per reading.
 
-A message in the canonical form (`wire.CANONICAL`: what `wire.encode` writes and the sensors
-send) is parsed with `from_json` and checked with SQL expressions (ranges, finite value, sensor
-of the topic, valid UTF-8). Every other message (whitespace, escapes, extra or repeated fields,
+A message in the canonical form (what `wire.encode` writes and the sensors send: the five
+fields in order, no whitespace, no escapes, at most 18 integer digits in the value) is parsed
+with `from_json` and checked with SQL expressions (ranges, finite value, sensor of the topic,
+valid UTF-8). Every other message (whitespace, escapes, extra or repeated fields,
 odd numbers, anything malformed) is judged by `wire.decode` itself in an Arrow-batched UDF that
 is handed only those messages. So the stream and the query service give the same verdict and
 values on every message (tests/spark/test_stream_decode.py compares them).
@@ -22,8 +23,10 @@ FIELDS = [T.StructField("device", T.StringType()), T.StructField("seq", T.LongTy
           T.StructField("ts", T.LongType()), T.StructField("value", T.DoubleType())]
 DECODED = T.StructType([*FIELDS, T.StructField("valid", T.BooleanType())])
 _JSON = T.StructType([*FIELDS, T.StructField("sensor", T.StringType())])
-# Python's re and Java's regex read the pattern alike; \A and \z anchor it at both ends
-_CANONICAL = r"\A" + wire.CANONICAL.pattern.decode() + r"\z"
+_INT = r"(?:0|[1-9][0-9]{0,18})"
+_CANONICAL = (r'\A\{"device":"[^"\\\x00-\x1f]+","sensor":"[^"\\\x00-\x1f]*","seq":' + _INT
+              + ',"ts":' + _INT + r',"value":-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]+)?'
+              + r'(?:[eE][-+]?[0-9]+)?\}\z')  # a Java regex
 _ARROW = pa.struct([("device", pa.string()), ("seq", pa.int64()), ("ts", pa.int64()),
                     ("value", pa.float64()), ("valid", pa.bool_())])
 
