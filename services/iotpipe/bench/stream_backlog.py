@@ -12,6 +12,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,15 @@ from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.topics import ensure_topics
 
-T0 = 1_700_000_040_000
 NATIVE_SCHEMA = "device string, sensor string, seq long, ts long, value double"
 
 
 def fill(settings: Settings, per_sensor: int, devices: int, seed: int = 12) -> int:
     """`per_sensor` readings on each topic from `devices` devices taking turns in random order
-    (each device's seq goes on by one), 5 ms of event time apart."""
+    (each device's seq goes on by one), 5 ms of event time apart, the last one now (older
+    readings would be deleted by the topics' retention)."""
     ensure_topics(settings)
+    t0 = int(time.time() * 1000) - per_sensor * 5
     producer = Producer(settings.kafka.client_config() | {
         "linger.ms": 50, "batch.size": 1_000_000, "queue.buffering.max.messages": 2_000_000})
     rng = random.Random(seed)
@@ -40,7 +42,7 @@ def fill(settings: Settings, per_sensor: int, devices: int, seed: int = 12) -> i
         topic, seqs = settings.topic(sensor), [0] * devices
         for i in range(per_sensor):
             d = rng.randrange(devices)
-            r = wire.Reading(f"{sensor}-{d}", sensor, seqs[d], T0 + i * 5, rng.randrange(101))
+            r = wire.Reading(f"{sensor}-{d}", sensor, seqs[d], t0 + i * 5, rng.randrange(101))
             seqs[d] += 1
             producer.produce(topic, wire.encode(r), wire.key(r), timestamp=r.ts)
             producer.poll(0)
@@ -92,6 +94,8 @@ def summary(progress: list[dict[str, Any]]) -> dict[str, Any]:
         return datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
 
     batches = [p for p in progress if p["numInputRows"] > 0]
+    if not batches:
+        raise RuntimeError(f"no batch read anything: {progress}")
     rows = sum(p["numInputRows"] for p in batches)
     seconds = (at(batches[-1]) + batches[-1]["durationMs"]["triggerExecution"] / 1000
                - at(batches[0]))
