@@ -64,11 +64,17 @@ def only_stream(out: Path | None) -> None:
             broker.stop()
     print(section)
     if out:
-        heading = section.split("\n", 1)[0]
-        parts = out.read_text().rstrip("\n").split("\n\n## ")
-        kept = [p if i == 0 else "## " + p for i, p in enumerate(parts)]
-        kept = [section if p.split("\n", 1)[0] == heading else p for p in kept]
-        out.write_text("\n\n".join(kept if section in kept else [*kept, section]) + "\n")
+        write(out, None, [section])
+
+
+def write(out: Path, header: str | None, sections: list[str]) -> None:
+    """Replace the sections of `out` that have the same headings (and its header, if given);
+    keep the others, e.g. one-off trials written by hand."""
+    parts = out.read_text().rstrip("\n").split("\n\n## ") if out.exists() else [""]
+    new = {s.split("\n", 1)[0]: s.rstrip("\n") for s in sections}
+    kept = [new.pop("## " + p.split("\n", 1)[0], "## " + p) for p in parts[1:]]
+    out.write_text("\n\n".join([(header or parts[0]).rstrip("\n"), *kept, *new.values()])
+                   + "\n")
 
 
 def main() -> None:
@@ -116,10 +122,9 @@ def main() -> None:
     header = (f"# Benchmarks\n\n`make bench`, {time.strftime('%Y-%m-%d', time.gmtime())}, "
               f"on {machine()}; Apache Kafka {kafka_version()} (one local broker, 3 "
               f"partitions per topic).\n")
-    text = header + "\n" + "\n\n".join(sections) + "\n"
-    print(text)
+    print(header + "\n" + "\n\n".join(sections))
     if args.out:
-        args.out.write_text(text)
+        write(args.out, header, sections)
 
 
 if __name__ == "__main__":
