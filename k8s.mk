@@ -15,9 +15,13 @@ CLUSTER_NAME ?= iotpipe
 CLUSTER_KIND ?= kind
 SKAFFOLD_PROFILE ?= $(CLUSTER_KIND)
 
-.PHONY: tools k8s-check build cluster-up dev cluster-down
+.PHONY: tools crds apiserver k8s-check build cluster-up dev cluster-down
 
-tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp
+tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp crds
+
+# The pinned CRD schemas (k8s/crds.txt): $$IOTPIPE_CRD_DIR, ../shared/crds, or downloaded into .tools/crds.
+crds:
+	python3 k8s/crd_files.py
 
 $(TOOLS)/.helm.stamp:
 	@mkdir -p $(TOOLS)/bin $(K8S_CACHE)
@@ -38,6 +42,30 @@ $(TOOLS)/.promtool.stamp:
 	command -v promtool >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 	promtool --version | head -1
+	@touch $@
+
+# A real kube-apiserver (built from k8s.io/kubernetes through k8s/apiserver/go.mod; the first build
+# takes minutes, later ones reuse Go's build cache) and etcd from Debian's `etcd-server`.
+KUBE_SERVER_VERSION := $(shell sed -n 's:^\tk8s.io/kubernetes v\([0-9.]*\).*:\1:p' k8s/apiserver/go.mod)
+KUBE_VERSION_PKG := k8s.io/component-base/version
+APISERVER_LDFLAGS := -s -w -X $(KUBE_VERSION_PKG).gitVersion=v$(KUBE_SERVER_VERSION) \
+	-X $(KUBE_VERSION_PKG).gitMajor=$(word 1,$(subst ., ,$(KUBE_SERVER_VERSION))) \
+	-X $(KUBE_VERSION_PKG).gitMinor=$(word 2,$(subst ., ,$(KUBE_SERVER_VERSION))) \
+	-X $(KUBE_VERSION_PKG).gitTreeState=clean
+
+apiserver: $(TOOLS)/bin/kube-apiserver $(TOOLS)/.etcd.stamp
+
+$(TOOLS)/bin/kube-apiserver: k8s/apiserver/go.mod k8s/apiserver/go.sum
+	@mkdir -p $(TOOLS)/bin
+	cd k8s/apiserver && go build -trimpath -ldflags '$(APISERVER_LDFLAGS)' \
+		-o $(abspath $@) k8s.io/kubernetes/cmd/kube-apiserver
+	$@ --version
+
+$(TOOLS)/.etcd.stamp:
+	@mkdir -p $(TOOLS)
+	command -v etcd >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server; }
+	etcd --version | head -1
 	@touch $@
 
 # Offline checks of every Kubernetes artifact (chart, CRs, dashboards, alerts, Dockerfiles).
