@@ -33,6 +33,30 @@ VALUE_SETS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
 Doc = dict[str, Any]
 
 
+def skaffold_config(name: str) -> Doc:
+    """One config (module) of skaffold.yaml: `operators` or `iotpipe`."""
+    configs = yaml.safe_load_all((ROOT / "skaffold.yaml").read_text())
+    (config,) = [c for c in configs if c["metadata"]["name"] == name]
+    return config
+
+
+def releases(module: str, profile: str | None = None) -> list[Doc]:
+    """The helm releases a skaffold module deploys, with a profile's JSON patches applied."""
+    config = skaffold_config(module)
+    rel = config["deploy"]["helm"]["releases"]
+    for p in config.get("profiles", []):
+        if p["name"] != profile:
+            continue
+        for patch in p["patches"]:
+            assert patch["op"] == "add", patch
+            *parents, last = patch["path"].strip("/").split("/")
+            node: Any = config
+            for key in parents:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            node.insert(len(node) if last == "-" else int(last), patch["value"])
+    return rel
+
+
 def tool(name: str) -> Path:
     """A binary installed by `make tools`; a missing one fails the test (it never skips)."""
     for candidate in (TOOLS / "bin" / name, TOOLS / "venv" / "bin" / name):
