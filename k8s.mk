@@ -15,7 +15,7 @@ CLUSTER_NAME ?= iotpipe
 CLUSTER_KIND ?= kind
 SKAFFOLD_PROFILE ?= $(CLUSTER_KIND)
 
-.PHONY: tools crds apiserver k8s-check build cluster-up dev cluster-down
+.PHONY: tools crds apiserver k8s-check build cluster-up dev skaffold-version cluster-down
 
 tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp crds
 
@@ -83,20 +83,36 @@ build:
 	docker build -f docker/query.Dockerfile -t iotpipe-query:$(K8S_IMAGE_TAG) .
 	docker build -f docker/stream/Dockerfile -t iotpipe-stream:$(K8S_IMAGE_TAG) .
 
-# A local cluster (kind by default; CLUSTER_KIND=minikube for minikube) with the app namespace.
-cluster-up:
+# Every cluster target names its kube context instead of acting on the current one.
+ifeq ($(CLUSTER_KIND),minikube)
+KUBE_CONTEXT ?= minikube
+else
+KUBE_CONTEXT ?= kind-$(CLUSTER_NAME)
+endif
+# Helm 4 (what `make tools` installs) needs skaffold >= 2.17.
+SKAFFOLD_MIN := 2.17.0
+
+# A local cluster (kind by default; CLUSTER_KIND=minikube for minikube) with the app namespace and
+# the operators, installed once here (not in the dev loop, so Ctrl-C in `make dev` keeps them).
+cluster-up: skaffold-version
 ifeq ($(CLUSTER_KIND),minikube)
 	minikube start --profile minikube --cpus 4 --memory 8g --kubernetes-version v1.35.0
-	minikube addons enable ingress
-	minikube addons enable metrics-server
+	minikube addons enable metrics-server --profile minikube
 else
 	kind get clusters | grep -qx '$(CLUSTER_NAME)' || kind create cluster --config k8s/kind-cluster.yaml
 endif
-	kubectl apply -f k8s/namespace.yaml
+	kubectl --context $(KUBE_CONTEXT) apply -f k8s/namespace.yaml
+	skaffold run -m operators --profile $(SKAFFOLD_PROFILE) --kube-context $(KUBE_CONTEXT)
 
-# Build, deploy operators + app, port-forward the API (5000) and Grafana (3000), redeploy on change.
-dev:
-	skaffold dev --profile $(SKAFFOLD_PROFILE) --port-forward
+# Build, deploy the app, port-forward the API (5000) and Grafana (3000), redeploy on change.
+dev: skaffold-version
+	skaffold dev -m iotpipe --profile $(SKAFFOLD_PROFILE) --kube-context $(KUBE_CONTEXT) --port-forward
+
+skaffold-version:
+	@v=$$(skaffold version 2>/dev/null | sed 's/^v//'); \
+	if [ -z "$$v" ]; then echo "skaffold not found: install skaffold >= $(SKAFFOLD_MIN)" >&2; exit 1; fi; \
+	if [ "$$(printf '%s\n%s\n' '$(SKAFFOLD_MIN)' "$$v" | sort -V | head -1)" != '$(SKAFFOLD_MIN)' ]; then \
+		echo "skaffold $$v is too old: helm 4 needs skaffold >= $(SKAFFOLD_MIN)" >&2; exit 1; fi
 
 cluster-down:
 ifeq ($(CLUSTER_KIND),minikube)
