@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import subprocess
@@ -23,15 +24,19 @@ from iotpipe.localstack.processes import (
 from iotpipe.query.timestamps import parse_ms
 from query_dataset import Dataset
 
+METRICS_PORT = free_port()
+TOKEN = "0123456789abcdef-token"
 
-@pytest.fixture(scope="module")
-def server(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+
+@contextlib.contextmanager
+def serve(dataset: Dataset, folder: Path, **extra: str) -> Iterator[str]:
+    """`python -m iotpipe.query` on free ports; yields the API's URL."""
     port = free_port()
     s = dataset.settings
     env = {"IOTPIPE_KAFKA_BOOTSTRAP": s.kafka.bootstrap, "IOTPIPE_TOPIC_PREFIX": s.topic_prefix,
            "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_WORKERS": "2",
-           "IOTPIPE_QUERY_READERS": "1", "IOTPIPE_LOG_FORMAT": "json"}
-    log: Path = tmp_path_factory.mktemp("gunicorn") / "query.log"
+           "IOTPIPE_QUERY_READERS": "1", "IOTPIPE_LOG_FORMAT": "json"} | extra
+    log = folder / "query.log"
     proc = start_service("query", log, env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -39,6 +44,13 @@ def server(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield url
     finally:
         assert stop_process(proc, 20) == 0, log.read_text()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def server(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(dataset, tmp_path_factory.mktemp("gunicorn"),
+               IOTPIPE_QUERY_METRICS_PORT=str(METRICS_PORT)) as url:
+        yield url
 
 
 def test_prototype_request_over_http(server: str, dataset: Dataset) -> None:
@@ -57,7 +69,7 @@ def test_prototype_request_over_http(server: str, dataset: Dataset) -> None:
 def test_metrics_merge_all_workers(server: str) -> None:
     for _ in range(4):
         http_post_json(f"{server}/compute/metrics", {"from": "x", "to": "y"})
-    status, text = http_get(f"{server}/metrics")
+    status, text = http_get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
     assert status == 200
     lines = [line for line in text.decode().splitlines()
              if line.startswith('iotpipe_http_requests_total{method="POST"')
@@ -65,6 +77,27 @@ def test_metrics_merge_all_workers(server: str) -> None:
     assert len(lines) == 1 and float(lines[0].split()[-1]) >= 4
     assert "iotpipe_http_request_duration_seconds_bucket" in text.decode()
     promtool_check(text.decode())
+
+
+def test_metrics_are_not_on_the_api_port(server: str) -> None:
+    """The Ingress routes the API port: metrics stay off it."""
+    status, _ = http_get(f"{server}/metrics")
+    assert status == 404
+
+
+def test_metrics_port_needs_no_token_when_the_api_does(
+    dataset: Dataset, tmp_path: Path
+) -> None:
+    (tmp_path / "token").write_text(TOKEN)
+    metrics_port = free_port()
+    with serve(dataset, tmp_path, IOTPIPE_API_TOKEN_FILE=str(tmp_path / "token"),
+               IOTPIPE_QUERY_METRICS_PORT=str(metrics_port)) as url:
+        status, _ = http_post_json(f"{url}/compute/metrics", {"from": "x", "to": "y"})
+        assert status == 401
+        status, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200
+        counted = r'iotpipe_http_requests_total\{[^}]*status="401"[^}]*\} 1\.0'
+        assert re.search(counted, text.decode())
 
 
 def test_openapi_document_is_served(server: str) -> None:

@@ -26,7 +26,11 @@ VALUE_SETS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
     "minikube": ((VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-minikube.yaml"), ()),
     "secure": (
         (VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-kind.yaml"),
-        ("kafka.security.enabled=true", "common.topicPrefix=lab."),
+        (
+            "kafka.security.enabled=true",
+            "common.topicPrefix=lab.",
+            "query.apiTokenSecret=iotpipe-api-token",
+        ),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Where the CRD schemas come from in a clone anywhere (k8s/crd_files.py), run as `make tools` runs it.
+"""Where the CRD schemas come from in a clone anywhere: k8s/crd_files.py, run as `make tools` does.
 
 Each test lays a fresh project beside no `shared/` folder (k8s/crd_files.py and its own pins of
 files made here) and serves the pinned files from a local HTTP server, so the download and its

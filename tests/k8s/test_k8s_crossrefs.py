@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+
 import yaml
 from k8s_support import (
     CHART,
@@ -165,13 +166,36 @@ def test_ingress_hpa_and_pdb_target_the_query_service(rendering: Rendering) -> N
     assert "replicas" not in target["spec"], "the HPA owns the replica count"
 
 
+def test_metrics_have_their_own_port_off_the_ingress(rendering: Rendering) -> None:
+    """With or without the API token (the `secure` set has one), Prometheus scrapes a port that
+    asks no token, and the Ingress routes only the API port."""
+    v = rendering.values["query"]
+    query = rendering.one("Deployment", "iotpipe-query")["spec"]["template"]["spec"]
+    (c,) = query["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": v["port"], "metrics": v["metricsPort"]}
+    env = env_of(c)
+    assert env["IOTPIPE_QUERY_METRICS_PORT"] == str(v["metricsPort"])
+    assert env["IOTPIPE_METRICS_HOST"] == "0.0.0.0"
+    assert ("IOTPIPE_API_TOKEN_FILE" in env) == bool(v["apiTokenSecret"])
+    (monitor,) = rendering.of_kind("ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    svc = rendering.one("Service", "iotpipe-query")
+    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {
+        "http": "http", "metrics": "metrics"}
+    (ing,) = rendering.of_kind("Ingress")
+    backends = {p["backend"]["service"]["port"]["name"]
+                for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert backends == {"http"}
+
+
 def test_network_policies_open_the_metrics_and_api_ports(rendering: Rendering) -> None:
     v = rendering.values
     policies = {p["metadata"]["name"]: p["spec"] for p in rendering.of_kind("NetworkPolicy")}
     assert policies["iotpipe-default-deny"]["podSelector"] == {}
     expect = {
         "iotpipe-sensor": v["sensor"]["metricsPort"],
-        "iotpipe-query": v["query"]["port"],
+        "iotpipe-query": v["query"]["metricsPort"],
         "iotpipe-stream": v["stream"]["metricsPort"],
     }
     kafka_port = v["kafka"]["tlsPort" if v["kafka"]["security"]["enabled"] else "plainPort"]
@@ -180,6 +204,8 @@ def test_network_policies_open_the_metrics_and_api_ports(rendering: Rendering) -
         assert port in {p["port"] for p in spec["ingress"][0]["ports"]}, name
         egress_ports = {p["port"] for e in spec["egress"] for p in e.get("ports", [])}
         assert {53, kafka_port} <= egress_ports, name
+    api_ports = {p["port"] for p in policies["iotpipe-query"]["ingress"][0]["ports"]}
+    assert v["query"]["port"] in api_ports
     namespaces = {
         f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for f in policies["iotpipe-query"]["ingress"][0]["from"]

@@ -1,4 +1,4 @@
-"""The dev loop: operators installed once, the app alone in `skaffold dev`, explicit kube contexts."""
+"""The dev loop: operators installed once, only the app in `skaffold dev`, named kube contexts."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ def test_every_cluster_command_names_its_context(kind: str) -> None:
     assert any(re.match(r"skaffold dev -m iotpipe --profile \S+ ", ln) for ln in commands)
 
 
-@pytest.mark.parametrize(("version", "ok"), [("v2.16.1", False), ("v2.17.0", True), ("v2.21.3", True)])
+@pytest.mark.parametrize(
+    ("version", "ok"), [("v2.16.1", False), ("v2.17.0", True), ("v2.21.3", True)]
+)
 def test_make_dev_checks_the_skaffold_version(tmp_path: Path, version: str, ok: bool) -> None:
     fake = tmp_path / "skaffold"
     fake.write_text(f"#!/bin/sh\necho {version}\n")
