@@ -209,6 +209,7 @@ def test_network_policies_open_the_metrics_and_api_ports(rendering: Rendering) -
     namespaces = {
         f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for f in policies["iotpipe-query"]["ingress"][0]["from"]
+        if "namespaceSelector" in f
     }
     assert namespaces == {v["networkPolicy"]["ingressNamespace"], monitoring_release()["namespace"]}
 
@@ -280,7 +281,7 @@ def test_operators_watch_the_app_namespace() -> None:
 def test_grafana_sidecar_picks_up_the_dashboard(renderings: dict[str, Rendering]) -> None:
     kps = yaml.safe_load((ROOT / monitoring_release()["valuesFiles"][0]).read_text())
     sidecar = kps["grafana"]["sidecar"]["dashboards"]
-    (cm,) = renderings["kind"].of_kind("ConfigMap")
+    cm = renderings["kind"].one("ConfigMap", "iotpipe-dashboard")
     assert cm["metadata"]["labels"][sidecar["label"]] == sidecar["labelValue"]
     assert sidecar["folderAnnotation"] in cm["metadata"]["annotations"]
     prom = kps["prometheus"]["prometheusSpec"]
