@@ -15,9 +15,21 @@ CLUSTER_NAME ?= iotpipe
 CLUSTER_KIND ?= kind
 SKAFFOLD_PROFILE ?= $(CLUSTER_KIND)
 
-.PHONY: tools crds apiserver k8s-check build cluster-up dev skaffold-version cluster-down
+.PHONY: tools crds chart-docs apiserver k8s-check build cluster-up dev skaffold-version cluster-down
 
-tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp crds
+tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp crds \
+	$(TOOLS)/bin/helm-docs-$(HELM_DOCS_VERSION) apiserver
+
+# helm-docs writes charts/iotpipe/README.md (the values table) from README.md.gotmpl and the
+# `# --` comments of values.yaml: `make chart-docs`; a test keeps the file in sync.
+HELM_DOCS_VERSION := v1.14.2
+$(TOOLS)/bin/helm-docs-$(HELM_DOCS_VERSION):
+	@mkdir -p $(TOOLS)/bin
+	GOBIN=$(abspath $(TOOLS)/bin) go install github.com/norwoodj/helm-docs/cmd/helm-docs@$(HELM_DOCS_VERSION)
+	mv $(TOOLS)/bin/helm-docs $@
+
+chart-docs: $(TOOLS)/bin/helm-docs-$(HELM_DOCS_VERSION)
+	$< --chart-search-root charts --template-files README.md.gotmpl
 
 # The pinned CRD schemas (k8s/crds.txt): $$IOTPIPE_CRD_DIR, ../shared/crds, or downloaded into .tools/crds.
 crds:
@@ -63,8 +75,8 @@ $(TOOLS)/bin/kube-apiserver: k8s/apiserver/go.mod k8s/apiserver/go.sum
 
 $(TOOLS)/.etcd.stamp:
 	@mkdir -p $(TOOLS)
-	command -v etcd >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server; }
+	command -v etcd >/dev/null && command -v openssl >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server openssl; }
 	etcd --version | head -1
 	@touch $@
 
