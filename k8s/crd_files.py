@@ -69,7 +69,10 @@ def download(pin: Pin, folder: Path, mirror: str | None) -> None:
             part.write_bytes(response.read())
     except OSError as e:
         part.unlink(missing_ok=True)
-        raise SystemExit(f"crds: cannot download {url}: {e}") from e
+        raise SystemExit(
+            f"crds: cannot download {url}: {e}\n  Point IOTPIPE_CRD_DIR at a folder of the CRDs, "
+            f"put them in {SHARED}, or set IOTPIPE_CRD_MIRROR to a copy (see {PINS.name})."
+        ) from e
     got = sha256(part)
     if got != pin.sha256:
         part.unlink()
