@@ -75,7 +75,8 @@ class LocalStack:
         if self.running():
             raise StackError(f"already running ({self.pids_file}); stop it with `make down`")
         port = _port_of(s.kafka.bootstrap)
-        for p, what in ((port, "Kafka"), (s.query_port, "the query API")):
+        for p, what in ((port, "Kafka"), (s.query_port, "the query API"),
+                        (s.query_metrics_port, "the query metrics")):
             if _port_busy(p):
                 raise StackError(f"port {p} for {what} is taken by another program")
         kafka_libs()
