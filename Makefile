@@ -50,7 +50,7 @@ clean: down
 	rm -rf $(VENV) .cache .data .tools .pytest_cache .ruff_cache .hypothesis .schemathesis services/*.egg-info
 
 lint: install
-	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff check services tests charts
 	$(VENV)/bin/mypy
 
 unit: install

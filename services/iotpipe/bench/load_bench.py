@@ -111,7 +111,8 @@ def _serve(bootstrap: str, workdir: Path, cache: bool) -> tuple[subprocess.Popen
     port = free_port()
     proc = start_service("query", workdir / "query-load.log", {
         "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": "load-",
-        "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_LOG_LEVEL": "WARNING",
+        "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_METRICS_PORT": str(free_port()),
+        "IOTPIPE_LOG_LEVEL": "WARNING",
         "IOTPIPE_QUERY_CACHE_MESSAGES": "250000" if cache else "0"})
     wait_healthy(f"http://127.0.0.1:{port}/health", 60, proc)
     return proc, f"http://127.0.0.1:{port}/compute/metrics"

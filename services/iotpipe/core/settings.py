@@ -80,9 +80,11 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_PRODUCER_BUFFER_SECONDS", "300",
      "how long the producer keeps retrying a reading while the broker is down"),
     # Metrics endpoints
-    ("IOTPIPE_METRICS_HOST", "127.0.0.1", "bind address of the sensor and stream metrics"),
+    ("IOTPIPE_METRICS_HOST", "127.0.0.1", "bind address of the sensor, stream and query metrics"),
     ("IOTPIPE_SENSORS_METRICS_PORT", "9109", "Prometheus port of the sensor simulator"),
     ("IOTPIPE_STREAM_METRICS_PORT", "9108", "Prometheus port of the streaming app"),
+    ("IOTPIPE_QUERY_METRICS_PORT", "9110",
+     "Prometheus port of the query service (its own: no API token, not behind the Ingress)"),
     # Streaming app
     ("IOTPIPE_SPARK_MASTER", "local[2]", "Spark master (ignored when spark-submit sets one)"),
     ("IOTPIPE_CHECKPOINT_DIR", ".data/checkpoints", "streaming checkpoint location"),
@@ -240,6 +242,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     sensors_metrics_port: int = 9109
     stream_metrics_port: int = 9108
+    query_metrics_port: int = 9110
     spark_master: str = "local[2]"
     checkpoint_dir: str = ".data/checkpoints"
     window_s: int = 60
@@ -313,6 +316,7 @@ class Settings:
             metrics_host=_read(env, "IOTPIPE_METRICS_HOST"),
             sensors_metrics_port=_port(env, "IOTPIPE_SENSORS_METRICS_PORT"),
             stream_metrics_port=_port(env, "IOTPIPE_STREAM_METRICS_PORT"),
+            query_metrics_port=_port(env, "IOTPIPE_QUERY_METRICS_PORT"),
             spark_master=_read(env, "IOTPIPE_SPARK_MASTER"),
             checkpoint_dir=_read(env, "IOTPIPE_CHECKPOINT_DIR"),
             window_s=n(env, "IOTPIPE_WINDOW_SECONDS", int, 1, 86_400),

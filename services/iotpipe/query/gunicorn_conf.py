@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from iotpipe.core.settings import Settings
 
@@ -29,6 +29,13 @@ if _s.log_format == "json":
     access_log_format = json.dumps({
         "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": "%(s)s",
         "bytes": "%(B)s", "duration_ms": "%(M)s", "agent": "%(a)s"})
+
+
+def when_ready(server: Any) -> None:
+    """/metrics of all workers on their own port: no API token, never routed by an Ingress."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(_s.query_metrics_port, addr=_s.metrics_host, registry=registry)
 
 
 def post_worker_init(worker: Any) -> None:
