@@ -6,39 +6,23 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from exposition import promtool_check
-from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import (
-    http_get,
-    http_post_json,
-    start_service,
-    stop_process,
-    wait_healthy,
-)
+from iotpipe.localstack.processes import http_get, http_post_json
 from iotpipe.query.timestamps import parse_ms
 from query_dataset import Dataset
 
 
 @pytest.fixture(scope="module")
-def server(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    s = dataset.settings
-    env = {"IOTPIPE_KAFKA_BOOTSTRAP": s.kafka.bootstrap, "IOTPIPE_TOPIC_PREFIX": s.topic_prefix,
-           "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_WORKERS": "2",
-           "IOTPIPE_QUERY_READERS": "1", "IOTPIPE_LOG_FORMAT": "json"}
-    log: Path = tmp_path_factory.mktemp("gunicorn") / "query.log"
-    proc = start_service("query", log, env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(f"{url}/health", 30, proc)
+def server(query_server: Callable[..., AbstractContextManager[str]],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with query_server(tmp_path_factory.mktemp("gunicorn"), IOTPIPE_QUERY_WORKERS="2") as url:
         yield url
-    finally:
-        assert stop_process(proc, 20) == 0, log.read_text()[-2000:]
 
 
 def test_prototype_request_over_http(server: str, dataset: Dataset) -> None:

@@ -54,7 +54,7 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_QUERY_HOST", "127.0.0.1", "address the query service binds"),
     ("IOTPIPE_QUERY_PORT", "5000", "port of the query service"),
     ("IOTPIPE_QUERY_WORKERS", "2", "gunicorn worker processes"),
-    ("IOTPIPE_QUERY_THREADS", "8", "threads per gunicorn worker"),
+    ("IOTPIPE_QUERY_THREADS", "8", "threads per gunicorn worker that run requests once read whole"),
     ("IOTPIPE_QUERY_READERS", "2",
      "reader processes per worker that scan partitions in parallel (0: scan in the worker)"),
     ("IOTPIPE_QUERY_DEADLINE_SECONDS", "20", "a request still scanning after this gets 504"),
