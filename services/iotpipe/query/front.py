@@ -31,12 +31,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def refusal(status: int, reason: str, error: str) -> bytes:
-    """A whole HTTP response with the API's JSON envelope, for a request Flask never sees."""
-    body = json.dumps({"result": {}, "errors": [error]}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return head.encode() + body
+def _error_body(error: str) -> bytes:
+    """The API's JSON envelope (as Flask's `envelope`) for a request Flask never sees."""
+    return json.dumps({"result": {}, "errors": [error]}).encode()
 
 
 class BufferedApp:
@@ -96,8 +93,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _send_408(send: Send, deadline_s: float) -> None:
-    body = json.dumps({"result": {}, "errors": [
-        f"Request Timeout: the body did not arrive within {deadline_s:g} seconds"]}).encode()
+    body = _error_body(f"Request Timeout: the body did not arrive within {deadline_s:g} seconds")
     await send({"type": "http.response.start", "status": 408,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
@@ -117,9 +113,7 @@ class BoundedProtocol(ASGIProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.worker.nr_conns > self.cfg.worker_connections:
-            self._safe_write(refusal(503, "Service Unavailable",
-                                     "Too many open connections, try again later"))
-            self._close_transport()
+            self._refuse(503, "Service Unavailable", "Too many open connections, try again later")
             return
         seconds = self.app.settings.query_read_deadline_s
         self._deadline = self.worker.loop.call_later(seconds, self._headers_late, seconds)
@@ -142,8 +136,15 @@ class BoundedProtocol(ASGIProtocol):
         if self._closed or self._current_request is not None:
             return
         log.debug("headers not complete within %gs; closing", seconds)
-        self._safe_write(refusal(408, "Request Timeout", "Request Timeout: the headers did not "
-                                 f"arrive within {seconds:g} seconds"))
+        self._refuse(408, "Request Timeout",
+                     f"Request Timeout: the headers did not arrive within {seconds:g} seconds")
+
+    def _refuse(self, status: int, reason: str, error: str) -> None:
+        """Answer with the JSON envelope and close, whatever the client has sent so far."""
+        body = _error_body(error)
+        self._safe_write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body)
         self._close_transport()
         if self._request_ready is not None:
             self._request_ready.set()  # the connection's task sees it is closed and ends
