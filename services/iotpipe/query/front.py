@@ -3,21 +3,24 @@
 gunicorn's thread worker hands a connection to a thread at its first byte and the thread then
 blocks until the body is in, so a few stalled clients held every thread. gunicorn's asyncio
 worker reads requests in its event loop, where a slow client costs a connection only;
-`BufferedApp` waits there for the whole body (under the read deadline) before a2wsgi's thread
-pool runs the Flask app. `BoundedProtocol` adds what that worker lacks: the read deadline for
-the headers and a connection limit past which clients are refused at once.
+`BufferedApp` waits there for the whole body (under the read deadline) before one of its
+threads runs the Flask app (on a WSGI environ built by a2wsgi). `BoundedProtocol` adds what
+that worker lacks: the read deadline for the headers and a connection limit past which
+clients are refused at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import build_environ
 from flask import Flask
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
@@ -37,34 +40,54 @@ def _error_body(error: str) -> bytes:
 
 
 class BufferedApp:
-    """ASGI app: the body is read whole (or past the size limit) before Flask runs in a thread.
+    """ASGI app: the body is read whole (or past the size limit), then Flask runs in a thread.
 
-    Flask then sees a Content-Length that is the body's real length (chunked bodies too), so
-    its own 413 check keeps working; a body that misses the deadline gets 408 and no thread.
+    Flask sees a Content-Length that is the body's real length (chunked bodies too), so its own
+    413 check keeps working; a body that misses the deadline gets 408 and costs no thread. The
+    thread hands back the whole answer (small JSON documents) in one step: no thread waits on
+    the event loop, which matters when the threads keep the GIL busy.
     """
 
     def __init__(self, flask: Flask, settings: Settings) -> None:
         self.flask, self.settings = flask, settings
-        self.wsgi = WSGIMiddleware(flask, workers=settings.query_threads)
+        self.threads = ThreadPoolExecutor(settings.query_threads, thread_name_prefix="flask")
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.wsgi(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1000})
         limit = self.settings.max_body_bytes
-        headers = scope["headers"]
-        declared = next((v for k, v in headers if k == b"content-length"), b"")
-        if declared.isdigit() and int(declared) > limit:  # Flask answers 413 unread
-            return await self.wsgi(scope, _replay(b"", receive), send)
-        body = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.query_read_deadline_s):
-                body = await _read_body(receive, limit)
-        if body is None:  # late (or the client left, and the answer goes nowhere)
-            return await _send_408(send, self.settings.query_read_deadline_s)
-        headers = [(k, v) for k, v in headers if k not in (b"content-length",
-                                                           b"transfer-encoding")]
-        scope = scope | {"headers": [*headers, (b"content-length", str(len(body)).encode())]}
-        return await self.wsgi(scope, _replay(body, receive), send)
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        body: bytes | None = b""
+        if not (declared.isdigit() and int(declared) > limit):  # else Flask answers 413 unread
+            body = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.query_read_deadline_s):
+                    body = await _read_body(receive, limit)
+            if body is None:  # late (or the client left, and the answer goes nowhere)
+                return await _send_408(send, self.settings.query_read_deadline_s)
+            headers = [(k, v) for k, v in scope["headers"]
+                       if k not in (b"content-length", b"transfer-encoding")]
+            scope = scope | {"headers": [*headers, (b"content-length", b"%d" % len(body))]}
+        status, headers, content = await asyncio.get_running_loop().run_in_executor(
+            self.threads, self._flask, build_environ(scope, io.BytesIO(body)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    def _flask(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        started: list[Any] = []
+        chunks: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: object = None) -> Callable[[bytes], None]:
+            started[:] = [int(status.split(" ", 1)[0]),
+                          [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]]
+            return chunks.append
+        answer = self.flask(environ, start_response)
+        try:
+            chunks.extend(answer)
+        finally:
+            getattr(answer, "close", lambda: None)()
+        return started[0], started[1], b"".join(chunks)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -78,18 +101,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         if not message.get("more_body"):
             break
     return bytes(body[:limit + 1])
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-    return replay
 
 
 async def _send_408(send: Send, deadline_s: float) -> None:
