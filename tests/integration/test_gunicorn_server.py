@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -15,13 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from exposition import promtool_check
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import (
-    http_get,
-    http_post_json,
-    start_service,
-    stop_process,
-    wait_healthy,
-)
+from iotpipe.localstack.processes import http_get, http_post_json
 from iotpipe.query.timestamps import parse_ms
 from iotpipe.stream.metrics import StreamCollector
 from query_dataset import Dataset
@@ -31,28 +25,13 @@ METRICS_PORT = free_port()
 TOKEN = "0123456789abcdef-token"
 
 
-@contextlib.contextmanager
-def serve(dataset: Dataset, folder: Path, **extra: str) -> Iterator[str]:
-    """`python -m iotpipe.query` on free ports; yields the API's URL."""
-    port = free_port()
-    s = dataset.settings
-    env = {"IOTPIPE_KAFKA_BOOTSTRAP": s.kafka.bootstrap, "IOTPIPE_TOPIC_PREFIX": s.topic_prefix,
-           "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_WORKERS": "2",
-           "IOTPIPE_QUERY_READERS": "1", "IOTPIPE_LOG_FORMAT": "json"} | extra
-    log = folder / "query.log"
-    proc = start_service("query", log, env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(f"{url}/health", 30, proc)
-        yield url
-    finally:
-        assert stop_process(proc, 20) == 0, log.read_text()[-2000:]
+Server = Callable[..., AbstractContextManager[str]]
 
 
 @pytest.fixture(scope="module")
-def server(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serve(dataset, tmp_path_factory.mktemp("gunicorn"),
-               IOTPIPE_QUERY_METRICS_PORT=str(METRICS_PORT)) as url:
+def server(query_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with query_server(tmp_path_factory.mktemp("gunicorn"), IOTPIPE_QUERY_WORKERS="2",
+                      IOTPIPE_QUERY_METRICS_PORT=str(METRICS_PORT)) as url:
         yield url
 
 
@@ -118,13 +97,12 @@ def test_metrics_are_not_on_the_api_port(server: str) -> None:
     assert status == 404
 
 
-def test_metrics_port_needs_no_token_when_the_api_does(
-    dataset: Dataset, tmp_path: Path
-) -> None:
+def test_metrics_port_needs_no_token_when_the_api_does(query_server: Server,
+                                                       tmp_path: Path) -> None:
     (tmp_path / "token").write_text(TOKEN)
     metrics_port = free_port()
-    with serve(dataset, tmp_path, IOTPIPE_API_TOKEN_FILE=str(tmp_path / "token"),
-               IOTPIPE_QUERY_METRICS_PORT=str(metrics_port)) as url:
+    with query_server(tmp_path, IOTPIPE_API_TOKEN_FILE=str(tmp_path / "token"),
+                      IOTPIPE_QUERY_METRICS_PORT=str(metrics_port)) as url:
         status, _ = http_post_json(f"{url}/compute/metrics", {"from": "x", "to": "y"})
         assert status == 401
         status, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")

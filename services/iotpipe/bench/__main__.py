@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from iotpipe.bench import load_bench, query_bench
+from iotpipe.bench import load_bench, query_bench, slow_clients_bench
 from iotpipe.bench.measure import machine
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
@@ -53,7 +53,7 @@ def merge_sections(old: str, new: list[str]) -> list[str]:
     return sections
 
 
-SECTIONS = ("query", "simulator", "load", "stream")
+SECTIONS = ("query", "simulator", "load", "slow-clients", "stream")
 
 
 def main() -> None:
@@ -79,6 +79,8 @@ def main() -> None:
                                 f"\n| --- | ---: |\n| 1 (3000 devices) | {sim:,.0f} |")
             if "load" in only:
                 sections.append(load_bench.run(broker.bootstrap, Path(tmp), log))
+            if "slow-clients" in only:
+                sections.append(slow_clients_bench.run(broker.bootstrap, Path(tmp), log))
             if "stream" in only:
                 from iotpipe.bench import stream_bench
 

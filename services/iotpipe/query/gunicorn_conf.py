@@ -14,8 +14,11 @@ _s = Settings.from_env()
 
 bind = f"{_s.query_host}:{_s.query_port}"
 workers = _s.query_workers
-threads = _s.query_threads
-worker_class = "gthread"
+# an asyncio worker reads requests; Flask runs in a pool of IOTPIPE_QUERY_THREADS threads
+# once a request is whole (see iotpipe.query.front)
+worker_class = "iotpipe.query.front.QueryWorker"
+worker_connections = _s.query_max_connections
+asgi_lifespan = "off"
 timeout = int(_s.query_deadline_s) + 10  # a worker is killed only well after its deadline
 graceful_timeout = 10
 keepalive = 5
@@ -40,8 +43,7 @@ def when_ready(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Start the reader processes before the first request arrives."""
-    app = worker.wsgi
-    service = getattr(app, "extensions", {}).get("iotpipe.service")
+    service = worker.asgi.flask.extensions.get("iotpipe.service")
     if service is not None:
         service.scans.warm_up()
 
