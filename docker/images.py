@@ -202,22 +202,29 @@ def ensure_base(engine: Engine, ref: str, kind: str) -> None:
     build_standin(engine, ref, kind)
 
 
+def rootfs(kind: str) -> Path:
+    """The stand-in's Debian bookworm root file system (mmdebstrap), kept in the cache."""
+    tar = CACHE / f"rootfs-{kind}.tar"
+    if not tar.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        part = CACHE / f"rootfs-{kind}.part.tar"  # mmdebstrap writes a tar for a .tar name
+        done = subprocess.run(
+            ["mmdebstrap", "--quiet", "--variant=minbase",
+             f"--include={','.join(STANDIN_PACKAGES[kind])}", "bookworm", str(part)],
+            capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise ImageError(f"mmdebstrap ({kind}) failed:\n{_tail(done.stderr)}")
+        part.rename(tar)
+    return tar
+
+
 def build_standin(engine: Engine, ref: str, kind: str) -> None:
-    """Debian bookworm rootfs (mmdebstrap) -> `docker import` -> the stand-in's Dockerfile."""
-    packages = STANDIN_PACKAGES[kind]
+    """Root file system -> `docker import` -> the stand-in's Dockerfile (docker/standins)."""
     rootfs_ref = f"iotpipe-standin-rootfs:{kind}"
+    if not engine.has_image(rootfs_ref):
+        engine.docker("import", str(rootfs(kind)), rootfs_ref, timeout=600)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         ctx = Path(tmp)
-        if not engine.has_image(rootfs_ref):
-            tar = ctx / "rootfs.tar"
-            done = subprocess.run(
-                ["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages)}",
-                 "bookworm", str(tar)], capture_output=True, text=True, timeout=1200,
-                stdin=subprocess.DEVNULL)
-            if done.returncode != 0:
-                raise ImageError(f"mmdebstrap ({kind}) failed:\n{_tail(done.stderr)}")
-            engine.docker("import", str(tar), rootfs_ref, timeout=600)
-            tar.unlink()
         # builds inside reach the registries only with this machine's CA bundles
         shutil.copy(STANDINS / f"{kind}.Dockerfile", ctx / "Dockerfile")
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", ctx / "ca-certificates.crt")
