@@ -261,6 +261,8 @@ def build(engine: Engine, names: list[str]) -> dict[str, str]:
                       str(ROOT), timeout=1800)
         print(f"images: built {ref}")
         built[name] = ref
+    # untagged build stages are the builder's cache; those unused for a day are stale
+    engine.docker("image", "prune", "-f", "--filter", "until=24h", timeout=300)
     return built
 
 

@@ -114,9 +114,10 @@ def test_sensors_image_readings_reach_kafka(
         assert {r.sensor for r in readings} == {"temperature"}
         assert len({r.device for r in readings}) == devices
         assert all(5 <= r.value <= 31 for r in readings)  # the daily model: 18 +- 7, noise
-        sent = scrape(f"http://127.0.0.1:{port}/metrics").get(
-            ("iotpipe_sensor_readings_sent_total", "temperature"), 0)
-        assert sent >= len(readings)
+        _wait("its counter of acknowledged readings", lambda: scrape(
+            f"http://127.0.0.1:{port}/metrics").get(
+                ("iotpipe_sensor_readings_sent_total", "temperature"), 0) >= len(readings),
+              container, 60)
     finally:
         _stop_cleanly(container)
 
