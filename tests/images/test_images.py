@@ -51,9 +51,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop_cleanly(container: Container, codes: tuple[int, ...] = (0,)) -> None:
+def _stop_cleanly(container: Container) -> None:
     code = container.stop()
-    assert code in codes, f"{container.name} exited {code}:\n{container.text()[-3000:]}"
+    assert code == 0, f"{container.name} exited {code}:\n{container.text()[-3000:]}"
     assert container.error_lines() == []
 
 
@@ -168,9 +168,14 @@ def test_stream_image_exports_the_counts(
                           {s: len(expected.values(s)) for s in settings.sensors}, 300,
                           container.log)
         for sensor in settings.sensors:
-            values = expected.values(sensor)
-            assert got[("iotpipe_sensor_value_max", sensor)] == max(values)
-            assert got[("iotpipe_stream_malformed_messages_total", sensor)] == 1
+            assert got[("iotpipe_sensor_value_max", sensor)] == max(expected.values(sensor))
         assert expected.duplicates == len(settings.sensors)
+        url = f"http://127.0.0.1:{port}/metrics"
+        _wait("one malformed message per sensor", lambda: all(
+            scrape(url).get(("iotpipe_stream_malformed_messages_total", s)) == 1
+            for s in settings.sensors), container, 120)
+        assert container.error_lines() == []
     finally:
-        _stop_cleanly(container, (0, 143))  # the driver's JVM takes SIGTERM (128 + 15)
+        # SIGTERM reaches the driver's JVM, not the Python app: the query ends with an ERROR
+        # and exit 143 (docs/kubernetes.md, known limits); only the run itself is checked.
+        container.stop()
