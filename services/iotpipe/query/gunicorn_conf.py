@@ -28,6 +28,8 @@ accesslog = "-"
 errorlog = "-"
 loglevel = _s.log_level.lower()
 proc_name = "iotpipe-query"
+# gunicornc is not used; its socket would want a writable $HOME (read-only in the image)
+control_socket_disable = True
 if _s.log_format == "json":
     access_log_format = json.dumps({
         "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": "%(s)s",
