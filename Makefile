@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 # e.g. BENCH_ARGS="--only query" re-runs one section of docs/benchmarks.md
 BENCH_ARGS ?=
 
-.PHONY: install run up down stop status clean test lint unit integration bench
+.PHONY: install run up down stop status clean test lint unit integration bench \
+	images images-down images-engine
 
 install: $(VENV)/.stamp $(KAFKA_JARS) $(SPARK_JARS)
 
@@ -50,17 +51,18 @@ clean: down
 	rm -rf $(VENV) .cache .data .tools .pytest_cache .ruff_cache .hypothesis .schemathesis services/*.egg-info
 
 lint: install
-	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff check services tests charts docker
 	$(VENV)/bin/mypy
 
 unit: install
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 integration: install
-	$(PY) -m pytest tests --ignore=tests/unit --ignore=tests/k8s -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/unit --ignore=tests/k8s --ignore=tests/images -q $(PYTEST_ARGS)
 
-# The whole suite: lint, unit + integration (real Kafka, real gunicorn, real Spark), k8s offline.
-test: install lint tools
+# The whole suite: lint, unit + integration (real Kafka, real gunicorn, real Spark), k8s offline,
+# the images built and run (tests/images).
+test: install lint tools images-engine
 	K8S_TOOLS=$(abspath $(TOOLS)) $(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 # Speed and memory figures (a table with a same-run baseline and ratios) -> docs/benchmarks.md.
@@ -70,3 +72,21 @@ bench: install
 	$(PY) -m iotpipe.bench --out docs/benchmarks.md $(BENCH_ARGS)
 
 include k8s.mk
+
+# The three images with the chart's names and tags, on DOCKER_HOST's engine or a private one
+# (data root and stand-in bases cached in ~/.cache/iotpipe/docker); `images-down` stops it.
+images: install images-engine
+	$(PY) docker/images.py build
+
+images-down:
+	@test -x $(PY) && $(PY) docker/images.py down || true
+
+# Debian's Docker Engine and mmdebstrap (stand-in bases); the package must not start a daemon.
+images-engine:
+	@command -v dockerd >/dev/null && command -v mmdebstrap >/dev/null || { \
+		added=; test -e /usr/sbin/policy-rc.d || { \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+			chmod +x /usr/sbin/policy-rc.d; added=1; }; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends docker.io mmdebstrap; ok=$$?; \
+		test -z "$$added" || rm -f /usr/sbin/policy-rc.d; exit $$ok; }

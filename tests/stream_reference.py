@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,17 +18,17 @@ class Expected:
     lateness_ms: int
     window_ms: int
     seen: dict[tuple[str, str, int], Reading] = field(default_factory=dict)
-    late: int = 0
-    duplicates: int = 0
+    late: Counter[str] = field(default_factory=Counter)  # per sensor
+    duplicates: Counter[str] = field(default_factory=Counter)
     max_event: int = 0
 
     def batch(self, readings: list[Reading]) -> None:
         watermark = self.max_event - self.lateness_ms
         for r in readings:
             if r.ts < watermark:
-                self.late += 1
+                self.late[r.sensor] += 1
             elif (r.sensor, r.device, r.seq) in self.seen:
-                self.duplicates += 1
+                self.duplicates[r.sensor] += 1
             else:
                 self.seen[(r.sensor, r.device, r.seq)] = r
         self.max_event = max([self.max_event, *(r.ts for r in readings)])

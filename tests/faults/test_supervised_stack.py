@@ -82,7 +82,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     ports = {f"IOTPIPE_{k}": str(free_port()) for k in (
-        "QUERY_PORT", "SENSORS_METRICS_PORT", "STREAM_METRICS_PORT")}
+        "QUERY_PORT", "QUERY_METRICS_PORT", "SENSORS_METRICS_PORT", "STREAM_METRICS_PORT")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTPIPE_")} | ports | {
         "IOTPIPE_DATA_DIR": str(tmp / "data"),
         "IOTPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",

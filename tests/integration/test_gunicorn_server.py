@@ -6,39 +6,33 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, start_http_server
 
 from exposition import promtool_check
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import (
-    http_get,
-    http_post_json,
-    start_service,
-    stop_process,
-    wait_healthy,
-)
+from iotpipe.localstack.processes import http_get, http_post_json
 from iotpipe.query.timestamps import parse_ms
+from iotpipe.stream.metrics import StreamCollector
 from query_dataset import Dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+METRICS_PORT = free_port()
+TOKEN = "0123456789abcdef-token"
+
+
+Server = Callable[..., AbstractContextManager[str]]
 
 
 @pytest.fixture(scope="module")
-def server(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    s = dataset.settings
-    env = {"IOTPIPE_KAFKA_BOOTSTRAP": s.kafka.bootstrap, "IOTPIPE_TOPIC_PREFIX": s.topic_prefix,
-           "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_WORKERS": "2",
-           "IOTPIPE_QUERY_READERS": "1", "IOTPIPE_LOG_FORMAT": "json"}
-    log: Path = tmp_path_factory.mktemp("gunicorn") / "query.log"
-    proc = start_service("query", log, env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(f"{url}/health", 30, proc)
+def server(query_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with query_server(tmp_path_factory.mktemp("gunicorn"), IOTPIPE_QUERY_WORKERS="2",
+                      IOTPIPE_QUERY_METRICS_PORT=str(METRICS_PORT)) as url:
         yield url
-    finally:
-        assert stop_process(proc, 20) == 0, log.read_text()[-2000:]
 
 
 def test_prototype_request_over_http(server: str, dataset: Dataset) -> None:
@@ -57,7 +51,7 @@ def test_prototype_request_over_http(server: str, dataset: Dataset) -> None:
 def test_metrics_merge_all_workers(server: str) -> None:
     for _ in range(4):
         http_post_json(f"{server}/compute/metrics", {"from": "x", "to": "y"})
-    status, text = http_get(f"{server}/metrics")
+    status, text = http_get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
     assert status == 200
     lines = [line for line in text.decode().splitlines()
              if line.startswith('iotpipe_http_requests_total{method="POST"')
@@ -67,13 +61,66 @@ def test_metrics_merge_all_workers(server: str) -> None:
     promtool_check(text.decode())
 
 
+def helm_test(api: str, stream: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The chart's `helm test` script, run here against local services."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "charts/iotpipe/files/helm-test.py")],
+        env={"PATH": "/usr/bin:/bin", "IOTPIPE_TEST_API": api, "IOTPIPE_TEST_SENSOR": "humidity",
+             "IOTPIPE_TEST_STREAM_METRICS": stream, "IOTPIPE_TEST_PATIENCE_SECONDS": "4"} | env,
+        capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def stream_exporter() -> Iterator[str]:
+    """The streaming app's real exporter (no batch yet), as the stream driver serves it."""
+    registry = CollectorRegistry()
+    registry.register(StreamCollector())
+    port = free_port()
+    httpd, thread = start_http_server(port, "127.0.0.1", registry=registry)
+    yield f"http://127.0.0.1:{port}/metrics"
+    httpd.shutdown()
+    thread.join(10)
+
+
+def test_helm_test_script_passes_and_fails(server: str, stream_exporter: str) -> None:
+    done = helm_test(server, stream_exporter)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok   ") == 3
+    done = helm_test(server, f"http://127.0.0.1:{free_port()}/metrics")
+    assert done.returncode == 1
+    assert "FAIL stream exporter /metrics" in done.stdout and done.stdout.count("ok   ") == 2
+
+
+def test_metrics_are_not_on_the_api_port(server: str) -> None:
+    """The Ingress routes the API port: metrics stay off it."""
+    status, _ = http_get(f"{server}/metrics")
+    assert status == 404
+
+
+def test_metrics_port_needs_no_token_when_the_api_does(query_server: Server,
+                                                       tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(TOKEN)
+    metrics_port = free_port()
+    with query_server(tmp_path, IOTPIPE_API_TOKEN_FILE=str(tmp_path / "token"),
+                      IOTPIPE_QUERY_METRICS_PORT=str(metrics_port)) as url:
+        status, _ = http_post_json(f"{url}/compute/metrics", {"from": "x", "to": "y"})
+        assert status == 401
+        status, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200
+        counted = r'iotpipe_http_requests_total\{[^}]*status="401"[^}]*\} 1\.0'
+        assert re.search(counted, text.decode())
+        assert helm_test(url, "").returncode == 1
+        done = helm_test(url, "", IOTPIPE_API_TOKEN_FILE=str(tmp_path / "token"))
+        assert done.returncode == 0, done.stdout
+
+
 def test_openapi_document_is_served(server: str) -> None:
     status, text = http_get(f"{server}/openapi.json")
     assert status == 200
     assert b'"openapi": "3.1.0"' in text
 
 
-OPENAPI = Path(__file__).resolve().parents[2] / "services/iotpipe/query/openapi.json"
+OPENAPI = ROOT / "services/iotpipe/query/openapi.json"
 # Not `negative_data_rejection` / `positive_data_acceptance`: the prototype's contract answers
 # a body with unknown keys or metrics 200 (the valid rest computed, `errors` listing the rest),
 # and values the schema allows (any string in `from`) may still be refused with a 400.

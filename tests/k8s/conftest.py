@@ -13,6 +13,7 @@ import pytest
 from k8s_support import ROOT, VALUE_SETS, Rendering, render
 
 sys.path.insert(0, str(ROOT / "services"))
+sys.path.insert(0, str(ROOT / "k8s"))
 
 
 @pytest.fixture(scope="session")

@@ -26,11 +26,39 @@ VALUE_SETS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
     "minikube": ((VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-minikube.yaml"), ()),
     "secure": (
         (VALUES_DIR / "iotpipe-dev.yaml", VALUES_DIR / "iotpipe-kind.yaml"),
-        ("kafka.security.enabled=true", "common.topicPrefix=lab."),
+        (
+            "kafka.security.enabled=true",
+            "common.topicPrefix=lab.",
+            "query.apiTokenSecret=iotpipe-api-token",
+        ),
     ),
 }
 
 Doc = dict[str, Any]
+
+
+def skaffold_config(name: str) -> Doc:
+    """One config (module) of skaffold.yaml: `operators` or `iotpipe`."""
+    configs = yaml.safe_load_all((ROOT / "skaffold.yaml").read_text())
+    (config,) = [c for c in configs if c["metadata"]["name"] == name]
+    return config
+
+
+def releases(module: str, profile: str | None = None) -> list[Doc]:
+    """The helm releases a skaffold module deploys, with a profile's JSON patches applied."""
+    config = skaffold_config(module)
+    rel = config["deploy"]["helm"]["releases"]
+    for p in config.get("profiles", []):
+        if p["name"] != profile:
+            continue
+        for patch in p["patches"]:
+            assert patch["op"] == "add", patch
+            *parents, last = patch["path"].strip("/").split("/")
+            node: Any = config
+            for key in parents:
+                node = node[int(key)] if isinstance(node, list) else node[key]
+            node.insert(len(node) if last == "-" else int(last), patch["value"])
+    return rel
 
 
 def tool(name: str) -> Path:

@@ -153,3 +153,14 @@ def test_stream_application_shape(rendering: Rendering) -> None:
     assert binding["subjects"][0]["name"] == sa["metadata"]["name"]
     role = rendering.one("Role", binding["roleRef"]["name"])
     assert "pods" in role["rules"][0]["resources"] and "create" in role["rules"][0]["verbs"]
+
+
+def test_kafka_volumes_are_writable_and_kept(renderings: dict[str, Rendering]) -> None:
+    """The chart replaces Strimzi's pod context: it must keep its fsGroup for the volumes."""
+    for r in renderings.values():
+        pool = r.one("KafkaNodePool", "iotpipe-dual-role")["spec"]
+        assert pool["template"]["pod"]["securityContext"]["fsGroup"] == 0, r.name
+    default = renderings["default"].one("KafkaNodePool", "iotpipe-dual-role")["spec"]
+    assert default["storage"]["volumes"][0]["deleteClaim"] is False
+    dev = renderings["kind"].one("KafkaNodePool", "iotpipe-dual-role")["spec"]
+    assert dev["storage"]["volumes"][0]["deleteClaim"] is True

@@ -1,7 +1,8 @@
 """Every custom resource the chart renders is valid against its CRD's openAPIV3Schema.
 
-The CRDs come from `../shared/crds/` (copies of the upstream releases the chart targets). To check
-against the CRDs a cluster actually serves, dump them and point IOTPIPE_CRD_DIR at the folder:
+The CRDs are the upstream releases pinned in k8s/crds.txt, read from `../shared/crds/` when present,
+else from `.tools/crds/` (downloaded by `make tools`; see k8s/crd_files.py). To check against the
+CRDs a cluster actually serves, dump them and point IOTPIPE_CRD_DIR at the folder:
 
     mkdir crds && for c in kafkas kafkanodepools kafkatopics kafkausers; do
       kubectl get crd $c.kafka.strimzi.io -o yaml > crds/$c.yaml; done
@@ -17,16 +18,16 @@ not say `x-kubernetes-preserve-unknown-fields` gets `additionalProperties: false
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
-from k8s_support import ROOT, Doc, Rendering
+from crd_files import crd_dir
+from k8s_support import Doc, Rendering
 
-CRD_DIR = Path(os.environ.get("IOTPIPE_CRD_DIR", ROOT.parent / "shared" / "crds"))
+CRD_DIR = crd_dir()
 METADATA_KEYS = {"name", "namespace", "labels", "annotations", "generateName", "finalizers"}
 
 
@@ -52,7 +53,7 @@ def structural(schema: Any) -> Any:
 
 def load_crds(folder: Path) -> dict[tuple[str, str], Doc]:
     """(apiVersion, kind) -> structural schema of every served version."""
-    assert folder.is_dir(), f"no CRD folder {folder} (set IOTPIPE_CRD_DIR)"
+    assert folder.is_dir(), f"no CRD folder {folder} (run `make tools`, or set IOTPIPE_CRD_DIR)"
     schemas: dict[tuple[str, str], Doc] = {}
     for path in sorted(folder.glob("*.y*ml")):
         for doc in yaml.safe_load_all(path.read_text()):

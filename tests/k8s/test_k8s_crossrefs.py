@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from typing import Any
 
 import yaml
 from k8s_support import (
@@ -16,29 +15,14 @@ from k8s_support import (
     env_of,
     matches,
     pod_specs,
+    releases,
+    skaffold_config,
     spark_roles,
 )
 
 
 def skaffold() -> Doc:
-    return yaml.safe_load((ROOT / "skaffold.yaml").read_text())
-
-
-def releases(profile: str | None = None) -> list[Doc]:
-    """The helm releases skaffold deploys, with a profile's JSON patches applied."""
-    config = skaffold()
-    rel = config["deploy"]["helm"]["releases"]
-    for p in config["profiles"]:
-        if p["name"] != profile:
-            continue
-        for patch in p["patches"]:
-            assert patch["op"] == "add", patch
-            *parents, last = patch["path"].strip("/").split("/")
-            node: Any = config
-            for key in parents:
-                node = node[int(key)] if isinstance(node, list) else node[key]
-            node.insert(len(node) if last == "-" else int(last), patch["value"])
-    return rel
+    return skaffold_config("iotpipe")
 
 
 def app_env(r: Rendering) -> list[tuple[str, dict[str, str]]]:
@@ -182,13 +166,36 @@ def test_ingress_hpa_and_pdb_target_the_query_service(rendering: Rendering) -> N
     assert "replicas" not in target["spec"], "the HPA owns the replica count"
 
 
+def test_metrics_have_their_own_port_off_the_ingress(rendering: Rendering) -> None:
+    """With or without the API token (the `secure` set has one), Prometheus scrapes a port that
+    asks no token, and the Ingress routes only the API port."""
+    v = rendering.values["query"]
+    query = rendering.one("Deployment", "iotpipe-query")["spec"]["template"]["spec"]
+    (c,) = query["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": v["port"], "metrics": v["metricsPort"]}
+    env = env_of(c)
+    assert env["IOTPIPE_QUERY_METRICS_PORT"] == str(v["metricsPort"])
+    assert env["IOTPIPE_METRICS_HOST"] == "0.0.0.0"
+    assert ("IOTPIPE_API_TOKEN_FILE" in env) == bool(v["apiTokenSecret"])
+    (monitor,) = rendering.of_kind("ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    svc = rendering.one("Service", "iotpipe-query")
+    assert {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]} == {
+        "http": "http", "metrics": "metrics"}
+    (ing,) = rendering.of_kind("Ingress")
+    backends = {p["backend"]["service"]["port"]["name"]
+                for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert backends == {"http"}
+
+
 def test_network_policies_open_the_metrics_and_api_ports(rendering: Rendering) -> None:
     v = rendering.values
     policies = {p["metadata"]["name"]: p["spec"] for p in rendering.of_kind("NetworkPolicy")}
     assert policies["iotpipe-default-deny"]["podSelector"] == {}
     expect = {
         "iotpipe-sensor": v["sensor"]["metricsPort"],
-        "iotpipe-query": v["query"]["port"],
+        "iotpipe-query": v["query"]["metricsPort"],
         "iotpipe-stream": v["stream"]["metricsPort"],
     }
     kafka_port = v["kafka"]["tlsPort" if v["kafka"]["security"]["enabled"] else "plainPort"]
@@ -197,15 +204,18 @@ def test_network_policies_open_the_metrics_and_api_ports(rendering: Rendering) -
         assert port in {p["port"] for p in spec["ingress"][0]["ports"]}, name
         egress_ports = {p["port"] for e in spec["egress"] for p in e.get("ports", [])}
         assert {53, kafka_port} <= egress_ports, name
+    api_ports = {p["port"] for p in policies["iotpipe-query"]["ingress"][0]["ports"]}
+    assert v["query"]["port"] in api_ports
     namespaces = {
         f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for f in policies["iotpipe-query"]["ingress"][0]["from"]
+        if "namespaceSelector" in f
     }
     assert namespaces == {v["networkPolicy"]["ingressNamespace"], monitoring_release()["namespace"]}
 
 
 def monitoring_release() -> Doc:
-    return next(r for r in releases() if r.get("remoteChart") == "kube-prometheus-stack")
+    return next(r for r in releases("operators") if r["remoteChart"] == "kube-prometheus-stack")
 
 
 def test_skaffold_builds_the_images_the_chart_runs() -> None:
@@ -215,7 +225,8 @@ def test_skaffold_builds_the_images_the_chart_runs() -> None:
         assert (ROOT / a["context"] / a["docker"]["dockerfile"]).is_file(), a
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert {i["repository"] for i in values["images"].values()} == set(artifacts)
-    (app,) = [r for r in releases() if r.get("chartPath") == "charts/iotpipe"]
+    (app,) = releases("iotpipe")
+    assert app["chartPath"] == "charts/iotpipe"
     templates = app["setValueTemplates"]
     for key, image in values["images"].items():
         var = image["repository"].replace("-", "_")
@@ -229,20 +240,25 @@ def test_skaffold_profiles_and_pinned_operators() -> None:
         ("kind", ["iotpipe-kind.yaml"]),
         ("minikube", ["iotpipe-minikube.yaml"]),
     ):
-        rel = releases(profile)
-        assert rel[-1]["chartPath"] == "charts/iotpipe", "the app deploys after its operators"
-        files = rel[-1]["valuesFiles"]
+        (app,) = releases("iotpipe", profile)
+        files = app["valuesFiles"]
         assert [f.rsplit("/", 1)[1] for f in files] == ["iotpipe-dev.yaml", *extra], profile
-        for r in rel:
+        for r in (app, *releases("operators", profile)):
             for f in r.get("valuesFiles", []):
                 assert (ROOT / f).is_file(), f
-    pins = {r["remoteChart"]: r["version"] for r in releases("kind") if "remoteChart" in r}
-    assert pins["strimzi-kafka-operator"] == "1.2.0"
+    pins = {r["remoteChart"]: r["version"] for r in releases("operators", "kind")}
+    assert pins["oci://quay.io/strimzi-helm/strimzi-kafka-operator"] == "1.2.0"
     assert re.fullmatch(r"2\.5\.\d+", pins["spark-operator"])
-    assert {"kube-prometheus-stack", "ingress-nginx", "metrics-server"} <= set(pins)
+    assert {"kube-prometheus-stack", "traefik", "metrics-server"} <= set(pins)
+    assert "traefik" in {r["remoteChart"] for r in releases("operators", "minikube")}
+    for r in releases("operators", "kind"):
+        # Helm repository indexes only (the deprecated strimzi.io/charts index is gone).
+        assert r["remoteChart"].startswith("oci://") or r["repo"].startswith("https://"), r
+        assert "strimzi.io/charts" not in r.get("repo", ""), r
     readme = (ROOT / "k8s" / "README.md").read_text()
     for chart, version in pins.items():
-        assert re.search(rf"\| {re.escape(chart)}\b.*\| {re.escape(version)} \|", readme), chart
+        name = chart.rsplit("/", 1)[-1]
+        assert re.search(rf"\| {re.escape(name)}\b.*\| {re.escape(version)} \|", readme), chart
     forwards = {(f["namespace"], f["resourceName"]) for f in skaffold()["portForward"]}
     assert ("monitoring", f"{monitoring_release()['name']}-grafana") in forwards
     assert ("iotpipe", "iotpipe-query") in forwards
@@ -252,12 +268,11 @@ def test_operators_watch_the_app_namespace() -> None:
     ns = yaml.safe_load((ROOT / "k8s" / "namespace.yaml").read_text())
     name = ns["metadata"]["name"]
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    (app,) = [r for r in releases() if r.get("chartPath")]
+    (app,) = releases("iotpipe")
     assert app["namespace"] == name
     values_of = {
         r["name"]: yaml.safe_load((ROOT / r["valuesFiles"][0]).read_text())
-        for r in releases()
-        if "remoteChart" in r
+        for r in releases("operators")
     }
     assert values_of["strimzi"]["watchNamespaces"] == [name]
     assert values_of["spark-operator"]["spark"]["jobNamespaces"] == [name]
@@ -266,7 +281,7 @@ def test_operators_watch_the_app_namespace() -> None:
 def test_grafana_sidecar_picks_up_the_dashboard(renderings: dict[str, Rendering]) -> None:
     kps = yaml.safe_load((ROOT / monitoring_release()["valuesFiles"][0]).read_text())
     sidecar = kps["grafana"]["sidecar"]["dashboards"]
-    (cm,) = renderings["kind"].of_kind("ConfigMap")
+    cm = renderings["kind"].one("ConfigMap", "iotpipe-dashboard")
     assert cm["metadata"]["labels"][sidecar["label"]] == sidecar["labelValue"]
     assert sidecar["folderAnnotation"] in cm["metadata"]["annotations"]
     prom = kps["prometheus"]["prometheusSpec"]

@@ -82,7 +82,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def dashboard_exprs(r: Rendering) -> list[str]:
-    (cm,) = r.of_kind("ConfigMap")
+    cm = r.one("ConfigMap", "iotpipe-dashboard")
     dashboard = json.loads(next(iter(cm["data"].values())))
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(exprs) >= 12

@@ -13,11 +13,13 @@ def test_stream_exposition_with_every_family() -> None:
     state = StreamState(window_ms=60_000, lateness_ms=30_000)
     state.fold_batch(0, [BatchRow("temperature", 0, 3, 60.0, 10.0, 30.0, 59_000),
                          BatchRow("temperature", 60_000, 2, 10.0, 4.0, 6.0, 150_000)])
-    state.fold_progress(0, {"temperature": 1}, 7, 1, {
+    state.fold_progress(0, {"temperature": 1}, {"temperature": 7}, {"temperature": 1}, {
         "iotpipe_stream_input_rows_per_second": 5.0,
         "iotpipe_stream_processed_rows_per_second": 9.0,
         "iotpipe_stream_batch_duration_seconds": 0.4,
-        "iotpipe_stream_last_batch_timestamp_seconds": 1.7e9}, {"temperature": 3}, 5)
+        "iotpipe_stream_last_batch_timestamp_seconds": 1.7e9}, {"temperature": 3},
+        {"temperature": 5})
+    assert (state.late, state.duplicates) == ({"temperature": 1}, {"temperature": 1})
     from iotpipe.stream.metrics import FAMILIES, StreamCollector
 
     collector = StreamCollector()

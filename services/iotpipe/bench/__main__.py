@@ -1,5 +1,5 @@
 """`python -m iotpipe.bench [--only query,load,...] [--out docs/benchmarks.md]`: prints tables,
-writes them with the machine description (with --only, the other sections of --out stay).
+writes them with the machine description (the other sections of --out stay).
 Starts its own broker in a temporary folder."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from iotpipe.bench import load_bench, query_bench
+from iotpipe.bench import load_bench, query_bench, slow_clients_bench
 from iotpipe.bench.measure import machine
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
@@ -53,7 +53,7 @@ def merge_sections(old: str, new: list[str]) -> list[str]:
     return sections
 
 
-SECTIONS = ("query", "simulator", "load", "stream")
+SECTIONS = ("query", "simulator", "load", "slow-clients", "stream")
 
 
 def main() -> None:
@@ -79,17 +79,21 @@ def main() -> None:
                                 f"\n| --- | ---: |\n| 1 (3000 devices) | {sim:,.0f} |")
             if "load" in only:
                 sections.append(load_bench.run(broker.bootstrap, Path(tmp), log))
+            if "slow-clients" in only:
+                sections.append(slow_clients_bench.run(broker.bootstrap, Path(tmp), log))
             if "stream" in only:
                 from iotpipe.bench import stream_bench
 
                 sections.append(stream_bench.run(broker.bootstrap, Path(tmp), log))
         finally:
             broker.stop()
-    if args.out and args.out.exists() and len(only) < len(SECTIONS):
+    ran = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    sections = [s.replace("\n\n", f"\n\nRun: {ran}.\n\n", 1) for s in sections]
+    if args.out and args.out.exists():  # sections not run now, or written by hand, stay
         sections = merge_sections(args.out.read_text(), sections)
-    header = (f"# Benchmarks\n\n`make bench`, {time.strftime('%Y-%m-%d', time.gmtime())}, "
-              f"on {machine()}; Apache Kafka {kafka_version()} (one local broker, 3 "
-              f"partitions per topic).\n")
+    header = (f"# Benchmarks\n\n`make bench` on {machine()}; Apache Kafka {kafka_version()} "
+              "(one local broker, 3 partitions per topic). Each section says when it ran "
+              "(`make bench BENCH_ARGS=\"--only query\"` re-runs one).\n")
     text = header + "\n" + "\n\n".join(sections) + "\n"
     print(text)
     if args.out:

@@ -107,11 +107,13 @@ def _script(now_ms: int, window: str) -> str:
     return LUA % (end_s - HOUR_S, end_s - SECONDS, SECONDS, BODY)
 
 
-def _serve(bootstrap: str, workdir: Path, cache: bool) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(bootstrap: str, workdir: Path, cache: bool,
+           prefix: str = "load-") -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = start_service("query", workdir / "query-load.log", {
-        "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": "load-",
-        "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_LOG_LEVEL": "WARNING",
+    proc = start_service("query", workdir / f"query-{prefix}log", {
+        "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": prefix,
+        "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_METRICS_PORT": str(free_port()),
+        "IOTPIPE_LOG_LEVEL": "WARNING",
         "IOTPIPE_QUERY_CACHE_MESSAGES": "250000" if cache else "0"})
     wait_healthy(f"http://127.0.0.1:{port}/health", 60, proc)
     return proc, f"http://127.0.0.1:{port}/compute/metrics"

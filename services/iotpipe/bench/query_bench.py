@@ -180,7 +180,8 @@ class Service:
         port = free_port()
         self.proc = start_service("query", workdir / f"query-{prefix}log", {
             "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": prefix,
-            "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_WORKERS": "1",
+            "IOTPIPE_QUERY_PORT": str(port), "IOTPIPE_QUERY_METRICS_PORT": str(free_port()),
+            "IOTPIPE_QUERY_WORKERS": "1",
             "IOTPIPE_QUERY_DEADLINE_SECONDS": "300", "IOTPIPE_LOG_LEVEL": "WARNING",
             "IOTPIPE_MAX_WINDOW_SECONDS": str(400 * 86400), "IOTPIPE_QUERY_CACHE_MESSAGES": "0"})
         self.url = f"http://127.0.0.1:{port}/compute/metrics"

@@ -1,5 +1,6 @@
-"""Streaming-app benchmark: sustained ingest (Kafka lag flat for 60 s) and produce -> gauge
-latency at the default rate. The app runs as its own process (`python -m iotpipe.stream`)."""
+"""Streaming-app benchmark: backlog catch-up beside a plain native pipeline (stream_backlog),
+sustained ingest (Kafka lag flat for 60 s) and produce -> gauge latency at the default rate.
+The app runs as its own process (`python -m iotpipe.stream`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from iotpipe.bench import stream_backlog
 from iotpipe.bench.measure import percentile
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
@@ -17,7 +19,9 @@ from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from iotpipe.localstack.topics import ensure_topics
 
-RATES = (10_000, 20_000, 30_000, 40_000)
+RATES = (20_000, 40_000, 60_000, 80_000)
+BACKLOG_PER_SENSOR = 600_000
+BACKLOG_DEVICES = 200
 HOLD_S = 60
 WARMUP_S = 20
 
@@ -106,20 +110,48 @@ def latency(bootstrap: str, tmp: Path, samples: int = 60) -> list[float]:
     return out
 
 
+def backlog(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
+    settings = Settings.from_env({"IOTPIPE_KAFKA_BOOTSTRAP": bootstrap,
+                                  "IOTPIPE_TOPIC_PREFIX": "backlog-"})
+    n = stream_backlog.fill(settings, BACKLOG_PER_SENSOR, BACKLOG_DEVICES)
+    log(f"backlog: {n:,} readings in the topics")
+    runs = {p: stream_backlog.run_pipeline(p, bootstrap, "backlog-", tmp, log)
+            for p in ("native", "ours")}
+    rows = []
+    for name, r in runs.items():
+        ph = r["phases_s"]
+        other = sum(v for k, v in ph.items() if k not in ("addBatch", "triggerExecution"))
+        rows.append(f"| {name} | {r['rate']:,.0f} | {r['seconds']:.1f} | {r['batches']} | "
+                    f"{ph.get('addBatch', 0):.1f} | {r['state_update_s']:.1f} | "
+                    f"{r['state_commit_s']:.1f} | {other:.1f} | {r['state_rows']:,} |")
+    ratio = runs["ours"]["rate"] / runs["native"]["rate"]
+    return (
+        f"Backlog catch-up: {n:,} readings already in the topics ({BACKLOG_DEVICES} devices per "
+        "sensor taking turns in random order), each pipeline in a fresh process with the same "
+        "session settings; readings/s from the start of the first micro-batch to the end of "
+        "the last. native = Kafka source -> `from_json` -> watermark -> "
+        "`dropDuplicatesWithinWatermark` (sensor, device, seq) -> per-sensor window aggregates "
+        "collected in `foreachBatch`; ours = the stream job (per-sensor branches, wire rules, "
+        "counters). Time columns are Spark's progress metrics summed over the batches "
+        "(state update and commit summed over the state operators' tasks).\n\n"
+        "| pipeline | readings/s | s | batches | addBatch s | state update s | "
+        "state commit s | other phases s | state rows at end |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(rows)
+        + f"\n\nOurs / native: {ratio:.0%} (target >= 90 %); ours "
+        f"{runs['ours']['rate']:,.0f} readings/s (target >= 75,000).")
+
+
 def run(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
+    caught_up = backlog(bootstrap, tmp, log)
     lat = latency(bootstrap, tmp)
     log(f"produce -> gauge latency p50 {percentile(lat, 50):.2f}s p99 {percentile(lat, 99):.2f}s")
-    rows = []
-    for rate in RATES:
-        rows.append(sustained(bootstrap, rate, tmp, log))
-        if not rows[-1]["flat"]:
-            break
+    rows = [sustained(bootstrap, rate, tmp, log) for rate in RATES]
     held = max((r["achieved"] for r in rows if r["flat"]), default=0.0)
     table = "\n".join(
         f"| {r['rate']:,} | {r['achieved']:,.0f} | {r['lag_start']:,.0f} | {r['lag_end']:,.0f} "
         f"| {'flat' if r['flat'] else 'growing'} |" for r in rows)
     return (
-        "## Streaming app (Spark local[2], 1 s trigger)\n\n"
+        "## Streaming app (Spark local[2], 1 s trigger)\n\n" + caught_up + "\n\n"
         f"Produce -> gauge latency at the default rate (1 reading/s per sensor, {len(lat)} "
         f"samples): p50 {percentile(lat, 50):.2f} s, p99 {percentile(lat, 99):.2f} s "
         "(target p50 <= 2 s).\n\n"
@@ -128,4 +160,5 @@ def run(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         "stream; flat = grew by less than 3 s of input.\n\n"
         "| offered readings/s | achieved | lag at start | lag at end | lag |\n"
         "| ---: | ---: | ---: | ---: | --- |\n" + table +
-        f"\n\nHighest rate held with flat lag: {held:,.0f} readings/s (target >= 20,000).")
+        f"\n\nHighest rate held with flat lag: {held:,.0f} readings/s (target: flat at "
+        ">= 50,000).")

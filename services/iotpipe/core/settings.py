@@ -55,10 +55,15 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_QUERY_HOST", "127.0.0.1", "address the query service binds"),
     ("IOTPIPE_QUERY_PORT", "5000", "port of the query service"),
     ("IOTPIPE_QUERY_WORKERS", "2", "gunicorn worker processes"),
-    ("IOTPIPE_QUERY_THREADS", "8", "threads per gunicorn worker"),
+    ("IOTPIPE_QUERY_THREADS", "8", "threads per gunicorn worker that run requests once read whole"),
     ("IOTPIPE_QUERY_READERS", "2",
      "reader processes per worker that scan partitions in parallel (0: scan in the worker)"),
     ("IOTPIPE_QUERY_DEADLINE_SECONDS", "20", "a request still scanning after this gets 504"),
+    ("IOTPIPE_QUERY_READ_DEADLINE_SECONDS", "10",
+     "a client must send a request's headers within this of connecting, and its whole body "
+     "within this of its headers, else 408 and the connection is closed"),
+    ("IOTPIPE_QUERY_MAX_CONNECTIONS", "1000",
+     "open connections per worker; past it a new connection gets 503 at once"),
     ("IOTPIPE_QUERY_CACHE_MESSAGES", "250000",
      "decoded messages each worker keeps to answer repeated and sliding small windows from "
      "memory (0: off)"),
@@ -80,9 +85,11 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_PRODUCER_BUFFER_SECONDS", "300",
      "how long the producer keeps retrying a reading while the broker is down"),
     # Metrics endpoints
-    ("IOTPIPE_METRICS_HOST", "127.0.0.1", "bind address of the sensor and stream metrics"),
+    ("IOTPIPE_METRICS_HOST", "127.0.0.1", "bind address of the sensor, stream and query metrics"),
     ("IOTPIPE_SENSORS_METRICS_PORT", "9109", "Prometheus port of the sensor simulator"),
     ("IOTPIPE_STREAM_METRICS_PORT", "9108", "Prometheus port of the streaming app"),
+    ("IOTPIPE_QUERY_METRICS_PORT", "9110",
+     "Prometheus port of the query service (its own: no API token, not behind the Ingress)"),
     # Streaming app
     ("IOTPIPE_SPARK_MASTER", "local[2]", "Spark master (ignored when spark-submit sets one)"),
     ("IOTPIPE_CHECKPOINT_DIR", ".data/checkpoints", "streaming checkpoint location"),
@@ -223,6 +230,8 @@ class Settings:
     query_threads: int = 8
     query_readers: int = 2
     query_deadline_s: float = 20.0
+    query_read_deadline_s: float = 10.0
+    query_max_connections: int = 1000
     query_cache_messages: int = 250_000
     query_cache_s: float = 300.0
     max_window_s: float = 2_678_400.0
@@ -240,6 +249,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     sensors_metrics_port: int = 9109
     stream_metrics_port: int = 9108
+    query_metrics_port: int = 9110
     spark_master: str = "local[2]"
     checkpoint_dir: str = ".data/checkpoints"
     window_s: int = 60
@@ -296,6 +306,8 @@ class Settings:
             query_threads=n(env, "IOTPIPE_QUERY_THREADS", int, 1, 256),
             query_readers=n(env, "IOTPIPE_QUERY_READERS", int, 0, 64),
             query_deadline_s=n(env, "IOTPIPE_QUERY_DEADLINE_SECONDS", float, 0.1, 3600),
+            query_read_deadline_s=n(env, "IOTPIPE_QUERY_READ_DEADLINE_SECONDS", float, 0.1, 3600),
+            query_max_connections=n(env, "IOTPIPE_QUERY_MAX_CONNECTIONS", int, 1, 100_000),
             query_cache_messages=n(env, "IOTPIPE_QUERY_CACHE_MESSAGES", int, 0, 100_000_000),
             query_cache_s=n(env, "IOTPIPE_QUERY_CACHE_SECONDS", float, 0, 86_400),
             max_window_s=n(env, "IOTPIPE_MAX_WINDOW_SECONDS", float, 1, 10 * 365 * 86_400),
@@ -313,6 +325,7 @@ class Settings:
             metrics_host=_read(env, "IOTPIPE_METRICS_HOST"),
             sensors_metrics_port=_port(env, "IOTPIPE_SENSORS_METRICS_PORT"),
             stream_metrics_port=_port(env, "IOTPIPE_STREAM_METRICS_PORT"),
+            query_metrics_port=_port(env, "IOTPIPE_QUERY_METRICS_PORT"),
             spark_master=_read(env, "IOTPIPE_SPARK_MASTER"),
             checkpoint_dir=_read(env, "IOTPIPE_CHECKPOINT_DIR"),
             window_s=n(env, "IOTPIPE_WINDOW_SECONDS", int, 1, 86_400),

@@ -118,7 +118,8 @@ class LocalStack:
         if self._stop_leftovers():
             log.warning("stopped processes left by a supervisor that is gone")
         s = self.settings
-        for port, what in ((self.broker.port, "Kafka"), (s.query_port, "the query API")):
+        for port, what in ((self.broker.port, "Kafka"), (s.query_port, "the query API"),
+                           (s.query_metrics_port, "the query metrics")):
             if _port_busy(port):
                 raise StackError(f"port {port} for {what} is taken by another program")
         log.info("starting Kafka %s on %s (data in %s)", kafka_version(), self.broker.bootstrap,

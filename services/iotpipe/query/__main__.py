@@ -23,7 +23,7 @@ def main() -> None:
     # librdkafka's threads would each get a glibc arena: memory that never goes back
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:iotpipe.query.gunicorn_conf",
-            "iotpipe.query.app:create_app()"]
+            "iotpipe.query.front:create_front()"]
     os.execv(sys.executable, argv)
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import time
 
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from werkzeug.exceptions import HTTPException
 
 from iotpipe.core.logs import configure_logging
@@ -71,17 +69,6 @@ def create_app(settings: Settings | None = None,
     def _crash(e: Exception) -> Response:
         log.exception("unhandled error")
         return envelope({}, ["Internal error; see the service log"], 500)
-
-    @app.route("/metrics", methods=["GET"])
-    def metrics() -> Response:
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            data = generate_latest(registry)
-        else:
-            data = generate_latest()
-        return Response(data, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     log.info("query service ready: %s", json.dumps({"sensors": settings.sensors,
                                                      "bootstrap": settings.kafka.bootstrap}))

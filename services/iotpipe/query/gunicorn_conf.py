@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from iotpipe.core.settings import Settings
 
@@ -14,8 +14,11 @@ _s = Settings.from_env()
 
 bind = f"{_s.query_host}:{_s.query_port}"
 workers = _s.query_workers
-threads = _s.query_threads
-worker_class = "gthread"
+# an asyncio worker reads requests; Flask runs in a pool of IOTPIPE_QUERY_THREADS threads
+# once a request is whole (see iotpipe.query.front)
+worker_class = "iotpipe.query.front.QueryWorker"
+worker_connections = _s.query_max_connections
+asgi_lifespan = "off"
 timeout = int(_s.query_deadline_s) + 10  # a worker is killed only well after its deadline
 graceful_timeout = 10
 keepalive = 5
@@ -25,16 +28,24 @@ accesslog = "-"
 errorlog = "-"
 loglevel = _s.log_level.lower()
 proc_name = "iotpipe-query"
+# gunicornc is not used; its socket would want a writable $HOME (read-only in the image)
+control_socket_disable = True
 if _s.log_format == "json":
     access_log_format = json.dumps({
         "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "status": "%(s)s",
         "bytes": "%(B)s", "duration_ms": "%(M)s", "agent": "%(a)s"})
 
 
+def when_ready(server: Any) -> None:
+    """/metrics of all workers on their own port: no API token, never routed by an Ingress."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(_s.query_metrics_port, addr=_s.metrics_host, registry=registry)
+
+
 def post_worker_init(worker: Any) -> None:
     """Start the reader processes before the first request arrives."""
-    app = worker.wsgi
-    service = getattr(app, "extensions", {}).get("iotpipe.service")
+    service = worker.asgi.flask.extensions.get("iotpipe.service")
     if service is not None:
         service.scans.warm_up()
 

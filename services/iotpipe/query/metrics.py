@@ -1,7 +1,8 @@
 """Prometheus metrics of the query service.
 
 gunicorn runs several worker processes, so these use prometheus-client's multiprocess mode when
-PROMETHEUS_MULTIPROC_DIR is set (the gunicorn config sets it); `/metrics` then merges all workers.
+PROMETHEUS_MULTIPROC_DIR is set (`python -m iotpipe.query` sets it); the gunicorn master serves
+them, all workers merged, on their own port (gunicorn_conf.when_ready).
 """
 
 from prometheus_client import Counter, Histogram

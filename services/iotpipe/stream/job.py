@@ -1,12 +1,13 @@
 """The Spark Structured Streaming job: Kafka source -> wire format -> watermark + de-duplication
 -> per-sensor totals and event-time windows, folded per micro-batch into a `StreamState`.
 
-Readings are decoded by `iotpipe.core.wire` itself (a Python UDF), so the stream and the query
-service agree on what a valid reading is.
+Readings are decoded in the JVM, by the wire format's rules (`iotpipe.stream.decode`), so the
+stream and the query service agree on what a valid reading is.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -14,22 +15,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from iotpipe.core import wire
 from iotpipe.core.settings import Settings
+from iotpipe.stream.decode import decode
 from iotpipe.stream.state import BatchRow, StateStore
 
 log = logging.getLogger("iotpipe.stream")
 SCAN_TASKS = 2  # local[2]
 
-DECODED = T.StructType([
-    T.StructField("sensor", T.StringType()), T.StructField("device", T.StringType()),
-    T.StructField("seq", T.LongType()), T.StructField("ts", T.LongType()),
-    T.StructField("value", T.DoubleType()), T.StructField("error", T.StringType())])
+MAX_OFFSETS_PER_TRIGGER = 200_000  # per sensor: a backlog is read in bounded micro-batches
 
 
 def under_spark_submit() -> bool:
@@ -54,51 +51,42 @@ def build_session(settings: Settings, jars: list[str]) -> SparkSession:
     spark = (builder
              .config("spark.sql.shuffle.partitions", "2")
              .config("spark.sql.streaming.metricsEnabled", "false")
+             .config("spark.sql.streaming.multipleWatermarkPolicy", "max")
              .config("spark.sql.session.timeZone", "UTC")
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
 
-def _decoder(topics: dict[str, str]):
-    def decode(raw: bytes | None, topic: str) -> tuple[Any, ...]:
-        sensor = topics.get(topic, "")
-        try:
-            r = wire.decode(raw, sensor)
-        except wire.MalformedReading as e:
-            return (sensor, None, None, None, None, str(e).split(":")[0])
-        return (sensor, r.device, r.seq, r.ts, float(r.value), None)
-
-    return F.udf(decode, DECODED, useArrow=False)
-
-
-def readings(spark: SparkSession, settings: Settings) -> tuple[DataFrame, list[str]]:
-    """The de-duplicated readings stream, and the names of its observed input counters."""
-    topics = {settings.topic(s): s for s in settings.sensors}
+def _messages(spark: SparkSession, settings: Settings, sensor: str) -> DataFrame:
     reader = (spark.readStream.format("kafka")
-              .option("subscribe", ",".join(topics))
+              .option("subscribe", settings.topic(sensor))
               .option("startingOffsets", "earliest")
               .option("failOnDataLoss", "false")  # retention may delete what was never read
-              .option("maxOffsetsPerTrigger", "500000"))
+              .option("maxOffsetsPerTrigger", str(MAX_OFFSETS_PER_TRIGGER)))
     for key, value in settings.kafka.java_client_config().items():
         reader = reader.option(f"kafka.{key}", value)
     # one task per topic partition would mean many tiny tasks per micro-batch on 2 cores
-    decoded = reader.load().coalesce(SCAN_TASKS).select(
-        F.col("topic"), _decoder(topics)(F.col("value"), F.col("topic")).alias("r"))
-    counters: list[Column] = []
-    names: list[str] = []
-    for i, (topic, sensor) in enumerate(topics.items()):
-        in_topic = F.col("topic") == topic
-        counters += [F.count_if(in_topic & F.col("r.error").isNull()).alias(f"valid_{i}"),
-                     F.count_if(in_topic & F.col("r.error").isNotNull()).alias(f"bad_{i}")]
-        names.append(sensor)
-    observed = decoded.observe("input", *counters)
-    valid = observed.where(F.col("r.error").isNull()).select(
-        "r.sensor", "r.device", "r.seq", "r.ts", "r.value",
-        F.timestamp_millis(F.col("r.ts")).alias("event_time"))
-    deduped = (valid.withWatermark("event_time", f"{settings.allowed_lateness_ms} milliseconds")
-               .dropDuplicatesWithinWatermark(["sensor", "device", "seq"]))
-    return deduped, names
+    return reader.load().coalesce(SCAN_TASKS)
+
+
+def readings(spark: SparkSession, settings: Settings) -> DataFrame:
+    """The de-duplicated readings stream: one branch per sensor (its own source, decoding,
+    de-duplication), so Spark's own counters (input, late) come per sensor. The branches share
+    one watermark (the newest reading of any sensor, as before: policy max)."""
+    branches = []
+    for i, sensor in enumerate(settings.sensors):
+        decoded = decode(_messages(spark, settings, sensor), sensor)
+        ok = F.col("r.valid")
+        observed = decoded.observe(f"input_{i}", F.count_if(ok).alias("valid"),
+                                   F.count_if(~ok).alias("bad"))
+        valid = observed.where(ok).select(
+            F.lit(sensor).alias("sensor"), "r.device", "r.seq", "r.ts", "r.value",
+            F.timestamp_millis(F.col("r.ts")).alias("event_time"))
+        branches.append(
+            valid.withWatermark("event_time", f"{settings.allowed_lateness_ms} milliseconds")
+            .dropDuplicatesWithinWatermark(["device", "seq"]))
+    return functools.reduce(DataFrame.union, branches)
 
 
 def batch_rows(df: DataFrame, window_ms: int) -> list[BatchRow]:
@@ -112,13 +100,16 @@ def batch_rows(df: DataFrame, window_ms: int) -> list[BatchRow]:
             for r in rows]
 
 
-def progress_counters(progress: dict[str, Any], sensors: list[str]) -> dict[str, Any]:
-    """Malformed per sensor, valid readings in, late rows and pipeline health of one batch."""
-    observed = progress.get("observedMetrics", {}).get("input", {})
-    malformed = {s: int(observed.get(f"bad_{i}", 0)) for i, s in enumerate(sensors)}
-    valid = sum(int(observed.get(f"valid_{i}", 0)) for i in range(len(sensors)))
-    late = sum(int(op.get("numRowsDroppedByWatermark", 0))
-               for op in progress.get("stateOperators", []))
+def progress_counters(progress: dict[str, Any], sensors: tuple[str, ...]) -> dict[str, Any]:
+    """Per sensor: malformed, valid readings in and late rows of one batch; pipeline health.
+    Branch i of the query is sensor i: its observation `input_i`, its i-th state operator."""
+    observed = progress.get("observedMetrics", {})
+    inputs = [observed.get(f"input_{i}", {}) for i in range(len(sensors))]
+    operators = progress.get("stateOperators", [])
+    malformed = {s: int(m.get("bad", 0)) for s, m in zip(sensors, inputs, strict=True)}
+    valid = {s: int(m.get("valid", 0)) for s, m in zip(sensors, inputs, strict=True)}
+    late = {s: int(op.get("numRowsDroppedByWatermark", 0))
+            for s, op in zip(sensors, operators, strict=False)}
     behind: dict[str, int] = {}
     for source in progress.get("sources", []):
         latest, end = _offsets(source.get("latestOffset")), _offsets(source.get("endOffset"))
@@ -146,19 +137,23 @@ def state_path(settings: Settings) -> Path:
 
 
 def start(spark: SparkSession, settings: Settings, store: StateStore, on_batch: Any,
-          available_now: bool = False) -> tuple[StreamingQuery, list[str]]:
-    """Start the query; `on_batch(batch_id, emitted)` runs after each micro-batch is folded."""
-    deduped, sensors = readings(spark, settings)
+          available_now: bool = False) -> StreamingQuery:
+    """Start the query; `on_batch(batch_id, emitted)` runs after each micro-batch is folded
+    (`emitted`: readings per sensor that passed the de-duplication)."""
+    deduped = readings(spark, settings)
 
     def fold(df: DataFrame, batch_id: int) -> None:
         rows = batch_rows(df, settings.window_s * 1000)
         with store.lock:
             if store.state.fold_batch(batch_id, rows):
                 store.save()
-        on_batch(batch_id, sum(r.count for r in rows))
+        emitted: dict[str, int] = {}
+        for r in rows:
+            emitted[r.sensor] = emitted.get(r.sensor, 0) + r.count
+        on_batch(batch_id, emitted)
 
     writer = (deduped.writeStream.queryName("iotpipe_live_metrics").foreachBatch(fold)
               .option("checkpointLocation", str(Path(settings.checkpoint_dir) / "spark")))
     writer = (writer.trigger(availableNow=True) if available_now
               else writer.trigger(processingTime=f"{settings.trigger_s} seconds"))
-    return writer.start(), sensors
+    return writer.start()

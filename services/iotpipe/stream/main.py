@@ -62,11 +62,11 @@ def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
     again from its checkpoint after a growing pause, so the app survives broker restarts."""
     pause = RESTART_PAUSE_S
     while not stop.is_set():
-        query, sensors = start(spark, settings, runner.store, runner.on_batch)
+        query = start(spark, settings, runner.store, runner.on_batch)
         try:
             while query.isActive and not stop.is_set():
                 query.awaitTermination(0.5)  # type: ignore[arg-type]  # seconds; hinted int
-                runner.absorb_progress(query, sensors)
+                runner.absorb_progress(query)
                 runner.publish()
                 if query.lastProgress is not None:
                     pause = RESTART_PAUSE_S  # it made progress: the next failure is a new one

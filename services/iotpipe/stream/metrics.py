@@ -30,10 +30,10 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "iotpipe_sensor_window_value_mean": ("gauge", "Mean value in the window", ("sensor", "window")),
     "iotpipe_sensor_window_start_seconds": ("gauge", "Start of the window (epoch seconds)",
                                             ("sensor", "window")),
-    # one watermark for the whole query, so late and duplicate readings are counted in all
-    "iotpipe_stream_late_readings": ("counter", "Readings dropped as behind the watermark", ()),
+    "iotpipe_stream_late_readings": ("counter", "Readings dropped as behind the watermark",
+                                     ("sensor",)),
     "iotpipe_stream_duplicate_readings": ("counter", "Repeated readings (device, seq) dropped",
-                                          ()),
+                                          ("sensor",)),
     "iotpipe_stream_malformed_messages": ("counter", "Topic messages that are not valid readings",
                                           ("sensor",)),
     "iotpipe_stream_input_rows_per_second": ("gauge", "Input rate of the last micro-batch", ()),

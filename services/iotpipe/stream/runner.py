@@ -30,11 +30,11 @@ class StreamRunner:
         self.store = StateStore(state_path(settings), settings.window_s * 1000,
                                 settings.allowed_lateness_ms)
         self.collector = StreamCollector()
-        self._emitted: dict[int, int] = {}
+        self._emitted: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
         self.publish()
 
-    def on_batch(self, batch_id: int, emitted: int) -> None:
+    def on_batch(self, batch_id: int, emitted: dict[str, int]) -> None:
         """Called from foreachBatch once the batch is folded."""
         with self._lock:
             self._emitted[batch_id] = emitted
@@ -42,17 +42,17 @@ class StreamRunner:
         if self.settings.stream_console:
             print(console_table(self.store.state, self.settings.sensors, batch_id), flush=True)
 
-    def absorb_progress(self, query: StreamingQuery, sensors: list[str]) -> None:
+    def absorb_progress(self, query: StreamingQuery) -> None:
         """Fold the counters of every executed batch not folded yet (recentProgress)."""
         for raw in query.recentProgress:
             p = _as_dict(raw)
             if "addBatch" not in p.get("durationMs", {}):
                 continue  # an idle report, not an executed batch
-            c = progress_counters(p, sensors)
+            c = progress_counters(p, self.settings.sensors)
             ts = datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
             c["health"]["iotpipe_stream_last_batch_timestamp_seconds"] = ts
             with self._lock:
-                emitted = self._emitted.pop(p["batchId"], 0)
+                emitted = self._emitted.pop(p["batchId"], {})
             with self.store.lock:
                 if self.store.state.fold_progress(p["batchId"], c["malformed"], c["valid"],
                                                   c["late"], c["health"], c["behind"],
@@ -75,7 +75,8 @@ def console_table(state: StreamState, sensors: tuple[str, ...], batch_id: int) -
     rule = "-" * 80
     watermark = _clock(state.watermark_ms, "%Y-%m-%d %H:%M:%S")
     lines = [rule, f"Batch: {batch_id}   watermark {watermark}"
-             f" UTC   late {state.late}   duplicates {state.duplicates}", rule,
+             f" UTC   late {sum(state.late.values())}"
+             f"   duplicates {sum(state.duplicates.values())}", rule,
              f"{'sensor':<14}{'count':>9}{'min':>10}{'max':>10}{'mean':>12}"
              f"{'window':>11}{'w.count':>8}{'w.mean':>10}"]
     for sensor in sensors:

@@ -60,8 +60,8 @@ class StreamState:
     totals: dict[str, Stats] = field(default_factory=dict)
     windows: dict[str, dict[int, Stats]] = field(default_factory=dict)
     malformed: dict[str, int] = field(default_factory=dict)
-    late: int = 0
-    duplicates: int = 0
+    late: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
     health: dict[str, float] = field(default_factory=dict)
     behind: dict[str, int] = field(default_factory=dict)
 
@@ -83,17 +83,18 @@ class StreamState:
         self._prune()
         return True
 
-    def fold_progress(self, batch_id: int, malformed: dict[str, int], valid: int,
-                      late: int, health: dict[str, float], behind: dict[str, int],
-                      emitted: int) -> bool:
-        """Counters of one progress report: malformed per sensor, late (behind the watermark)
+    def fold_progress(self, batch_id: int, malformed: dict[str, int], valid: dict[str, int],
+                      late: dict[str, int], health: dict[str, float], behind: dict[str, int],
+                      emitted: dict[str, int]) -> bool:
+        """Counters of one progress report, per sensor: malformed, late (behind the watermark)
         and duplicates (valid readings in, minus late, minus readings out of the dedup)."""
         if batch_id <= self.progress_id:
             return False
-        for sensor, n in malformed.items():
-            self.malformed[sensor] = self.malformed.get(sensor, 0) + n
-        self.late += late
-        self.duplicates += max(0, valid - late - emitted)
+        for sensor in malformed.keys() | valid.keys():
+            _add(self.malformed, sensor, malformed.get(sensor, 0))
+            _add(self.late, sensor, late.get(sensor, 0))
+            _add(self.duplicates, sensor, max(0, valid.get(sensor, 0) - late.get(sensor, 0)
+                                              - emitted.get(sensor, 0)))
         self.health, self.behind = health, behind
         self.progress_id = batch_id
         return True
@@ -121,8 +122,10 @@ class StreamState:
         for sensor in sensors:
             t = self.totals.get(sensor, Stats())
             snap.set("iotpipe_sensor_readings", (sensor,), t.count)
-            snap.set("iotpipe_stream_malformed_messages", (sensor,),
-                     self.malformed.get(sensor, 0))
+            for name, counts in (("malformed_messages", self.malformed),
+                                 ("late_readings", self.late),
+                                 ("duplicate_readings", self.duplicates)):
+                snap.set(f"iotpipe_stream_{name}", (sensor,), counts.get(sensor, 0))
             for name, value in (("min", t.minimum), ("max", t.maximum), ("mean", t.mean)):
                 if value is not None:
                     snap.set(f"iotpipe_sensor_value_{name}", (sensor,), value)
@@ -133,8 +136,6 @@ class StreamState:
                 for name, value in (("min", w.minimum), ("max", w.maximum), ("mean", w.mean)):
                     if value is not None:
                         snap.set(f"iotpipe_sensor_window_value_{name}", labels, value)
-        snap.set("iotpipe_stream_late_readings", (), self.late)
-        snap.set("iotpipe_stream_duplicate_readings", (), self.duplicates)
         for name, value in self.health.items():
             snap.set(name, (), value)
         snap.set("iotpipe_stream_last_batch_id", (), self.batch_id)
@@ -145,6 +146,10 @@ class StreamState:
         for topic, n in self.behind.items():
             snap.set("iotpipe_stream_kafka_offsets_behind", (topic,), n)
         return snap
+
+
+def _add(counts: dict[str, int], key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n
 
 
 class StateStore:

@@ -1,0 +1,179 @@
+"""The query service's front: an event loop reads each request whole, then a thread runs Flask.
+
+gunicorn's thread worker hands a connection to a thread at its first byte and the thread then
+blocks until the body is in, so a few stalled clients held every thread. gunicorn's asyncio
+worker reads requests in its event loop, where a slow client costs a connection only;
+`BufferedApp` waits there for the whole body (under the read deadline) before one of its
+threads runs the Flask app (on a WSGI environ built by a2wsgi). `BoundedProtocol` adds what
+that worker lacks: the read deadline for the headers and a connection limit past which
+clients are refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+from a2wsgi.wsgi import build_environ
+from flask import Flask
+from gunicorn.asgi.protocol import ASGIProtocol
+from gunicorn.workers import gasgi
+
+from iotpipe.core.settings import Settings
+from iotpipe.query.app import create_app
+
+log = logging.getLogger(__name__)
+Message = dict[str, Any]
+# a2wsgi's hints want its own TypedDicts; the scope here is gunicorn's plain dict
+_environ = cast(Callable[..., dict[str, Any]], build_environ)
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def _error_body(error: str) -> bytes:
+    """The API's JSON envelope (as Flask's `envelope`) for a request Flask never sees."""
+    return json.dumps({"result": {}, "errors": [error]}).encode()
+
+
+class BufferedApp:
+    """ASGI app: the body is read whole (or past the size limit), then Flask runs in a thread.
+
+    Flask sees a Content-Length that is the body's real length (chunked bodies too), so its own
+    413 check keeps working; a body that misses the deadline gets 408 and costs no thread. The
+    thread hands back the whole answer (small JSON documents) in one step: no thread waits on
+    the event loop, which matters when the threads keep the GIL busy.
+    """
+
+    def __init__(self, flask: Flask, settings: Settings) -> None:
+        self.flask, self.settings = flask, settings
+        self.threads = ThreadPoolExecutor(settings.query_threads, thread_name_prefix="flask")
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1000})
+        limit = self.settings.max_body_bytes
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        body = b""
+        if not (declared.isdigit() and int(declared) > limit):  # else Flask answers 413 unread
+            read: bytes | None = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.query_read_deadline_s):
+                    read = await _read_body(receive, limit)
+            if read is None:  # late (or the client left, and the answer goes nowhere)
+                return await _send_408(send, self.settings.query_read_deadline_s)
+            body = read
+            headers = [(k, v) for k, v in scope["headers"]
+                       if k not in (b"content-length", b"transfer-encoding")]
+            scope = scope | {"headers": [*headers, (b"content-length", b"%d" % len(body))]}
+        status, headers, content = await asyncio.get_running_loop().run_in_executor(
+            self.threads, self._flask, _environ(scope, io.BytesIO(body)))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    def _flask(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        started: list[Any] = []
+        chunks: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: object = None) -> Callable[[bytes], None]:
+            started[:] = [int(status.split(" ", 1)[0]),
+                          [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]]
+            return chunks.append
+        answer = self.flask(environ, start_response)
+        try:
+            chunks.extend(answer)
+        finally:
+            getattr(answer, "close", lambda: None)()
+        return started[0], started[1], b"".join(chunks)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The body's bytes, at most limit + 1 of them; None if the client disconnected."""
+    body = bytearray()
+    while len(body) <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return bytes(body[:limit + 1])
+
+
+async def _send_408(send: Send, deadline_s: float) -> None:
+    body = _error_body(f"Request Timeout: the body did not arrive within {deadline_s:g} seconds")
+    await send({"type": "http.response.start", "status": 408,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BoundedProtocol(ASGIProtocol):
+    """gunicorn's HTTP/1 connection with a header deadline and a per-worker connection limit.
+
+    Kept-alive connections already have gunicorn's keep-alive timer until their next request's
+    headers are complete; the deadline here covers a new connection's first request.
+    """
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.worker.nr_conns > self.cfg.worker_connections:
+            self._refuse(503, "Service Unavailable", "Too many open connections, try again later")
+            return
+        seconds = self.app.settings.query_read_deadline_s
+        self._deadline = self.worker.loop.call_later(seconds, self._headers_late, seconds)
+
+    def _on_headers_complete(self) -> bool:
+        self._disarm()
+        return super()._on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_late(self, seconds: float) -> None:
+        self._deadline = None
+        if self._closed or self._current_request is not None:
+            return
+        log.debug("headers not complete within %gs; closing", seconds)
+        self._refuse(408, "Request Timeout",
+                     f"Request Timeout: the headers did not arrive within {seconds:g} seconds")
+
+    def _refuse(self, status: int, reason: str, error: str) -> None:
+        """Answer with the JSON envelope and close, whatever the client has sent so far."""
+        body = _error_body(error)
+        self._safe_write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                         + body)
+        self._close_transport()
+        if self._request_ready is not None:
+            self._request_ready.set()  # the connection's task sees it is closed and ends
+
+
+class QueryWorker(gasgi.ASGIWorker):
+    """gunicorn's asyncio worker serving `BoundedProtocol` connections."""
+
+    def init_process(self) -> None:
+        # the worker builds its protocol by this module-level name; set in the worker process
+        gasgi.ASGIProtocol = BoundedProtocol
+        super().init_process()
+
+
+def create_front() -> BufferedApp:
+    """gunicorn's app: the Flask app of `create_app`, behind the buffering front."""
+    settings = Settings.from_env()
+    return BufferedApp(create_app(settings), settings)

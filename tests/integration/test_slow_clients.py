@@ -1,0 +1,126 @@
+"""Slow and stalled clients against the real gunicorn server: they cost a connection, not a
+request thread; they end with 408 after the read deadline; excess connections get 503 at once."""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+
+import pytest
+
+from iotpipe.localstack.processes import http_get, http_post_json
+from iotpipe.query.timestamps import parse_ms
+from query_dataset import Dataset
+
+DEADLINE_S = 15  # long enough that the stalled clients are still stalled while others are served
+MAX_CONNECTIONS = 400
+BODY = json.dumps({"humidity": ["average", "max", "count"], "from": "2020-01-13 15:12:00",
+                   "to": "2020-01-13 15:13:00"}).encode()
+HEAD = (b"POST /compute/metrics HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n")
+
+
+@pytest.fixture(scope="module")
+def server(query_server: Callable[..., AbstractContextManager[str]],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    # one worker: the connection limit is exact
+    with query_server(tmp_path_factory.mktemp("slow"), IOTPIPE_QUERY_WORKERS="1",
+                      IOTPIPE_QUERY_READ_DEADLINE_SECONDS=str(DEADLINE_S),
+                      IOTPIPE_QUERY_MAX_CONNECTIONS=str(MAX_CONNECTIONS)) as url:
+        yield url, int(url.rsplit(":", 1)[1])
+
+
+def expected(dataset: Dataset) -> dict[str, object]:
+    lo, hi = parse_ms("2020-01-13 15:12:00"), parse_ms("2020-01-13 15:13:00")
+    humidity = [r.value for r in dataset.readings["humidity"] if lo <= r.ts <= hi]
+    return {"result": {"humidity": {"average": statistics.mean(humidity), "max": max(humidity),
+                                    "count": len(humidity)}}, "errors": []}
+
+
+def connect(stack: ExitStack, port: int, data: bytes = b"") -> socket.socket:
+    sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+    sock.sendall(data)
+    return sock
+
+
+def read_response(sock: socket.socket, timeout_s: float) -> tuple[int, dict, bytes]:
+    """Status, JSON body and what follows it (b"" when the server closed the connection)."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed within the body: {data!r}"
+        body += chunk
+    rest = sock.recv(65536) if b"connection: close" in head.lower() else b"(kept alive)"
+    return int(head.split()[1]), json.loads(body), rest
+
+
+def nothing_received_yet(sock: socket.socket) -> bool:
+    sock.settimeout(0)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""  # b"" would mean closed
+    except BlockingIOError:
+        return True
+
+
+def test_stalled_clients_leave_the_api_answering_then_get_408(
+        server: tuple[str, int], dataset: Dataset) -> None:
+    url, port = server
+    with ExitStack() as stack:
+        # the issue's client (headers, 1 byte of a 1000-byte body) and one stuck in its headers
+        stalled = [connect(stack, port, HEAD % 1000 + b"{" if i % 2 else HEAD[:30])
+                   for i in range(300)]
+        assert http_get(f"{url}/health", 30) == (200, b'{"status": "Healthy!"}')
+        for _ in range(3):
+            assert http_post_json(f"{url}/compute/metrics", json.loads(BODY), 60) == (
+                200, expected(dataset))
+        # they were served while every stalled client was still waiting
+        assert all(nothing_received_yet(s) for s in stalled)
+        for i, sock in enumerate(stalled):
+            status, body, rest = read_response(sock, DEADLINE_S + 60)
+            part = "body" if i % 2 else "headers"
+            assert (status, rest) == (408, b"")
+            assert body == {"result": {}, "errors": [
+                f"Request Timeout: the {part} did not arrive within {DEADLINE_S} seconds"]}
+
+
+def test_a_body_trickling_in_within_the_deadline_is_answered(
+        server: tuple[str, int], dataset: Dataset) -> None:
+    _, port = server
+    with ExitStack() as stack:
+        sock = connect(stack, port, HEAD % len(BODY))
+        for i in range(0, len(BODY), 12):  # about 4 s in all, a third of the deadline
+            time.sleep(0.4)
+            sock.sendall(BODY[i:i + 12])
+        status, body, _ = read_response(sock, 60)
+        assert (status, body) == (200, expected(dataset))
+        # chunked: the service sees the whole body and its length, as gunicorn's threads did
+        chunked = HEAD.replace(b"Content-Length: %d", b"Transfer-Encoding: chunked")
+        sock.sendall(chunked + b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
+        status, body, _ = read_response(sock, 60)
+        assert (status, body) == (200, expected(dataset))
+
+
+def test_connections_past_the_limit_are_refused_at_once(server: tuple[str, int]) -> None:
+    _, port = server
+    with ExitStack() as stack:
+        held = [connect(stack, port) for _ in range(MAX_CONNECTIONS)]
+        for _ in range(20):
+            # 503 at once: not queued, and not the 408 the read deadline would give later
+            status, body, rest = read_response(connect(stack, port), DEADLINE_S + 60)
+            assert (status, rest) == (503, b"")
+            assert body == {"result": {}, "errors": ["Too many open connections, try again later"]}
+        # (a few of the last held ones may have been refused if the server still counted a
+        # connection of an earlier test that it had not yet seen closed)
+        assert all(nothing_received_yet(s) for s in held[:-5])
