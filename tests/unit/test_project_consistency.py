@@ -46,3 +46,16 @@ def test_openapi_matches_the_app() -> None:
     sensors = set(doc["components"]["schemas"]["MetricsRequest"]["properties"]) - {"from", "to"}
     assert sensors == set(Settings.from_env({}).sensors)
     app.extensions["iotpipe.service"].close()
+
+
+def test_stream_image_pins_the_project_versions() -> None:
+    """The stream image installs the app's libraries itself (its base brings PySpark): the same
+    versions as pyproject, and every library the stream's modules import."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = pyproject["project"]["dependencies"] + pyproject["project"]["optional-dependencies"][
+        "stream"]
+    pins = dict(d.split("==") for d in deps)
+    dockerfile = (ROOT / "docker/stream/Dockerfile").read_text()
+    installed = dict(re.findall(r"([a-z][a-z0-9-]*)==([0-9][0-9.]*)", dockerfile))
+    assert installed and all(pins[name] == version for name, version in installed.items())
+    assert {"msgspec", "prometheus-client", "confluent-kafka", "pyarrow"} <= installed.keys()
