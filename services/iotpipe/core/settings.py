@@ -51,6 +51,10 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_ALLOWED_LATENESS_SECONDS", "30",
      "how late a reading may reach its topic and still count: the stream watermark and the "
      "query service's read-ahead past `to`"),
+    # Rollups (built by the streaming app, read by the query service)
+    ("IOTPIPE_ROLLUP_SECONDS", "60", "length of the event-time buckets the stream rolls up"),
+    ("IOTPIPE_ROLLUP_RETENTION_MS", "31536000000",
+     "retention of the rollup topic (ms; it outlives the readings); -1 keeps all"),
     # Query service
     ("IOTPIPE_QUERY_HOST", "127.0.0.1", "address the query service binds"),
     ("IOTPIPE_QUERY_PORT", "5000", "port of the query service"),
@@ -70,6 +74,8 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_QUERY_CACHE_SECONDS", "300",
      "age after which kept messages are read again (how soon retention or a deleted topic "
      "shows)"),
+    ("IOTPIPE_QUERY_ROLLUPS", "true",
+     "answer the whole buckets inside a window from the rollup topic (false: scan readings)"),
     ("IOTPIPE_MAX_WINDOW_SECONDS", "2678400", "longest window a request may ask for"),
     ("IOTPIPE_MAX_BODY_BYTES", "65536", "largest request body accepted"),
     ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token; when set, the API requires it"),
@@ -144,7 +150,7 @@ def _sensors(env: Mapping[str, str]) -> tuple[str, ...]:
     names = tuple(s.strip() for s in raw.split(",") if s.strip())
     if not names:
         raise SettingsError("IOTPIPE_SENSORS must name at least one sensor type")
-    bad = [n for n in names if not SENSOR_NAME.match(n) or n in ("from", "to")]
+    bad = [n for n in names if not SENSOR_NAME.match(n) or n in ("from", "to", "rollups")]
     if bad:
         raise SettingsError(f"IOTPIPE_SENSORS has invalid sensor names: {', '.join(bad)}")
     if len(set(names)) != len(names):
@@ -224,6 +230,8 @@ class Settings:
     topic_partitions: int = 3
     topic_retention_ms: int = 604_800_000
     allowed_lateness_s: float = 30.0
+    rollup_s: int = 60
+    rollup_retention_ms: int = 31_536_000_000
     query_host: str = "127.0.0.1"
     query_port: int = 5000
     query_workers: int = 2
@@ -234,6 +242,7 @@ class Settings:
     query_max_connections: int = 1000
     query_cache_messages: int = 250_000
     query_cache_s: float = 300.0
+    query_rollups: bool = True
     max_window_s: float = 2_678_400.0
     max_body_bytes: int = 65_536
     api_token_file: str = ""
@@ -261,6 +270,11 @@ class Settings:
 
     def topic(self, sensor: str) -> str:
         return self.topic_prefix + sensor
+
+    @property
+    def rollup_topic(self) -> str:
+        """Compacted topic of per-bucket aggregates (not a sensor: "rollups" is no sensor name)."""
+        return self.topic_prefix + "rollups"
 
     @property
     def allowed_lateness_ms(self) -> int:
@@ -300,6 +314,8 @@ class Settings:
             topic_partitions=n(env, "IOTPIPE_TOPIC_PARTITIONS", int, 1, 1000),
             topic_retention_ms=n(env, "IOTPIPE_TOPIC_RETENTION_MS", int, -1, 2**62),
             allowed_lateness_s=n(env, "IOTPIPE_ALLOWED_LATENESS_SECONDS", float, 0, 86_400),
+            rollup_s=n(env, "IOTPIPE_ROLLUP_SECONDS", int, 1, 86_400),
+            rollup_retention_ms=n(env, "IOTPIPE_ROLLUP_RETENTION_MS", int, -1, 2**62),
             query_host=_read(env, "IOTPIPE_QUERY_HOST"),
             query_port=_port(env, "IOTPIPE_QUERY_PORT"),
             query_workers=n(env, "IOTPIPE_QUERY_WORKERS", int, 1, 64),
@@ -310,6 +326,7 @@ class Settings:
             query_max_connections=n(env, "IOTPIPE_QUERY_MAX_CONNECTIONS", int, 1, 100_000),
             query_cache_messages=n(env, "IOTPIPE_QUERY_CACHE_MESSAGES", int, 0, 100_000_000),
             query_cache_s=n(env, "IOTPIPE_QUERY_CACHE_SECONDS", float, 0, 86_400),
+            query_rollups=_flag(env, "IOTPIPE_QUERY_ROLLUPS"),
             max_window_s=n(env, "IOTPIPE_MAX_WINDOW_SECONDS", float, 1, 10 * 365 * 86_400),
             max_body_bytes=n(env, "IOTPIPE_MAX_BODY_BYTES", int, 256, 16 * 2**20),
             api_token_file=_read(env, "IOTPIPE_API_TOKEN_FILE"),

@@ -1,4 +1,5 @@
-"""Creates the sensor topics (the project never relies on broker auto-creation)."""
+"""Creates the sensor topics and the rollup topic (the project never relies on broker
+auto-creation)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from iotpipe.core.settings import Settings
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create the missing sensor topics with the configured partitions and retention.
+    """Create the missing sensor topics with the configured partitions and retention, and the
+    rollup topic: compacted (a bucket's latest value is all that counts), one partition (its
+    records stay in the order the stream wrote them), its own retention.
 
     Returns the names created; existing topics are left as they are.
     """
@@ -20,6 +23,10 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                     config={"retention.ms": str(settings.topic_retention_ms),
                             "message.timestamp.type": "CreateTime"})
            for t in wanted if t not in existing]
+    if settings.rollup_topic not in existing:
+        new.append(NewTopic(settings.rollup_topic, num_partitions=1, replication_factor=1,
+                            config={"cleanup.policy": "compact,delete",
+                                    "retention.ms": str(settings.rollup_retention_ms)}))
     if not new:
         return []
     created = []
