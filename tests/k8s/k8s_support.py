@@ -30,6 +30,9 @@ VALUE_SETS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
             "kafka.security.enabled=true",
             "common.topicPrefix=lab.",
             "query.apiTokenSecret=iotpipe-api-token",
+            "rollups.bucketSeconds=300",
+            "rollups.retentionMs=-1",
+            "query.rollups=false",
         ),
     ),
 }

@@ -36,11 +36,21 @@ def test_helm_lint_strict(value_set: str) -> None:
         "kafka.security.enabeld=true",
         "sensors[0].rate=5",
         "common.logFormat=yaml",
+        "rollups.bucketSeconds=0",
+        "query.rollups=maybe",
     ],
 )
 def test_values_schema_rejects_bad_values(typo: str) -> None:
     result = run([tool("helm"), "lint", "--strict", CHART, "--set", typo])
     assert result.returncode != 0, f"values.schema.json accepted {typo}"
+
+
+@pytest.mark.parametrize("name, ok", [("wind", True), ("rollups", False), ("from", False)])
+def test_sensor_types_cannot_take_reserved_names(name: str, ok: bool) -> None:
+    """`rollups` would collide with the rollup topic; `from`/`to` with the API's fields."""
+    sensor = f"sensors[0].type={name},sensors[0].devices=1,sensors[0].rateHz=1"
+    result = run([tool("helm"), "lint", "--strict", CHART, "--set", sensor])
+    assert (result.returncode == 0) is ok, result.stdout + result.stderr
 
 
 def test_kubernetes_validate_strict(rendering: Rendering, tmp_path: Path) -> None:

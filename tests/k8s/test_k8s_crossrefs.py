@@ -94,26 +94,75 @@ def test_topics_match_the_apps_settings(rendering: Rendering) -> None:
     for name, env in app_env(rendering):
         settings = Settings.from_env(env)
         assert {settings.topic(s) for s in settings.sensors} <= set(topics), name
-    assert set(topics) == {v["common"]["topicPrefix"] + s["type"] for s in v["sensors"]}
-    for spec in topics.values():
-        assert spec["partitions"] == v["kafka"]["topics"]["partitions"]
-        assert spec["config"]["retention.ms"] == v["kafka"]["topics"]["retentionMs"]
+    rollups = v["common"]["topicPrefix"] + "rollups"
+    sensor_topics = {v["common"]["topicPrefix"] + s["type"] for s in v["sensors"]}
+    assert set(topics) == sensor_topics | {rollups}
+    for name in sensor_topics:
+        assert topics[name]["partitions"] == v["kafka"]["topics"]["partitions"]
+        assert topics[name]["config"]["retention.ms"] == v["kafka"]["topics"]["retentionMs"]
     for user in rendering.of_kind("KafkaUser"):
         for acl in user["spec"]["authorization"]["acls"]:
             if acl["resource"]["type"] == "topic":
                 assert acl["resource"]["name"] in topics, user["metadata"]["name"]
 
 
-def test_sensor_users_may_only_write_their_own_topic(rendering: Rendering) -> None:
+def _rollup_clients(r: Rendering) -> dict[str, dict[str, str]]:
+    """Env of the stream driver (writes the rollups) and the query container (reads them)."""
+    clients = dict(app_env(r))
+    return {
+        "stream": clients["iotpipe-stream/driver"],
+        "query": clients["Deployment/iotpipe-query"],
+    }
+
+
+def test_rollup_topic_is_the_one_both_services_use(rendering: Rendering) -> None:
+    """Compacted (a bucket's latest value is all that counts), one partition (the stream's write
+    order), its own retention, with the name and retention the apps' Settings expect."""
+    from iotpipe.core.settings import Settings
+
+    v = rendering.values
+    topics = {t["spec"]["topicName"]: t["spec"] for t in rendering.of_kind("KafkaTopic")}
+    for role, env in _rollup_clients(rendering).items():
+        settings = Settings.from_env(env)
+        spec = topics[settings.rollup_topic]
+        assert spec["partitions"] == 1 and spec["replicas"] == v["kafka"]["topics"]["replicas"]
+        assert spec["config"] == {
+            "cleanup.policy": "compact,delete",
+            "retention.ms": settings.rollup_retention_ms,
+        }, role
+        assert settings.rollup_retention_ms == v["rollups"]["retentionMs"], role
+
+
+def test_stream_and_query_agree_on_the_buckets(rendering: Rendering) -> None:
+    from iotpipe.core.settings import Settings
+
+    v = rendering.values
+    clients = _rollup_clients(rendering)
+    stream, query = (Settings.from_env(clients[k]) for k in ("stream", "query"))
+    assert stream.rollup_s == query.rollup_s == v["rollups"]["bucketSeconds"]
+    assert query.query_rollups is v["query"]["rollups"]
+    assert "IOTPIPE_QUERY_ROLLUPS" not in clients["stream"]
+
+
+def test_users_write_only_their_own_topic(rendering: Rendering) -> None:
+    """Sensors write their topic, the stream the rollup topic; the query service only reads."""
+    prefix = rendering.values["common"]["topicPrefix"]
     for user in rendering.of_kind("KafkaUser"):
         acls = user["spec"]["authorization"]["acls"]
         writes = [a["resource"]["name"] for a in acls if "Write" in a["operations"]]
+        reads = {a["resource"]["name"] for a in acls if "Read" in a["operations"]}
         name = user["metadata"]["name"]
         if "-sensor-" in name:
             sensor = name.rsplit("-sensor-", 1)[1]
-            assert writes == [rendering.values["common"]["topicPrefix"] + sensor], name
+            assert writes == [prefix + sensor], name
+        elif name.endswith("-stream"):
+            assert writes == [prefix + "rollups"] and prefix + "rollups" not in reads, name
         else:
-            assert not writes, f"{name} must only read"
+            assert name.endswith("-query") and not writes, f"{name} must only read"
+            assert prefix + "rollups" in reads, name
+    users = {u["metadata"]["name"] for u in rendering.of_kind("KafkaUser")}
+    secure = rendering.values["kafka"]["security"]["enabled"]
+    assert ({"iotpipe-stream", "iotpipe-query"} <= users) == secure
 
 
 def test_selectors_find_their_pods(rendering: Rendering) -> None:

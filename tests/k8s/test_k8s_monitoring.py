@@ -117,13 +117,21 @@ def test_dashboard_uses_exposed_metrics(renderings: dict[str, Rendering], expose
         "iotpipe_stream_batch_duration_seconds",
         "iotpipe_http_requests_total",
         "iotpipe_http_request_duration_seconds_bucket",
+        "iotpipe_query_rollup_lag_seconds",
+        "iotpipe_stream_rollup_watermark_seconds",
+        "iotpipe_query_windows_total",
     ):
         assert needed in used, f"the dashboard shows no {needed}"
 
 
 def test_alerts_use_exposed_metrics(rendering: Rendering, exposed: set) -> None:
     alerts = {r["alert"] for r in alert_rules(rendering)}
-    assert {"IotpipeSensorNoData", "IotpipeStreamLagGrowing", "IotpipeQueryErrorRate"} <= alerts
+    assert {
+        "IotpipeSensorNoData",
+        "IotpipeStreamLagGrowing",
+        "IotpipeQueryErrorRate",
+        "IotpipeRollupsBehind",
+    } <= alerts
     for rule in alert_rules(rendering):
         names = metric_names(rule["expr"])
         assert names and names <= exposed, f"{rule['alert']}: {sorted(names - exposed)}"
@@ -156,8 +164,30 @@ def test_promtool_checks_the_dashboard_expressions(renderings: dict, tmp_path: P
     _promtool("check", "rules", path)
 
 
+def _minutes(seconds: float) -> str:
+    """Prometheus' humanizeDuration of a whole number of minutes below an hour."""
+    assert seconds % 60 == 0 and 60 <= seconds < 3600
+    return f"{int(seconds // 60)}m 0s"
+
+
+def _fires(rule: Doc, at: str, description: str | None = None) -> Doc:
+    """A promtool alert test: `rule` fires at `at` with its annotations (the description with
+    its template filled in)."""
+    annotations = {**rule["annotations"], **({"description": description} if description else {})}
+    return {
+        "eval_time": at,
+        "alertname": rule["alert"],
+        "exp_alerts": [{"exp_labels": rule["labels"], "exp_annotations": annotations}],
+    }
+
+
+def _quiet(rule: Doc, at: str) -> Doc:
+    return {"eval_time": at, "alertname": rule["alert"], "exp_alerts": []}
+
+
 def test_alerts_fire_on_synthetic_series(renderings: dict, tmp_path: Path) -> None:
-    """promtool's rule unit tests: a stalled sensor and a 50% error rate raise their alerts."""
+    """promtool's rule unit tests: a stalled sensor, a 50% error rate and one query pod whose
+    rollups stay behind past the threshold for 10 minutes raise their alerts."""
     r = renderings["default"]
     by_name = {}
     for rule in alert_rules(r):
@@ -165,6 +195,11 @@ def test_alerts_fire_on_synthetic_series(renderings: dict, tmp_path: Path) -> No
     stalled = next(x for x in by_name["IotpipeSensorNoData"] if x["labels"]["sensor"] == "humidity")
     errors = by_name["IotpipeQueryErrorRate"][0]
     pct = errors["annotations"]["description"].replace("{{ $value | humanizePercentage }}", "50%")
+    (behind,) = by_name["IotpipeRollupsBehind"]
+    threshold = r.values["monitoring"]["prometheusRules"]["rollupLagSeconds"]
+    lag = behind["annotations"]["description"].replace(
+        "{{ $value | humanizeDuration }}", _minutes(2 * threshold)
+    )
     series = [
         {
             "series": f'iotpipe_sensor_readings_total{{sensor="{s["type"]}"}}',
@@ -180,6 +215,14 @@ def test_alerts_fire_on_synthetic_series(renderings: dict, tmp_path: Path) -> No
         }
         for code in (200, 500)
     ]
+    # Pod a keeps up; pod b falls behind at minute 11: pending at 15m, firing by 30m.
+    series += [
+        {"series": 'iotpipe_query_rollup_lag_seconds{pod="a"}', "values": f"{threshold // 5}x40"},
+        {
+            "series": 'iotpipe_query_rollup_lag_seconds{pod="b"}',
+            "values": f"{threshold // 5}x10 {2 * threshold}x30",
+        },
+    ]
     test = {
         "rule_files": [_rule_file(r, tmp_path).name],
         "evaluation_interval": "1m",
@@ -188,27 +231,11 @@ def test_alerts_fire_on_synthetic_series(renderings: dict, tmp_path: Path) -> No
                 "interval": "1m",
                 "input_series": series,
                 "alert_rule_test": [
-                    {
-                        "eval_time": "30m",
-                        "alertname": "IotpipeSensorNoData",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": stalled["labels"],
-                                "exp_annotations": stalled["annotations"],
-                            }
-                        ],
-                    },
-                    {
-                        "eval_time": "30m",
-                        "alertname": "IotpipeQueryErrorRate",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": errors["labels"],
-                                "exp_annotations": {**errors["annotations"], "description": pct},
-                            }
-                        ],
-                    },
-                    {"eval_time": "5m", "alertname": "IotpipeQueryErrorRate", "exp_alerts": []},
+                    _fires(stalled, "30m"),
+                    _fires(errors, "30m", pct),
+                    _quiet(errors, "5m"),
+                    _fires(behind, "30m", lag),
+                    _quiet(behind, "15m"),
                 ],
             }
         ],

@@ -48,6 +48,11 @@ app.kubernetes.io/part-of: iotpipe
 {{- printf "%s%s" .ctx.Values.common.topicPrefix .sensor }}
 {{- end }}
 
+{{/* Compacted topic of per-bucket aggregates (Settings.rollup_topic). */}}
+{{- define "iotpipe.rollupTopic" -}}
+{{- printf "%srollups" .Values.common.topicPrefix }}
+{{- end }}
+
 {{/* Comma list of every sensor type. */}}
 {{- define "iotpipe.sensorTypes" -}}
 {{- $types := list }}
@@ -65,6 +70,15 @@ app.kubernetes.io/part-of: iotpipe
   value: {{ .Values.common.logLevel | quote }}
 - name: IOTPIPE_ALLOWED_LATENESS_SECONDS
   value: {{ .Values.common.allowedLatenessSeconds | quote }}
+{{- end }}
+
+{{/* Rollup settings: the stream that writes the buckets and the query service that reads them
+must agree on their length, so both take them from here. */}}
+{{- define "iotpipe.rollupEnv" -}}
+- name: IOTPIPE_ROLLUP_SECONDS
+  value: {{ .Values.rollups.bucketSeconds | quote }}
+- name: IOTPIPE_ROLLUP_RETENTION_MS
+  value: {{ .Values.rollups.retentionMs | int64 | quote }}
 {{- end }}
 
 {{/* restricted Pod Security: pod level. Call with the UID. */}}
