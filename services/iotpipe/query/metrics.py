@@ -20,6 +20,9 @@ MALFORMED = Counter(
 DUPLICATES = Counter(
     "iotpipe_query_duplicate_readings", "Repeated readings (same device and seq) counted once",
     ["sensor"])
+LATE = Counter(
+    "iotpipe_query_late_readings", "Readings inside a window asked that reached their partition "
+    "later than the allowed lateness (counted in no window)", ["sensor"])
 BROKER_ERRORS = Counter(
     "iotpipe_query_broker_errors", "Queries that failed because the broker did not answer")
 WINDOWS = Counter(

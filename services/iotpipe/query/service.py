@@ -1,4 +1,5 @@
-"""Answers a MetricsRequest: every sensor topic and every partition is read in parallel.
+"""Answers a MetricsRequest: the whole final buckets of the window from the rollups (see
+`rollups`), the rest from the readings, every part, topic and partition read in parallel.
 
 The offset lookups of all the sensors asked are a few broker requests, made in the request's
 thread. Scans of small windows run in threads (their time is network latency), and what they
@@ -305,3 +306,5 @@ def _count(sensor: str, total: WindowAggregate) -> None:
                     total.malformed_reasons)
     if total.duplicates:
         prom.DUPLICATES.labels(sensor).inc(total.duplicates)
+    if total.late:
+        prom.LATE.labels(sensor).inc(total.late)
