@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from flask import Flask
 from pyspark.sql import SparkSession
 
@@ -113,15 +113,19 @@ def apps(rolled: Rolled) -> Iterator[tuple[Flask, Flask]]:
     on = create_app(s)
     off = create_app(settings_for(s.kafka.bootstrap, s.topic_prefix, rollup_seconds="2",
                                   query_readers="0", query_rollups="false"))
-    index = _index(on)
-    final = rolled.end_ms - s.allowed_lateness_ms
+    _wait_for_rollups(on, rolled)
+    yield on, off
+    for app in (on, off):
+        app.extensions["iotpipe.service"].close()
+
+
+def _wait_for_rollups(app: Flask, rolled: Rolled) -> None:
+    index = _index(app)
+    final = rolled.end_ms - rolled.settings.allowed_lateness_ms
     deadline = time.monotonic() + 60
     while index.progress is None or index.progress.final < final:
         assert time.monotonic() < deadline, f"rollups not read: {index.progress}"
         time.sleep(0.2)
-    yield on, off
-    for app in (on, off):
-        app.extensions["iotpipe.service"].close()
 
 
 def _index(app: Flask) -> RollupIndex:
@@ -130,13 +134,13 @@ def _index(app: Flask) -> RollupIndex:
     return index
 
 
-def _ask(app: Flask, sensors: tuple[str, ...], lo: int, hi: int) -> dict:
+def _ask(app: Flask, sensors: tuple[str, ...], lo: int, hi: int, errors: int = 0) -> dict:
     body = {s: ALL for s in sensors} | {"from": format_ms(lo), "to": format_ms(hi)}
     resp = app.test_client().post("/compute/metrics", json=body)
     assert resp.status_code == 200, resp.get_data(as_text=True)
     payload = resp.get_json()
-    assert payload["errors"] == []
-    return payload["result"]
+    assert len(payload["errors"]) == errors, payload["errors"]
+    return payload["result"] if errors == 0 else payload
 
 
 def _same(got: dict, want: dict, where: str) -> None:
@@ -201,6 +205,39 @@ def test_an_unreadable_rollup_is_read_from_the_readings(rolled: Rolled,
     for sensor in s.sensors:
         want = reference([r for r in rolled.on_time if r.sensor == sensor], lo, hi)
         _same(got[sensor], want, sensor)
+
+
+@pytest.mark.spark
+def test_time_past_the_readings_retention_is_answered_from_rollups(rolled: Rolled) -> None:
+    """The readings topics' retention is set so that it reaches into the data (the broker
+    deletes none of it: each partition's newest reading is newer), and a fresh service asked
+    a window starting before it answers from the start of that bucket, and says so."""
+    s = rolled.settings
+    horizon = T0 + SPAN_MS // 2 + 123_456
+    admin = AdminClient({"bootstrap.servers": s.kafka.bootstrap})
+
+    def retention(ms: str) -> None:
+        entry = ConfigEntry("retention.ms", ms, incremental_operation=AlterConfigOpType.SET)
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, s.topic(sensor),
+                                    incremental_configs=[entry]) for sensor in s.sensors]
+        for f in admin.incremental_alter_configs(resources).values():
+            f.result(30)
+
+    retention(str(int(time.time() * 1000) - horizon))
+    app = create_app(s)
+    try:
+        _wait_for_rollups(app, rolled)
+        lo, hi = horizon - 600_000 - 777, rolled.end_ms - 10_000
+        payload = _ask(app, s.sensors, lo, hi, errors=1)
+        assert "retention" in payload["errors"][0]
+        assert format_ms(lo // BUCKET_MS * BUCKET_MS) in payload["errors"][0]
+        for sensor in s.sensors:
+            want = reference([r for r in rolled.on_time if r.sensor == sensor],
+                             lo // BUCKET_MS * BUCKET_MS, hi)
+            _same(payload["result"][sensor], want, sensor)
+    finally:
+        app.extensions["iotpipe.service"].close()
+        retention("-1")
 
 
 @pytest.mark.spark

@@ -118,3 +118,17 @@ def test_no_progress_or_another_bucket_length_means_readings_only() -> None:
     assert _index([bucket]).plan(["t"], 0, 100 * R).raw == [(0, 100 * R)]
     other = _index([bucket, wire.Progress(0, 50 * R, R // 2)])
     assert other.progress is None and other.plan(["t"], 0, 100 * R).raw == [(0, 100 * R)]
+
+
+def test_edges_past_the_readings_retention_are_answered_at_bucket_precision() -> None:
+    buckets = [wire.Bucket("t", n * R, 2, 2.0 * n, 0.0, n, n, True) for n in range(10, 60)]
+    index = _index([*buckets, wire.Progress(10 * R, 55 * R, R)])
+    lo, hi = 20 * R + 500, 30 * R + 700  # both edges inside buckets
+    assert index.plan(["t"], lo, hi).raw == [(lo, 20 * R + R - 1), (30 * R, hi)]
+    old = index.plan(["t"], lo, hi, expired=40 * R)  # readings of the whole window may be gone
+    assert old.raw == [] and (old.first, old.last) == (20, 31) and len(old.notes) == 2
+    assert old.rolled["t"].metric("count") == 22 and old.rolled["t"].metric("sum") == sum(
+        2 * n for n in range(20, 31))
+    half = index.plan(["t"], lo, hi, expired=25 * R)  # only the start's readings may be gone
+    assert half.raw == [(30 * R, hi)] and half.first == 20 and len(half.notes) == 1
+    assert index.plan(["t"], lo, hi, expired=10 * R).notes == []

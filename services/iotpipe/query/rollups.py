@@ -23,6 +23,7 @@ from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.query import metrics as prom
 from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.timestamps import format_ms
 
 log = logging.getLogger(__name__)
 RETRY_S = 2.0
@@ -39,6 +40,7 @@ class RollupPlan:
     rolled: dict[str, WindowAggregate] = field(default_factory=dict)
     first: int = 0
     last: int = 0
+    notes: list[str] = field(default_factory=list)  # for the answer's `errors`
 
     @property
     def buckets(self) -> int:
@@ -124,8 +126,11 @@ class RollupIndex:
         p = self.progress
         return None if p is None else max(0.0, time.time() - p.final / 1000)
 
-    def plan(self, sensors: list[str], lo: int, hi: int) -> RollupPlan:
-        """Cut the window [lo, hi] (epoch ms, inclusive) into rolled buckets and raw windows."""
+    def plan(self, sensors: list[str], lo: int, hi: int, expired: int | None = None
+             ) -> RollupPlan:
+        """Cut the window [lo, hi] (epoch ms, inclusive) into rolled buckets and raw windows.
+        An edge of the window older than `expired` (readings before it may be deleted) is
+        answered with its whole bucket from the rollups, and the plan says so."""
         r = self.bucket_ms
         with self._lock:
             p = self.progress
@@ -133,8 +138,24 @@ class RollupIndex:
                 return RollupPlan([(lo, hi)])
             # the earliest bucket held: older records may have passed the topic's retention
             held = min((c.base for c in self.sensors.values()), default=0)
-            first = max(-(-lo // r), -(-p.since // r), held)
+            begin = max(-(-p.since // r), held)
+            first = max(-(-lo // r), begin)
             last = min((hi + 1) // r, p.final // r)
+            notes = []
+            if expired is not None and first * r > lo and first - 1 >= begin \
+                    and first * r <= expired:
+                first -= 1
+                notes.append(f"Readings before {format_ms(expired)} may have passed the "
+                             f"topics' retention: the window was answered from "
+                             f"{format_ms(first * r)}, the start of the rollup bucket "
+                             f"holding its start ({r // 1000}-second precision)")
+            if expired is not None and last * r <= hi and last + 1 <= p.final // r \
+                    and (last + 1) * r <= expired:
+                last += 1
+                notes.append(f"Readings before {format_ms(expired)} may have passed the "
+                             f"topics' retention: the window was answered up to "
+                             f"{format_ms(last * r - 1)}, the end of the rollup bucket "
+                             f"holding its end ({r // 1000}-second precision)")
             if first >= last:
                 return RollupPlan([(lo, hi)])
             holes = sorted(n for n in self.unreadable if first <= n < last)
@@ -148,7 +169,7 @@ class RollupIndex:
                         agg.merge(columns.aggregate(a, b))
                 rolled[sensor] = agg
         raw = [(lo, first * r - 1), *((n * r, n * r + r - 1) for n in holes), (last * r, hi)]
-        return RollupPlan([(a, b) for a, b in raw if a <= b], rolled, first, last)
+        return RollupPlan([(a, b) for a, b in raw if a <= b], rolled, first, last, notes)
 
     def _follow(self) -> None:
         """Read the topic from its beginning and follow it; if it is lost (deleted, truncated,

@@ -34,7 +34,9 @@ from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
 from iotpipe.query.reader import KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
+from iotpipe.query.retention import Retention
 from iotpipe.query.rollups import RollupIndex, RollupPlan
+from iotpipe.query.timestamps import format_ms
 from iotpipe.query.window_cache import WindowCache
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ class WindowMetricsService:
         # the raw parts of a window (its two edges, mostly) are read at the same time
         self._parts = cf.ThreadPoolExecutor(8, thread_name_prefix="part")
         self.rollups = RollupIndex(settings).start() if settings.query_rollups else None
+        self.retention = Retention(settings)
 
     def close(self) -> None:
         if self.rollups is not None:
@@ -166,11 +169,20 @@ class WindowMetricsService:
         read the raw parts in parallel -> merge the aggregates -> respond.
         Raises BrokerUnavailable or ScanTimeout when the window cannot be read at all.
         """
-        deadline = time.time() + self.settings.query_deadline_s
+        s = self.settings
+        deadline = time.time() + s.query_deadline_s
         sensors = list(req.operations)
-        plan = (self.rollups.plan(sensors, req.from_ms, req.to_ms) if self.rollups is not None
-                else RollupPlan([(req.from_ms, req.to_ms)]))
+        expired = self.retention.horizon_ms([s.topic(sensor) for sensor in sensors])
+        plan = (self.rollups.plan(sensors, req.from_ms, req.to_ms, expired)
+                if self.rollups is not None else RollupPlan([(req.from_ms, req.to_ms)]))
         prom.WINDOWS.labels("rollups" if plan.buckets else "raw").inc()
+        req.errors += plan.notes
+        for lo, hi in plan.raw:
+            if expired is not None and lo < expired:
+                req.errors.append(
+                    f"Readings before {format_ms(expired)} may have passed the topics' "
+                    f"retention: {format_ms(lo)} to {format_ms(min(hi, expired - 1))} was "
+                    "answered from the readings left, without rollups of that time")
         reads = [self._parts.submit(self._read, sensors, lo, hi, deadline)
                  for lo, hi in plan.raw]
         totals = {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}
