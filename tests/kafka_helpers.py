@@ -29,8 +29,11 @@ def create_topics(settings: Settings, partitions: int | None = None) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
     n = partitions or settings.topic_partitions
     # retention off: the readings are stamped years ago and would be deleted within a minute
-    futures = admin.create_topics([NewTopic(settings.topic(s), n, 1, config={"retention.ms": "-1"})
-                                   for s in settings.sensors])
+    topics = [NewTopic(settings.topic(s), n, 1, config={"retention.ms": "-1"})
+              for s in settings.sensors]
+    topics.append(NewTopic(settings.rollup_topic, 1, 1, config={
+        "cleanup.policy": "compact,delete", "retention.ms": "-1"}))
+    futures = admin.create_topics(topics)
     for f in futures.values():
         f.result(30)
 

@@ -13,12 +13,13 @@ from wire_messages import SENSOR, messages
 
 
 def _reference(raw: bytes | None) -> tuple | None:
-    """wire.decode's reading as the stream counts it (value as a double), None if malformed."""
+    """wire.decode's reading as the stream counts it (value as a double, and whether it was an
+    integer), None if malformed."""
     try:
         r = wire.decode(raw, SENSOR)
     except wire.MalformedReading:
         return None
-    return r.device, r.seq, r.ts, float(r.value)
+    return r.device, r.seq, r.ts, float(r.value), type(r.value) is int
 
 
 @pytest.mark.spark
@@ -32,7 +33,8 @@ def test_stream_decoding_agrees_with_wire(spark: SparkSession) -> None:
     assert 0.3 * len(raws) < valid < 0.8 * len(raws)  # the generator makes both kinds
     wrong = []
     for raw, row, w in zip(raws, rows, want, strict=True):
-        got = (row["device"], row["seq"], row["ts"], row["value"]) if row["valid"] else None
+        got = (row["device"], row["seq"], row["ts"], row["value"],
+               row["exact"]) if row["valid"] else None
         if got != w:
             wrong.append((raw, got, w))
     assert not wrong, f"{len(wrong)} disagreements, e.g. {wrong[:5]}"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotpipe.query.aggregate import SeenReadings, SeqSet, WindowAggregate
+from iotpipe.query.aggregate import LateFilter, SeenReadings, SeqSet, WindowAggregate
 
 values = st.one_of(st.integers(-10**6, 10**6),
                    st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
@@ -146,31 +146,35 @@ def fleet_batches(draw: st.DrawFn) -> tuple[list[list[tuple[str, int, int, int]]
 
 
 @settings(max_examples=300)
-@given(fleet_batches(), st.booleans())
-def test_add_readings_counts_each_reading_once(case: tuple, stamped: bool) -> None:
-    """Batch by batch, against a set of (device, seq): what counts, what repeats, and what is
+@given(fleet_batches(), st.integers(0, 40))
+def test_add_readings_counts_each_reading_once(case: tuple, lateness: int) -> None:
+    """Batch by batch, against a set of (device, seq): what counts, what repeats, what came
+    late (stamped at or before the newest stamp before it minus the lateness), and what is
     remembered."""
-    _check_against_a_set(*case, stamped)
+    _check_against_a_set(*case, lateness)
 
 
 def _check_against_a_set(batches: list[list[tuple[str, int, int, int]]], lo: int, hi: int,
-                         stamped: bool) -> None:
-    agg, seen, counted = WindowAggregate(), SeenReadings(), set()
-    want = WindowAggregate()
+                         lateness: int) -> None:
+    agg, seen, late, counted = WindowAggregate(), SeenReadings(), LateFilter(lateness), set()
+    want, newest = WindowAggregate(), -(2**63)
     for batch in batches:
         devices, seqs, ts, vals = ([list(col) for col in zip(*batch, strict=True)]
                                    if batch else ([], [], [], []))
-        # without stamps the caller vouches that every reading is inside the window
-        agg.add_readings(seen, lo, hi, devices, seqs, ts if stamped else None, vals)
+        agg.add_readings(seen, late, lo, hi, devices, seqs, ts, vals)
         for device, seq, t, v in batch:
-            if stamped and not lo <= t <= hi:
+            on_time, newest = t > newest - lateness, max(newest, t)
+            if not lo <= t <= hi:
                 continue
-            if (device, seq) in counted:
+            if not on_time:
+                want.late += 1
+            elif (device, seq) in counted:
                 want.duplicates += 1
             else:
                 counted.add((device, seq))
                 want.add(v)
-    assert (agg.count, agg.duplicates, agg.total) == (want.count, want.duplicates, want.total)
+    assert ((agg.count, agg.duplicates, agg.late, agg.total)
+            == (want.count, want.duplicates, want.late, want.total))
     assert (agg.minimum, agg.maximum) == (want.minimum, want.maximum)
     assert _members(seen) == counted
     assert len(seen) == len({d for d, _ in counted})

@@ -6,13 +6,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exposition import promtool_check
 from iotpipe.sensors import metrics as sensor_metrics
-from iotpipe.stream.state import BatchRow, StreamState
+from iotpipe.stream.state import BatchRow, BucketStats, StreamState
 
 
 def test_stream_exposition_with_every_family() -> None:
     state = StreamState(window_ms=60_000, lateness_ms=30_000)
-    state.fold_batch(0, [BatchRow("temperature", 0, 3, 60.0, 10.0, 30.0, 59_000),
-                         BatchRow("temperature", 60_000, 2, 10.0, 4.0, 6.0, 150_000)])
+    state.fold_batch(0, [
+        BatchRow("temperature", 0, 0, BucketStats(3, 60.0, 200.0, 10.0, 30.0, False), 59_000),
+        BatchRow("temperature", 60_000, 60_000, BucketStats(2, 10.0, 2.0, 4.0, 6.0, True),
+                 150_000)])
     state.fold_progress(0, {"temperature": 1}, {"temperature": 7}, {"temperature": 1}, {
         "iotpipe_stream_input_rows_per_second": 5.0,
         "iotpipe_stream_processed_rows_per_second": 9.0,

@@ -15,6 +15,8 @@ from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
 from iotpipe.query.window_cache import WindowCache
 
+NEVER_LATE = 10**15  # these tests are about what memory holds, not about lateness
+
 TOPIC, PART = "t", 0
 
 
@@ -83,7 +85,7 @@ def read_window(cache: WindowCache, rows: list[Row], lo: int, hi: int) -> Window
     if read.gap is not None:
         read.fill(cache, TOPIC, PART, [r for r in rows if read.gap[0] <= r[0] < read.gap[1]],
                   lo, end_stamp)
-    read.fold(agg, SeenReadings(), lo, hi)
+    read.fold(agg, SeenReadings(), lo, hi, NEVER_LATE)
     return agg
 
 
@@ -162,6 +164,6 @@ def test_range_split_over_two_segments_still_counts_each_reading_once() -> None:
     read.fill(cache, TOPIC, PART, rows[5:], 1020, None)
     assert len(read.pieces) == 2
     agg = WindowAggregate()
-    read.fold(agg, SeenReadings(), 1020, 1200)
+    read.fold(agg, SeenReadings(), 1020, 1200, NEVER_LATE)
     assert same(agg, reference(rows, 2, 10, 1020, 1200))
     assert (agg.count, agg.duplicates) == (7, 1)

@@ -53,7 +53,7 @@ def merge_sections(old: str, new: list[str]) -> list[str]:
     return sections
 
 
-SECTIONS = ("query", "simulator", "load", "slow-clients", "stream")
+SECTIONS = ("query", "simulator", "load", "slow-clients", "stream", "rollups")
 
 
 def main() -> None:
@@ -85,6 +85,10 @@ def main() -> None:
                 from iotpipe.bench import stream_bench
 
                 sections.append(stream_bench.run(broker.bootstrap, Path(tmp), log))
+            if "rollups" in only:
+                from iotpipe.bench import rollup_bench
+
+                sections.append(rollup_bench.run(broker.bootstrap, Path(tmp), log))
         finally:
             broker.stop()
     ran = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

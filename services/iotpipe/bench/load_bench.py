@@ -73,7 +73,7 @@ def _load_last_hour(settings: Settings) -> int:
     return now
 
 
-def _wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[str, float]:
+def wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[str, float]:
     script = workdir / "post.lua"
     script.write_text(lua)
     out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency",
@@ -141,7 +141,7 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
                     if cached != cache:
                         continue
                     rss_before = tree_rss_mib(proc.pid)
-                    r = _wrk(url, _script(now, window), clients, seconds, workdir)
+                    r = wrk(url, _script(now, window), clients, seconds, workdir)
                     rows.append((clients, window, cache, seconds, r, rss_before,
                                  tree_rss_mib(proc.pid)))
                     log(f"load {clients} clients, {window}, cache {'on' if cache else 'off'}, "

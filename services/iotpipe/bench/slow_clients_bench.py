@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self, cast
 
-from iotpipe.bench.load_bench import _load_last_hour, _script, _serve, _wrk
+from iotpipe.bench.load_bench import _load_last_hour, _script, _serve, wrk
 from iotpipe.bench.measure import percentile
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.processes import stop_process
@@ -96,14 +96,14 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
     port = int(url.split(":")[2].split("/")[0])
     rows = []
     try:
-        _wrk(url, lua, CLIENTS, 20, workdir)  # the window cache fills; not reported
+        wrk(url, lua, CLIENTS, 20, workdir)  # the window cache fills; not reported
         for stalled in (0, STALLED, 0, STALLED):  # twice each, in turns: the machine drifts
             with contextlib.ExitStack() as stack:
                 stallers = stack.enter_context(Stallers(port, stalled)) if stalled else None
                 time.sleep(2 if stalled else 0)  # all of them open before wrk starts
                 health = stack.enter_context(HealthProbe(url.replace("compute/metrics",
                                                                      "health")))
-                r = _wrk(url, lua, CLIENTS, SECONDS, workdir)
+                r = wrk(url, lua, CLIENTS, SECONDS, workdir)
             reopened = stallers.reopened if stallers else 0
             rows.append((stalled, r, percentile(health.ms, 99), max(health.ms),
                          health.failures, reopened))

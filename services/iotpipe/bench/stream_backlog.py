@@ -71,7 +71,7 @@ def _native(spark: SparkSession, settings: Settings) -> StreamingQuery:
                 .dropDuplicatesWithinWatermark(["sensor", "device", "seq"]))
 
     def fold(df: DataFrame, _batch_id: int) -> None:
-        batch_rows(df, window_ms)
+        batch_rows(df.withColumn("exact", F.lit(False)), window_ms, settings.rollup_s * 1000)
 
     return (readings.writeStream.foreachBatch(fold).trigger(availableNow=True)
             .option("checkpointLocation", settings.checkpoint_dir).start())
@@ -82,7 +82,7 @@ def _ours(spark: SparkSession, settings: Settings) -> StreamingQuery:
     from iotpipe.stream.state import StateStore
 
     store = StateStore(state_path(settings), settings.window_s * 1000,
-                       settings.allowed_lateness_ms)
+                       settings.allowed_lateness_ms, settings.rollup_s * 1000)
     return start(spark, settings, store, lambda *_: None, available_now=True)
 
 

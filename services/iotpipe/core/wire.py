@@ -135,3 +135,59 @@ def decode_many(raws: Sequence[bytes | None], sensor: str
         except MalformedReading as e:
             malformed[i] = e.reason
     return readings, malformed
+
+
+# Rollup records: what the streaming app writes to the compacted rollup topic and the query
+# service reads back. One JSON object per record, tagged by "kind".
+
+class Bucket(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="bucket"):
+    """The whole aggregate of one sensor's readings in one bucket of event time: its full value,
+    never a delta, so a micro-batch replayed after a crash writes the same record again.
+    Key: `bucket_key(sensor, start)`."""
+
+    sensor: str
+    start: int  # epoch ms, a multiple of the bucket length
+    count: Annotated[int, msgspec.Meta(ge=1)]
+    total: float
+    m2: Annotated[float, msgspec.Meta(ge=0)]  # sum of squared deviations from the mean
+    minimum: float
+    maximum: float
+    ints: bool  # every value was a JSON integer: sums and extremes are answered as integers
+
+
+class Progress(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="progress"):
+    """How far the rollups reach: they cover event time from `since` on, and every bucket
+    ending at or before `final` is complete (the stream's watermark has passed it). Buckets
+    are `bucket_ms` long (a reader cutting time otherwise must not use them)."""
+
+    since: int
+    final: int
+    bucket_ms: int
+
+
+PROGRESS_KEY = b"progress"
+_decode_rollup = msgspec.json.Decoder(Bucket | Progress).decode
+
+
+class MalformedRollup(ValueError):
+    """A rollup record that cannot be read; its bucket is answered from the readings."""
+
+
+def bucket_key(sensor: str, start: int) -> bytes:
+    return f"{sensor}|{start}".encode()
+
+
+def encode_rollup(record: Bucket | Progress) -> tuple[bytes, bytes]:
+    """Key and value of a rollup record."""
+    key = PROGRESS_KEY if isinstance(record, Progress) else bucket_key(record.sensor,
+                                                                       record.start)
+    return key, _encode(record)
+
+
+def decode_rollup(raw: bytes | None) -> Bucket | Progress:
+    if raw is None:
+        raise MalformedRollup("empty record")
+    try:
+        return _decode_rollup(raw)
+    except (msgspec.MsgspecError, RecursionError) as e:
+        raise MalformedRollup(str(e)) from None

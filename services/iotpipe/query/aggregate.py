@@ -13,7 +13,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, count
+from itertools import accumulate, compress, count
 from operator import mul
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
@@ -106,6 +106,27 @@ class SeenReadings:
         return seqs.add(seq)
 
 
+class LateFilter:
+    """Which readings of one partition, read in offset order, reached it within the allowed
+    lateness: a reading stamped at or before the newest stamp read before it, minus the
+    lateness, came after the pipeline moved past its time - the stream's watermark rule, kept
+    per partition, so a late reading is left out whichever window or part of one is read."""
+
+    __slots__ = ("lateness", "newest")
+
+    def __init__(self, lateness_ms: int) -> None:
+        self.lateness, self.newest = lateness_ms, -(2**63)
+
+    def on_time(self, ts: Sequence[int]) -> list[bool] | None:
+        """One flag per reading; None when all are on time (the common case, no list made)."""
+        top, newest = max(ts), self.newest
+        self.newest = max(newest, top)
+        if min(ts) > max(newest, top) - self.lateness:
+            return None
+        before = accumulate(ts, max, initial=newest)  # the newest stamp before each reading
+        return [t > b - self.lateness for t, b in zip(ts, before, strict=False)]
+
+
 @dataclass
 class WindowAggregate:
     """Count, sum, min, max and variance of the readings of one sensor in one window."""
@@ -120,6 +141,7 @@ class WindowAggregate:
     scanned: int = 0
     malformed: int = 0
     duplicates: int = 0
+    late: int = 0
     malformed_reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, value: int | float) -> None:
@@ -158,12 +180,19 @@ class WindowAggregate:
         self.s1 += sum(deltas)
         self.s2 += sum([d * d for d in deltas])
 
-    def add_readings(self, seen: SeenReadings, lo: int, hi: int,
-                     devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int] | None,
+    def add_readings(self, seen: SeenReadings, late: LateFilter, lo: int, hi: int,
+                     devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int],
                      values: Sequence[int | float]) -> None:
-        """Add the readings stamped in [lo, hi] (all of them when `ts` is None: the caller
-        knows) whose (device, seq) is not in `seen` yet, and note them there; the others inside
-        the window count as duplicates."""
+        """Add the readings stamped in [lo, hi] that arrived on time (`late`: the filter of
+        their partition) and whose (device, seq) is not in `seen` yet, and note them there; the
+        others inside the window count as late or duplicates."""
+        if not ts:
+            return
+        on_time = late.on_time(ts)
+        if on_time is not None:
+            self.late += sum(lo <= t <= hi for t in compress(ts, [not x for x in on_time]))
+            devices, seqs = list(compress(devices, on_time)), list(compress(seqs, on_time))
+            ts, values = list(compress(ts, on_time)), list(compress(values, on_time))
         if ts and (lo > min(ts) or max(ts) > hi):
             inside = [lo <= t <= hi for t in ts]
             devices, seqs = list(compress(devices, inside)), list(compress(seqs, inside))
@@ -187,6 +216,7 @@ class WindowAggregate:
         self.scanned += other.scanned
         self.malformed += other.malformed
         self.duplicates += other.duplicates
+        self.late += other.late
         for reason, n in other.malformed_reasons.items():
             self.malformed_reasons[reason] = self.malformed_reasons.get(reason, 0) + n
         if other.count == 0:

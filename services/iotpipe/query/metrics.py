@@ -5,7 +5,7 @@ PROMETHEUS_MULTIPROC_DIR is set (`python -m iotpipe.query` sets it); the gunicor
 them, all workers merged, on their own port (gunicorn_conf.when_ready).
 """
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "iotpipe_http_requests", "HTTP requests answered", ["method", "route", "status"])
@@ -20,5 +20,17 @@ MALFORMED = Counter(
 DUPLICATES = Counter(
     "iotpipe_query_duplicate_readings", "Repeated readings (same device and seq) counted once",
     ["sensor"])
+LATE = Counter(
+    "iotpipe_query_late_readings", "Readings inside a window asked that reached their partition "
+    "later than the allowed lateness (counted in no window)", ["sensor"])
 BROKER_ERRORS = Counter(
     "iotpipe_query_broker_errors", "Queries that failed because the broker did not answer")
+WINDOWS = Counter(
+    "iotpipe_query_windows", "Windows answered, by path: rollups (whole buckets from the "
+    "rollup topic, plus raw edges) or raw (readings only)", ["path"])
+ROLLUP_LAG = Gauge(
+    "iotpipe_query_rollup_lag_seconds", "Now minus the end of the newest final rollup bucket",
+    multiprocess_mode="livemax")
+ROLLUP_MALFORMED = Counter(
+    "iotpipe_query_rollup_records_malformed", "Rollup records that could not be read (their "
+    "buckets are answered from the readings)")

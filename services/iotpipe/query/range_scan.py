@@ -17,7 +17,7 @@ from typing import cast
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from iotpipe.core import wire
-from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
 from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 
 BATCH = 1000  # messages per consume(): a batch and its decoded readings stay in the CPU caches
@@ -55,6 +55,7 @@ class ScanJob:
     from_ms: int
     to_ms: int
     deadline: float  # time.time() after which the scan gives up
+    lateness_ms: int  # a reading this far behind its partition is late (see LateFilter)
     record: bool = False  # keep every decoded message (for the window cache), not a total
 
 
@@ -76,12 +77,12 @@ class _Sensor:
 
 
 class _Range:
-    __slots__ = ("agg", "end", "last", "rows", "seen", "sensor")
+    __slots__ = ("agg", "end", "last", "late", "rows", "seen", "sensor")
 
-    def __init__(self, r: PartitionRange, sensor: _Sensor, record: bool) -> None:
+    def __init__(self, r: PartitionRange, sensor: _Sensor, job: ScanJob) -> None:
         self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor
-        self.agg, self.seen = sensor.agg, sensor.seen
-        self.rows: list[Row] | None = [] if record else None
+        self.agg, self.seen, self.late = sensor.agg, sensor.seen, LateFilter(job.lateness_ms)
+        self.rows: list[Row] | None = [] if job.record else None
 
 
 class RangeScan:
@@ -94,7 +95,7 @@ class RangeScan:
         for r in job.ranges:
             sensor = self.sensors.setdefault(r.sensor, _Sensor())
             sensor.agg.scanned += r.end - r.start
-            self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job.record)
+            self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job)
 
     def run(self, c: Consumer) -> None:
         open_ = set(self.ranges)
@@ -148,7 +149,7 @@ class RangeScan:
             return
         for reason in malformed.values():
             r.agg.count_malformed(reason)
-        r.agg.add_readings(r.seen, self.job.from_ms, self.job.to_ms,
+        r.agg.add_readings(r.seen, r.late, self.job.from_ms, self.job.to_ms,
                            [x.device for x in readings], [x.seq for x in readings],
                            [x.ts for x in readings], [x.value for x in readings])
 

@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from typing import cast
 
-from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
 
 NO_TS = -(2**63)
@@ -72,8 +72,8 @@ class Segment:
     def index(self, offset: int) -> int:
         return bisect_left(self.offsets, offset)
 
-    def fold(self, agg: WindowAggregate, seen: SeenReadings, start: int, end: int,
-             lo: int, hi: int) -> None:
+    def fold(self, agg: WindowAggregate, seen: SeenReadings, late: LateFilter, start: int,
+             end: int, lo: int, hi: int) -> None:
         """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
         (device, seq) once across everything folded with the same `seen` - the same as a scan
         of that range from the broker."""
@@ -84,5 +84,5 @@ class Segment:
         values = cast(list[int | float], self.values)
         for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
             agg.count_malformed(str(values[k]))
-        agg.add_readings(seen, lo, hi, cast(list[str], self.devices[i:j]), self.seqs[i:j],
+        agg.add_readings(seen, late, lo, hi, cast(list[str], self.devices[i:j]), self.seqs[i:j],
                          self.ts[i:j], values[i:j])

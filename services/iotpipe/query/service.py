@@ -1,4 +1,5 @@
-"""Answers a MetricsRequest: every sensor topic and every partition is read in parallel.
+"""Answers a MetricsRequest: the whole final buckets of the window from the rollups (see
+`rollups`), the rest from the readings, every part, topic and partition read in parallel.
 
 The offset lookups of all the sensors asked are a few broker requests, made in the request's
 thread. Scans of small windows run in threads (their time is network latency), and what they
@@ -21,7 +22,9 @@ import random
 import threading
 import time
 from array import array
+from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import TypeVar
 
 from iotpipe.core.settings import KafkaSettings, Settings
@@ -31,6 +34,9 @@ from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
 from iotpipe.query.reader import KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
+from iotpipe.query.retention import Retention
+from iotpipe.query.rollups import RollupIndex, RollupPlan
+from iotpipe.query.timestamps import format_ms
 from iotpipe.query.window_cache import WindowCache
 
 log = logging.getLogger(__name__)
@@ -125,92 +131,146 @@ class ScanPool:
             assert all(pool.map(_reader_ready, range(self.processes))), "reader not ready"
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One part of a window read from the readings: [lo, hi], and how."""
+
+    lo: int
+    hi: int
+    deadline: float
+    lateness_ms: int
+
+    def job(self, ranges: Iterable[PartitionRange]) -> ScanJob:
+        return ScanJob(tuple(ranges), self.lo, self.hi, self.deadline, self.lateness_ms)
+
+
 class WindowMetricsService:
     def __init__(self, settings: Settings, reader: KafkaWindowReader | None = None) -> None:
         self.settings = settings
         self.reader = reader or KafkaWindowReader(settings.kafka)
         self.scans = ScanPool(settings, self.reader)
         self.cache = WindowCache(settings.query_cache_messages, settings.query_cache_s)
+        # the raw parts of a window (its two edges, mostly) are read at the same time
+        self._parts = cf.ThreadPoolExecutor(8, thread_name_prefix="part")
+        self.rollups = RollupIndex(settings).start() if settings.query_rollups else None
+        self.retention = Retention(settings)
 
     def close(self) -> None:
+        if self.rollups is not None:
+            self.rollups.close()
+        self._parts.shutdown(wait=False, cancel_futures=True)
         self.scans.close()
         self.reader.close()
 
     def compute(self, req: MetricsRequest) -> dict[str, dict[str, object]]:
         """Result per sensor in request order; sensors that cannot be read go to req.errors.
 
+        parse (done) -> plan (rollups for the whole final buckets, readings for the rest) ->
+        read the raw parts in parallel -> merge the aggregates -> respond.
         Raises BrokerUnavailable or ScanTimeout when the window cannot be read at all.
         """
         s = self.settings
         deadline = time.time() + s.query_deadline_s
-        cache = self.cache if self.cache.enabled else None
-        topics = {s.topic(sensor): sensor for sensor in req.operations}
-        plans = self.reader.plan(topics, req.from_ms, req.to_ms, s.allowed_lateness_ms, cache)
-        ranges: list[PartitionRange] = []
-        totals: dict[str, WindowAggregate] = {}
-        for sensor in req.operations:
-            plan = plans[sensor]
-            if isinstance(plan, UnknownTopic):
-                req.errors.append(f"No topic for the sensor {sensor} on the broker")
-            else:
-                ranges += plan
-                totals[sensor] = WindowAggregate()
-        messages = sum(r.end - r.start for r in ranges)
-        if cache is not None and messages < SMALL_SCAN:
-            self._fold_cached(cache, ranges, req, deadline, totals)
-        else:
-            self._fold_scanned(ranges, messages, req, deadline, totals)
+        sensors = list(req.operations)
+        expired = self.retention.horizon_ms([s.topic(sensor) for sensor in sensors])
+        plan = (self.rollups.plan(sensors, req.from_ms, req.to_ms, expired)
+                if self.rollups is not None else RollupPlan([(req.from_ms, req.to_ms)]))
+        prom.WINDOWS.labels("rollups" if plan.buckets else "raw").inc()
+        req.errors += plan.notes
+        for lo, hi in plan.raw:
+            if expired is not None and lo < expired:
+                req.errors.append(
+                    f"Readings before {format_ms(expired)} may have passed the topics' "
+                    f"retention: {format_ms(lo)} to {format_ms(min(hi, expired - 1))} was "
+                    "answered from the readings left, without rollups of that time")
+        reads = [self._parts.submit(self._read, sensors, lo, hi, deadline)
+                 for lo, hi in plan.raw]
+        totals = {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}
+        missing: set[str] = set()
+        for read in reads:
+            aggs, unknown = self._wait(read, deadline)
+            missing |= unknown
+            for sensor, agg in aggs.items():
+                totals[sensor].merge(agg)
         result: dict[str, dict[str, object]] = {}
         for sensor, total in totals.items():
+            if sensor in missing:
+                req.errors.append(f"No topic for the sensor {sensor} on the broker")
+                continue
             _count(sensor, total)
             result[sensor] = self._metrics(sensor, total, req)
         return result
 
-    def _fold_scanned(self, ranges: list[PartitionRange], messages: int, req: MetricsRequest,
-                      deadline: float, totals: dict[str, WindowAggregate]) -> None:
+    def _read(self, sensors: list[str], lo: int, hi: int, deadline: float
+              ) -> tuple[dict[str, WindowAggregate], set[str]]:
+        """The readings of the window [lo, hi] per sensor, and the sensors without a topic."""
+        s = self.settings
+        cache = self.cache if self.cache.enabled else None
+        topics = {s.topic(sensor): sensor for sensor in sensors}
+        plans = self.reader.plan(topics, lo, hi, s.allowed_lateness_ms, cache)
+        ranges: list[PartitionRange] = []
+        totals: dict[str, WindowAggregate] = {}
+        unknown = set()
+        for sensor in sensors:
+            plan = plans[sensor]
+            if isinstance(plan, UnknownTopic):
+                unknown.add(sensor)
+            else:
+                ranges += plan
+                totals[sensor] = WindowAggregate()
+        messages = sum(r.end - r.start for r in ranges)
+        part = _Part(lo, hi, deadline, s.allowed_lateness_ms)
+        if cache is not None and messages < SMALL_SCAN:
+            self._fold_cached(cache, ranges, part, totals)
+        else:
+            self._fold_scanned(ranges, messages, part, totals)
+        return totals, unknown
+
+    def _fold_scanned(self, ranges: list[PartitionRange], messages: int,
+                      part: _Part, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges in parallel scans of whole partitions. Each scan counts a
         (device, seq) once; a device found by two scans (its readings written to two
         partitions) could have a reading counted by both, so then that sensor is read again in
         one scan."""
+        deadline = part.deadline
         jobs = split(ranges, self.scans.groups(messages, len(totals)))
-        futures = [self.scans.submit(ScanJob(job, req.from_ms, req.to_ms, deadline), messages)
-                   for job in jobs]
+        futures = [self.scans.submit(part.job(job), messages) for job in jobs]
         devices: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
         for future in futures:
-            for sensor, part in self._wait(future, deadline).items():
-                totals[sensor].merge(part.agg)
-                devices[sensor].append(part.devices)
+            for sensor, scan in self._wait(future, deadline).items():
+                totals[sensor].merge(scan.agg)
+                devices[sensor].append(scan.devices)
         for sensor in [s for s, parts in devices.items() if _shared(parts)]:
             mine = tuple(r for r in ranges if r.sensor == sensor)
-            job = ScanJob(mine, req.from_ms, req.to_ms, deadline)
+            job = part.job(mine)
             future = self.scans.submit(job, sum(r.end - r.start for r in mine))
             totals[sensor] = self._wait(future, deadline)[sensor].agg
 
     def _fold_cached(self, cache: WindowCache, ranges: list[PartitionRange],
-                     req: MetricsRequest, deadline: float,
-                     totals: dict[str, WindowAggregate]) -> None:
+                     part: _Part, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges from memory, reading from the broker only the parts not held
         yet (and keeping them)."""
+        deadline = part.deadline
         reads = [(r, cache.read(r.topic, r.partition, r.start, r.end)) for r in ranges]
         gaps = [(PartitionRange(r.topic, r.sensor, r.partition, *read.gap, r.end_stamp), read)
                 for r, read in reads if read.gap is not None]
         if gaps:
             messages = sum(g.end - g.start for g, _ in gaps)
             groups = split([g for g, _ in gaps], self.scans.groups(messages, len(totals)))
-            futures = [self.scans.submit_rows(ScanJob(group, req.from_ms, req.to_ms, deadline))
+            futures = [self.scans.submit_rows(part.job(group))
                        for group in groups]
             rows: dict[tuple[str, int], list[Row]] = {}
             for future in futures:
-                part: dict[tuple[str, int], list[Row]] = self._wait(future, deadline)
-                rows.update(part)
+                part_rows: dict[tuple[str, int], list[Row]] = self._wait(future, deadline)
+                rows.update(part_rows)
             for g, read in gaps:
-                read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)],
-                          req.from_ms, g.end_stamp)
+                read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)], part.lo,
+                          g.end_stamp)
         for sensor, total in totals.items():
             mine = [read for r, read in reads if r.sensor == sensor]
             seen = SeenReadings()  # one per sensor: a repeat in another partition counts once
             for read in mine:
-                read.fold(total, seen, req.from_ms, req.to_ms)
+                read.fold(total, seen, part.lo, part.hi, part.lateness_ms)
 
     def _wait(self, future: cf.Future[T], deadline: float) -> T:
         try:
@@ -258,3 +318,5 @@ def _count(sensor: str, total: WindowAggregate) -> None:
                     total.malformed_reasons)
     if total.duplicates:
         prom.DUPLICATES.labels(sensor).inc(total.duplicates)
+    if total.late:
+        prom.LATE.labels(sensor).inc(total.late)

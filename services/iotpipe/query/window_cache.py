@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
 from iotpipe.query.segment import Segment
 
@@ -47,10 +47,12 @@ class RangeRead:
             self.pieces.append((seg, start, end))
         self.gap = None
 
-    def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int) -> None:
+    def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int,
+             lateness_ms: int) -> None:
         assert self.gap is None
+        late = LateFilter(lateness_ms)  # the range's pieces, in offset order
         for seg, start, end in self.pieces:
-            seg.fold(agg, seen, start, end, lo, hi)
+            seg.fold(agg, seen, late, start, end, lo, hi)
 
 
 @dataclass(frozen=True)

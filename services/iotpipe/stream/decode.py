@@ -21,14 +21,17 @@ from iotpipe.core import wire
 
 FIELDS = [T.StructField("device", T.StringType()), T.StructField("seq", T.LongType()),
           T.StructField("ts", T.LongType()), T.StructField("value", T.DoubleType())]
-DECODED = T.StructType([*FIELDS, T.StructField("valid", T.BooleanType())])
+# exact: the value was a JSON integer (the rollups answer integer sums as integers, like the
+# query service)
+DECODED = T.StructType([*FIELDS, T.StructField("valid", T.BooleanType()),
+                        T.StructField("exact", T.BooleanType())])
 _JSON = T.StructType([*FIELDS, T.StructField("sensor", T.StringType())])
 _INT = r"(?:0|[1-9][0-9]{0,18})"
 _CANONICAL = (r'\A\{"device":"[^"\\\x00-\x1f]+","sensor":"[^"\\\x00-\x1f]*","seq":' + _INT
               + ',"ts":' + _INT + r',"value":-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]+)?'
               + r'(?:[eE][-+]?[0-9]+)?\}\z')  # a Java regex
 _ARROW = pa.struct([("device", pa.string()), ("seq", pa.int64()), ("ts", pa.int64()),
-                    ("value", pa.float64()), ("valid", pa.bool_())])
+                    ("value", pa.float64()), ("valid", pa.bool_()), ("exact", pa.bool_())])
 
 
 def jvm_decoded(text: Column, sensor: Column) -> Column:
@@ -37,21 +40,23 @@ def jvm_decoded(text: Column, sensor: Column) -> Column:
     ok = (text.rlike(_CANONICAL) & F.is_valid_utf8(text) & (j["sensor"] == sensor)
           & j["seq"].between(0, wire.MAX_SEQ) & j["ts"].between(0, wire.MAX_TS_MS)
           & (F.abs(j["value"]) < float("inf")))  # NaN is not below infinity in Spark SQL
+    exact = ~F.substring_index(text, '"value":', -1).rlike("[.eE]")
     return F.struct(*(j[f.name].alias(f.name) for f in FIELDS),
-                    F.coalesce(ok, F.lit(False)).alias("valid"))
+                    F.coalesce(ok, F.lit(False)).alias("valid"), exact.alias("exact"))
 
 
 def _judge(raws: pa.Array, sensors: pa.Array) -> pa.Array:
     """`wire.decode` on the rows whose sensor is set (the others get null)."""
     n = len(raws)
-    cols: list[list] = [[None] * n for _ in range(5)]
+    cols: list[list] = [[None] * n for _ in range(len(_ARROW))]
     for i in pc.indices_nonzero(sensors.is_valid()).to_pylist():
         row: tuple[object, ...]
         try:
             r = wire.decode(raws[i].as_py(), sensors[i].as_py())
-            row = (r.device, r.seq, r.ts, float(r.value), True)  # wire: within a double's range
+            # wire: within a double's range
+            row = (r.device, r.seq, r.ts, float(r.value), True, type(r.value) is int)
         except wire.MalformedReading:
-            row = (None, None, None, None, False)
+            row = (None, None, None, None, False, None)
         for col, v in zip(cols, row, strict=True):
             col[i] = v
     return pa.StructArray.from_arrays([pa.array(c, f.type) for c, f in zip(cols, _ARROW,

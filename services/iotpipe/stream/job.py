@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from iotpipe.core.settings import Settings
 from iotpipe.stream.decode import decode
-from iotpipe.stream.state import BatchRow, StateStore
+from iotpipe.stream.rollups import RollupPublisher
+from iotpipe.stream.state import BatchRow, BucketStats, StateStore
 
 log = logging.getLogger("iotpipe.stream")
 SCAN_TASKS = 2  # local[2]
@@ -81,7 +82,7 @@ def readings(spark: SparkSession, settings: Settings) -> DataFrame:
         observed = decoded.observe(f"input_{i}", F.count_if(ok).alias("valid"),
                                    F.count_if(~ok).alias("bad"))
         valid = observed.where(ok).select(
-            F.lit(sensor).alias("sensor"), "r.device", "r.seq", "r.ts", "r.value",
+            F.lit(sensor).alias("sensor"), "r.device", "r.seq", "r.ts", "r.value", "r.exact",
             F.timestamp_millis(F.col("r.ts")).alias("event_time"))
         branches.append(
             valid.withWatermark("event_time", f"{settings.allowed_lateness_ms} milliseconds")
@@ -89,15 +90,20 @@ def readings(spark: SparkSession, settings: Settings) -> DataFrame:
     return functools.reduce(DataFrame.union, branches)
 
 
-def batch_rows(df: DataFrame, window_ms: int) -> list[BatchRow]:
-    """One small aggregate per micro-batch: per sensor and window, collected to the driver."""
-    start = (F.floor(F.col("ts") / window_ms) * window_ms).cast("long")
-    rows = (df.groupBy("sensor", start.alias("ws"))
+def batch_rows(df: DataFrame, window_ms: int, rollup_ms: int) -> list[BatchRow]:
+    """One small aggregate per micro-batch: per sensor, window and rollup bucket, collected to
+    the driver (the state merges them into windows and buckets)."""
+    def start(length: int) -> Column:
+        return (F.floor(F.col("ts") / length) * length).cast("long")
+
+    rows = (df.groupBy("sensor", start(window_ms).alias("ws"), start(rollup_ms).alias("bs"))
             .agg(F.count("*").alias("n"), F.sum("value").alias("total"),
+                 (F.var_pop("value") * F.count("*")).alias("m2"),
                  F.min("value").alias("lo"), F.max("value").alias("hi"),
-                 F.max("ts").alias("last")).collect())
-    return [BatchRow(r["sensor"], r["ws"], r["n"], r["total"], r["lo"], r["hi"], r["last"])
-            for r in rows]
+                 F.bool_and("exact").alias("ints"), F.max("ts").alias("last")).collect())
+    return [BatchRow(r["sensor"], r["ws"], r["bs"],
+                     BucketStats(r["n"], r["total"], r["m2"], r["lo"], r["hi"], r["ints"]),
+                     r["last"]) for r in rows]
 
 
 def progress_counters(progress: dict[str, Any], sensors: tuple[str, ...]) -> dict[str, Any]:
@@ -136,20 +142,36 @@ def state_path(settings: Settings) -> Path:
     return Path(settings.checkpoint_dir) / "iotpipe-state.json"
 
 
+@functools.cache
+def _publisher(settings: Settings) -> RollupPublisher:
+    """One producer per app, kept across restarts of the query."""
+    return RollupPublisher(settings)
+
+
 def start(spark: SparkSession, settings: Settings, store: StateStore, on_batch: Any,
           available_now: bool = False) -> StreamingQuery:
     """Start the query; `on_batch(batch_id, emitted)` runs after each micro-batch is folded
-    (`emitted`: readings per sensor that passed the de-duplication)."""
+    (`emitted`: readings per sensor that passed the de-duplication). A batch's rollup records
+    are published before its state is saved: a crash in between replays the batch, which
+    writes the same full values again."""
     deduped = readings(spark, settings)
+    publisher = _publisher(settings)
 
     def fold(df: DataFrame, batch_id: int) -> None:
-        rows = batch_rows(df, settings.window_s * 1000)
+        rows = batch_rows(df, settings.window_s * 1000, settings.rollup_s * 1000)
         with store.lock:
-            if store.state.fold_batch(batch_id, rows):
+            records = store.state.fold_batch(batch_id, rows)
+            if records:
+                try:
+                    publisher.publish(records)
+                except Exception:
+                    store.reload()
+                    raise
+                store.state.drop_final_buckets()
                 store.save()
         emitted: dict[str, int] = {}
         for r in rows:
-            emitted[r.sensor] = emitted.get(r.sensor, 0) + r.count
+            emitted[r.sensor] = emitted.get(r.sensor, 0) + r.stats.count
         on_batch(batch_id, emitted)
 
     writer = (deduped.writeStream.queryName("iotpipe_live_metrics").foreachBatch(fold)

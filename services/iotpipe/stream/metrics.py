@@ -36,6 +36,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                           ("sensor",)),
     "iotpipe_stream_malformed_messages": ("counter", "Topic messages that are not valid readings",
                                           ("sensor",)),
+    "iotpipe_stream_rollup_watermark_seconds": (
+        "gauge", "Event time up to which the published rollup buckets are final (epoch seconds)",
+        ()),
     "iotpipe_stream_input_rows_per_second": ("gauge", "Input rate of the last micro-batch", ()),
     "iotpipe_stream_processed_rows_per_second": ("gauge", "Processing rate of the last batch", ()),
     "iotpipe_stream_batch_duration_seconds": ("gauge", "Duration of the last micro-batch", ()),

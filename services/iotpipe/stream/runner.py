@@ -28,7 +28,7 @@ class StreamRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = StateStore(state_path(settings), settings.window_s * 1000,
-                                settings.allowed_lateness_ms)
+                                settings.allowed_lateness_ms, settings.rollup_s * 1000)
         self.collector = StreamCollector()
         self._emitted: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
@@ -74,8 +74,10 @@ def console_table(state: StreamState, sensors: tuple[str, ...], batch_id: int) -
     """The prototype's live console output, one compact table per batch."""
     rule = "-" * 80
     watermark = _clock(state.watermark_ms, "%Y-%m-%d %H:%M:%S")
+    rollups = (_clock(state.rollups_final_ms, "%Y-%m-%d %H:%M") if state.rollups_since is not None
+               else "-")
     lines = [rule, f"Batch: {batch_id}   watermark {watermark}"
-             f" UTC   late {sum(state.late.values())}"
+             f" UTC   rollups final to {rollups}   late {sum(state.late.values())}"
              f"   duplicates {sum(state.duplicates.values())}", rule,
              f"{'sensor':<14}{'count':>9}{'min':>10}{'max':>10}{'mean':>12}"
              f"{'window':>11}{'w.count':>8}{'w.mean':>10}"]

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from iotpipe.core import wire
 from iotpipe.stream.metrics import StreamSnapshot
 
 
@@ -38,15 +39,35 @@ class Stats:
 
 
 @dataclass
+class BucketStats:
+    """A sensor's readings in one rollup bucket so far; merged batch by batch (Chan et al. for
+    the sum of squared deviations, so no precision is lost to large means)."""
+
+    count: int
+    total: float
+    m2: float
+    minimum: float
+    maximum: float
+    ints: bool
+
+    def merge(self, o: BucketStats) -> None:
+        n = self.count + o.count
+        delta = o.total / o.count - self.total / self.count
+        self.m2 += o.m2 + delta * delta * self.count * o.count / n
+        self.count, self.total = n, self.total + o.total
+        self.minimum, self.maximum = min(self.minimum, o.minimum), max(self.maximum, o.maximum)
+        self.ints = self.ints and o.ints
+
+
+@dataclass
 class BatchRow:
-    """One row of a micro-batch's aggregate: a sensor's readings in one window."""
+    """One row of a micro-batch's aggregate: a sensor's readings in one window and one rollup
+    bucket (the finer of the two cuts of event time)."""
 
     sensor: str
     window_start_ms: int
-    count: int
-    total: float
-    minimum: float
-    maximum: float
+    bucket_start_ms: int
+    stats: BucketStats
     max_event_ms: int
 
 
@@ -54,6 +75,8 @@ class BatchRow:
 class StreamState:
     window_ms: int
     lateness_ms: int
+    rollup_ms: int = 60_000
+    rollups_since: int | None = None  # start of the first bucket ever rolled up
     batch_id: int = -1  # last micro-batch folded
     progress_id: int = -1  # last progress report folded
     max_event_ms: int = 0
@@ -64,24 +87,55 @@ class StreamState:
     duplicates: dict[str, int] = field(default_factory=dict)
     health: dict[str, float] = field(default_factory=dict)
     behind: dict[str, int] = field(default_factory=dict)
+    buckets: dict[str, dict[int, BucketStats]] = field(default_factory=dict)  # not final yet
 
     @property
     def watermark_ms(self) -> int:
         return self.max_event_ms - self.lateness_ms
 
-    def fold_batch(self, batch_id: int, rows: list[BatchRow]) -> bool:
-        """Fold one de-duplicated micro-batch; False if it was folded before (a replay)."""
+    def fold_batch(self, batch_id: int, rows: list[BatchRow]) -> list[wire.Bucket | wire.Progress]:
+        """Fold one de-duplicated micro-batch; return the rollup records to publish (the full
+        value of every bucket it touched, then the progress mark), none if it was folded before
+        (a replay). Call `drop_final_buckets` once they are published."""
         if batch_id <= self.batch_id:
-            return False
+            return []
+        touched: dict[tuple[str, int], BucketStats] = {}
         for r in rows:
-            self.totals.setdefault(r.sensor, Stats()).fold(r.count, r.total, r.minimum,
-                                                             r.maximum)
+            x = r.stats
+            self.totals.setdefault(r.sensor, Stats()).fold(x.count, x.total, x.minimum,
+                                                             x.maximum)
             self.windows.setdefault(r.sensor, {}).setdefault(r.window_start_ms, Stats()).fold(
-                r.count, r.total, r.minimum, r.maximum)
+                x.count, x.total, x.minimum, x.maximum)
             self.max_event_ms = max(self.max_event_ms, r.max_event_ms)
+            held = self.buckets.setdefault(r.sensor, {})
+            if r.bucket_start_ms in held:
+                held[r.bucket_start_ms].merge(x)
+            else:
+                held[r.bucket_start_ms] = BucketStats(**asdict(x))
+            touched[(r.sensor, r.bucket_start_ms)] = held[r.bucket_start_ms]
+        if touched and self.rollups_since is None:
+            self.rollups_since = min(start for _, start in touched)
         self.batch_id = batch_id
         self._prune()
-        return True
+        records: list[wire.Bucket | wire.Progress] = [
+            wire.Bucket(sensor, start, b.count, b.total, b.m2, b.minimum, b.maximum, b.ints)
+            for (sensor, start), b in sorted(touched.items())]
+        if self.rollups_since is not None:
+            records.append(wire.Progress(self.rollups_since, self.rollups_final_ms,
+                                         self.rollup_ms))
+        return records
+
+    @property
+    def rollups_final_ms(self) -> int:
+        """Every bucket ending at or before this is final: Spark drops any reading stamped at
+        or before the watermark from the next batch on."""
+        return max(self.watermark_ms, 0)
+
+    def drop_final_buckets(self) -> None:
+        """Forget the buckets whose final value has been published: the state stays bounded."""
+        for held in self.buckets.values():
+            for start in [s for s in held if s + self.rollup_ms <= self.rollups_final_ms]:
+                del held[start]
 
     def fold_progress(self, batch_id: int, malformed: dict[str, int], valid: dict[str, int],
                       late: dict[str, int], health: dict[str, float], behind: dict[str, int],
@@ -139,6 +193,8 @@ class StreamState:
         for name, value in self.health.items():
             snap.set(name, (), value)
         snap.set("iotpipe_stream_last_batch_id", (), self.batch_id)
+        if self.rollups_since is not None:
+            snap.set("iotpipe_stream_rollup_watermark_seconds", (), self.rollups_final_ms / 1000)
         if self.max_event_ms:
             now = time.time() if now_s is None else now_s
             snap.set("iotpipe_stream_event_time_lag_seconds", (),
@@ -155,22 +211,28 @@ def _add(counts: dict[str, int], key: str, n: int) -> None:
 class StateStore:
     """Loads and saves a StreamState as JSON next to the Spark checkpoint (atomic replace)."""
 
-    def __init__(self, path: Path, window_ms: int, lateness_ms: int) -> None:
+    def __init__(self, path: Path, window_ms: int, lateness_ms: int, rollup_ms: int) -> None:
         self.path = path
         self.lock = threading.Lock()
-        self.state = self._load(window_ms, lateness_ms)
+        self._sizes = (window_ms, lateness_ms, rollup_ms)
+        self.state = self._load()
 
-    def _load(self, window_ms: int, lateness_ms: int) -> StreamState:
+    def reload(self) -> None:
+        """Back to the state last saved (a batch failed half-way: Spark will run it again)."""
+        self.state = self._load()
+
+    def _load(self) -> StreamState:
         try:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return StreamState(window_ms, lateness_ms)
-        state = StreamState(window_ms, lateness_ms, **{
-            k: v for k, v in raw.items() if k not in ("totals", "windows", "window_ms",
-                                                       "lateness_ms")})
+            return StreamState(*self._sizes)
+        nested = ("totals", "windows", "buckets", "window_ms", "lateness_ms", "rollup_ms")
+        state = StreamState(*self._sizes, **{k: v for k, v in raw.items() if k not in nested})
         state.totals = {s: Stats(**v) for s, v in raw["totals"].items()}
         state.windows = {s: {int(k): Stats(**v) for k, v in w.items()}
                          for s, w in raw["windows"].items()}
+        state.buckets = {s: {int(k): BucketStats(**v) for k, v in b.items()}
+                         for s, b in raw.get("buckets", {}).items()}
         return state
 
     def save(self) -> None:

@@ -1,0 +1,257 @@
+"""The rollup topic, followed in memory: which part of a window the stream has already summed.
+
+Each worker reads the compacted rollup topic from its beginning, then follows it, into one
+column per aggregate and sensor, indexed by bucket number (memory grows with buckets, not
+readings). `plan` cuts a window into the whole final buckets inside it, answered from these
+columns with a few sums in C, and the windows left to read from the readings: its partial
+buckets at both edges, what is newer than the final mark, and any bucket whose record could
+not be read. Every reading falls in exactly one part, so none is counted twice or missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from iotpipe.core import wire
+from iotpipe.core.settings import Settings
+from iotpipe.query import metrics as prom
+from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.timestamps import format_ms
+
+log = logging.getLogger(__name__)
+RETRY_S = 2.0
+CHECK_S = 5.0  # how often the followed topic is looked up
+EXACT = 2**53  # doubles hold every integer up to this: integer sums stay exact below it
+
+
+@dataclass
+class RollupPlan:
+    """Which source answers which part of a window: `rolled` per sensor from the rollups (the
+    buckets [first, last) by number), `raw` windows [lo, hi] from the readings."""
+
+    raw: list[tuple[int, int]]
+    rolled: dict[str, WindowAggregate] = field(default_factory=dict)
+    first: int = 0
+    last: int = 0
+    notes: list[str] = field(default_factory=list)  # for the answer's `errors`
+
+    @property
+    def buckets(self) -> int:
+        return self.last - self.first
+
+
+class _Columns:
+    """One sensor's buckets from bucket number `base` on; an empty bucket has count 0.
+    `s2` is each bucket's sum of squared deviations from `shift` (one per sensor), so the
+    variance of any run of buckets is a sum too."""
+
+    def __init__(self, base: int, shift: float) -> None:
+        self.base, self.shift = base, shift
+        self.count = array("q")
+        self.total, self.s2 = array("d"), array("d")
+        self.lo, self.hi = array("d"), array("d")
+        self.inexact = array("b")  # 1: a value was not a JSON integer
+
+    def put(self, n: int, b: wire.Bucket) -> None:
+        if n < self.base:  # older than anything held: rare (a stream rebuilt from scratch)
+            self._grow(self.base - n, front=True)
+            self.base = n
+        if n - self.base >= len(self.count):
+            self._grow(n - self.base - len(self.count) + 1, front=False)
+        i = n - self.base
+        d = b.total / b.count - self.shift
+        self.count[i], self.total[i], self.s2[i] = b.count, b.total, b.m2 + b.count * d * d
+        self.lo[i], self.hi[i], self.inexact[i] = b.minimum, b.maximum, not b.ints
+
+    def _grow(self, k: int, front: bool) -> None:
+        empty: list[tuple[array[Any], float]] = [
+            (self.count, 0), (self.total, 0.0), (self.s2, 0.0), (self.lo, float("inf")),
+            (self.hi, float("-inf")), (self.inexact, 0)]
+        for col, v in empty:
+            pad = array(col.typecode, [v]) * k
+            if front:
+                col[:0] = pad
+            else:
+                col.extend(pad)
+
+    def aggregate(self, first: int, last: int) -> WindowAggregate:
+        """The buckets [first, last) merged, as the raw path would have counted them."""
+        i, j = max(first - self.base, 0), max(min(last - self.base, len(self.count)), 0)
+        n = sum(self.count[i:j])
+        if n == 0:
+            return WindowAggregate()
+        total: int | float = sum(self.total[i:j])
+        lo: int | float = min(self.lo[i:j])
+        hi: int | float = max(self.hi[i:j])
+        if not any(self.inexact[i:j]) and max(abs(total), abs(lo), abs(hi)) < EXACT:
+            total, lo, hi = int(total), int(lo), int(hi)
+        return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=self.shift,
+                               s1=total - n * self.shift, s2=sum(self.s2[i:j]))
+
+
+class RollupIndex:
+    """A worker's copy of the rollup topic, kept by one thread that follows it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bucket_ms = settings.rollup_s * 1000
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._clear()
+        self._thread = threading.Thread(target=self._follow, name="rollups", daemon=True)
+
+    def start(self) -> RollupIndex:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _clear(self) -> None:
+        with self._lock:
+            self.sensors: dict[str, _Columns] = {}
+            self.progress: wire.Progress | None = None
+            self.unreadable: set[int] = set()  # bucket numbers whose record could not be read
+
+    def lag_s(self) -> float | None:
+        """How far behind now the final buckets end; None while nothing is final."""
+        p = self.progress
+        return None if p is None else max(0.0, time.time() - p.final / 1000)
+
+    def plan(self, sensors: list[str], lo: int, hi: int, expired: int | None = None
+             ) -> RollupPlan:
+        """Cut the window [lo, hi] (epoch ms, inclusive) into rolled buckets and raw windows.
+        An edge of the window older than `expired` (readings before it may be deleted) is
+        answered with its whole bucket from the rollups, and the plan says so."""
+        r = self.bucket_ms
+        with self._lock:
+            p = self.progress
+            if p is None:
+                return RollupPlan([(lo, hi)])
+            # the earliest bucket held: older records may have passed the topic's retention
+            held = min((c.base for c in self.sensors.values()), default=0)
+            begin = max(-(-p.since // r), held)
+            first = max(-(-lo // r), begin)
+            last = min((hi + 1) // r, p.final // r)
+            notes = []
+            if expired is not None and first * r > lo and first - 1 >= begin \
+                    and first * r <= expired:
+                first -= 1
+                notes.append(f"Readings before {format_ms(expired)} may have passed the "
+                             f"topics' retention: the window was answered from "
+                             f"{format_ms(first * r)}, the start of the rollup bucket "
+                             f"holding its start ({r // 1000}-second precision)")
+            if expired is not None and last * r <= hi and last + 1 <= p.final // r \
+                    and (last + 1) * r <= expired:
+                last += 1
+                notes.append(f"Readings before {format_ms(expired)} may have passed the "
+                             f"topics' retention: the window was answered up to "
+                             f"{format_ms(last * r - 1)}, the end of the rollup bucket "
+                             f"holding its end ({r // 1000}-second precision)")
+            if first >= last:
+                return RollupPlan([(lo, hi)])
+            holes = sorted(n for n in self.unreadable if first <= n < last)
+            runs = list(zip([first] + [n + 1 for n in holes], [*holes, last], strict=True))
+            rolled = {}
+            for sensor in sensors:
+                agg = WindowAggregate()
+                columns = self.sensors.get(sensor)
+                if columns is not None:
+                    for a, b in runs:
+                        agg.merge(columns.aggregate(a, b))
+                rolled[sensor] = agg
+        raw = [(lo, first * r - 1), *((n * r, n * r + r - 1) for n in holes), (last * r, hi)]
+        return RollupPlan([(a, b) for a, b in raw if a <= b], rolled, first, last, notes)
+
+    def _follow(self) -> None:
+        """Read the topic from its beginning and follow it; if it is lost (deleted, truncated,
+        unreachable), forget everything (windows are read raw) and start again."""
+        topic, lost = self.settings.rollup_topic, False
+        while not self._stop.is_set():
+            consumer = Consumer(self.settings.kafka.client_config() | {
+                "group.id": "iotpipe-rollup-index", "enable.auto.commit": False,
+                "auto.offset.reset": "error", "log_level": 0})
+            try:
+                consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+                checked = 0.0
+                while not self._stop.is_set():
+                    self._apply(consumer.consume(1000, 0.5))
+                    if time.monotonic() - checked > CHECK_S:
+                        self._check(consumer, topic)
+                        checked = time.monotonic()
+                    if lost:
+                        log.info("rollup topic %s read again", topic)
+                        lost = False
+                    if (lag := self.lag_s()) is not None:
+                        prom.ROLLUP_LAG.set(lag)
+            except KafkaException as e:
+                if not lost:
+                    log.warning("rollup topic %s lost (%s): windows are read from the "
+                                "readings until it is back", topic, e.args[0].str())
+                lost = True
+                self._clear()
+                self._stop.wait(RETRY_S)
+            finally:
+                consumer.close()
+
+    def _check(self, consumer: Consumer, topic: str) -> None:
+        """A deleted topic sends a follower no error: ask for it. One recreated since (its
+        offsets start again) counts as lost too."""
+        meta = consumer.list_topics(topic, timeout=self.settings.kafka.timeout_s).topics[topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
+        position = consumer.position([TopicPartition(topic, 0)])[0].offset
+        high = consumer.get_watermark_offsets(TopicPartition(topic, 0),
+                                              timeout=self.settings.kafka.timeout_s)[1]
+        if position > high:
+            raise KafkaException(KafkaError(KafkaError.OFFSET_OUT_OF_RANGE,
+                                            f"the topic ends at {high}, before {position}"))
+
+    def _apply(self, messages: list) -> None:
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.code() in (KafkaError._PARTITION_EOF, KafkaError._TRANSPORT,
+                                  KafkaError._ALL_BROKERS_DOWN):
+                    continue  # the broker away for a while: what is held stays true
+                raise KafkaException(err)
+            try:
+                record = wire.decode_rollup(m.value())
+            except wire.MalformedRollup as e:
+                self._unreadable(m.key(), str(e))
+                continue
+            self.add(record)
+
+    def add(self, record: wire.Bucket | wire.Progress) -> None:
+        """Hold one record read from the topic (a bucket's latest value replaces the last)."""
+        with self._lock:
+            if isinstance(record, wire.Progress):
+                self.progress = record if record.bucket_ms == self.bucket_ms else None
+                if self.progress is None:
+                    log.error("the stream rolls up %d ms buckets, IOTPIPE_ROLLUP_SECONDS here "
+                              "says %d ms: rollups unused", record.bucket_ms, self.bucket_ms)
+                return
+            n = record.start // self.bucket_ms
+            columns = self.sensors.get(record.sensor)
+            if columns is None:
+                columns = self.sensors[record.sensor] = _Columns(n, record.total / record.count)
+            columns.put(n, record)
+            self.unreadable.discard(n)
+
+    def _unreadable(self, key: bytes | None, why: str) -> None:
+        prom.ROLLUP_MALFORMED.inc()
+        log.warning("unreadable rollup record %r: %s", key, why)
+        try:
+            start = int((key or b"").rsplit(b"|", 1)[1])
+        except (IndexError, ValueError):
+            return  # no bucket named: nothing to read raw instead
+        with self._lock:
+            self.unreadable.add(start // self.bucket_ms)

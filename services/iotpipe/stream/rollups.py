@@ -1,0 +1,49 @@
+"""Publishes the rollup records the stream's state hands out, from the driver.
+
+One idempotent producer; a batch's records are flushed and every delivery checked before the
+batch counts as folded, so what the query service reads is never behind the saved state.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from iotpipe.core import wire
+from iotpipe.core.settings import Settings
+
+
+class RollupPublishError(RuntimeError):
+    """The rollup topic did not take a batch's records; the batch fails and Spark retries it."""
+
+
+class RollupPublisher:
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.rollup_topic
+        self.timeout_s = max(30.0, settings.kafka.timeout_s * 6)
+        self.producer = Producer(settings.kafka.client_config() | {
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+            "message.timeout.ms": int(self.timeout_s * 1000), "log_level": 3})
+
+    def publish(self, records: list[wire.Bucket | wire.Progress]) -> None:
+        """Write the records in order and wait until the broker has them all."""
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, _: Message) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        for record in records:
+            key, value = wire.encode_rollup(record)
+            while True:
+                try:
+                    self.producer.produce(self.topic, value, key, on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self.producer.poll(0.1)
+        if self.producer.flush(self.timeout_s) > 0:
+            raise RollupPublishError(f"{self.topic}: records not delivered in {self.timeout_s}s")
+        if failures:
+            raise RollupPublishError(f"{self.topic}: {failures[0]}")
+
+    def close(self) -> None:
+        self.producer.flush(self.timeout_s)

@@ -1,0 +1,134 @@
+"""Rollups without Kafka or Spark: the stream state's bucket records, and the query index's
+plan (which part of a window each source answers) against references computed here."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+
+import pytest
+
+from iotpipe.core import wire
+from iotpipe.query.rollups import RollupIndex
+from iotpipe.stream.state import BatchRow, BucketStats, StreamState
+from kafka_helpers import settings_for
+
+R = 60_000  # bucket length
+LATENESS = 30_000
+
+
+def _stats(values: list[float]) -> BucketStats:
+    mean = sum(values) / len(values)
+    return BucketStats(len(values), float(sum(values)), sum((v - mean) ** 2 for v in values),
+                       min(values), max(values), all(type(v) is int for v in values))
+
+
+def _row(sensor: str, ts: list[int], values: list[float]) -> list[BatchRow]:
+    """A batch's rows as Spark hands them: per (window, bucket), here both 1 minute."""
+    rows = []
+    for start in sorted({t // R * R for t in ts}):
+        vs = [v for t, v in zip(ts, values, strict=True) if start <= t < start + R]
+        rows.append(BatchRow(sensor, start, start, _stats(vs),
+                             max(t for t in ts if start <= t < start + R)))
+    return rows
+
+
+def test_stream_state_publishes_full_buckets_and_forgets_final_ones() -> None:
+    rng = random.Random(1)
+    state = StreamState(window_ms=R, lateness_ms=LATENESS, rollup_ms=R)
+    every: list[tuple[int, float]] = []
+    newest = 0
+    published: dict[int, wire.Bucket] = {}
+    for batch_id in range(20):
+        ts = sorted(rng.randrange(batch_id * 20_000, batch_id * 20_000 + 40_000)
+                    for _ in range(50))
+        values = [rng.uniform(-5, 5) for _ in ts]
+        every += zip(ts, values, strict=True)
+        newest = max(newest, *ts)
+        records = state.fold_batch(batch_id, _row("t", ts, values))
+        assert state.fold_batch(batch_id, _row("t", ts, values)) == []  # a replay
+        progress = records[-1]
+        assert isinstance(progress, wire.Progress)
+        assert (progress.since, progress.final, progress.bucket_ms) == (
+            0, newest - LATENESS, R)
+        published |= {r.start: r for r in records if isinstance(r, wire.Bucket)}
+        state.drop_final_buckets()
+        assert all(start + R > progress.final for start in state.buckets["t"])
+    for start, record in published.items():
+        want = _stats([v for t, v in every if start <= t < start + R])
+        assert record.count == want.count
+        assert record.total == pytest.approx(want.total, rel=1e-12)
+        assert record.m2 == pytest.approx(want.m2, rel=1e-9)
+        assert (record.minimum, record.maximum) == (want.minimum, want.maximum)
+
+
+def _record(sensor: str, start: int, b: BucketStats) -> wire.Bucket:
+    return wire.Bucket(sensor, start, b.count, b.total, b.m2, b.minimum, b.maximum, b.ints)
+
+
+def _index(records: list[wire.Bucket | wire.Progress]) -> RollupIndex:
+    index = RollupIndex(settings_for("127.0.0.1:1", rollup_seconds=str(R // 1000)))
+    for record in records:  # the thread that follows the topic is not started
+        index.add(record)
+    return index
+
+
+def test_plan_cuts_a_window_into_final_buckets_and_raw_edges() -> None:
+    rng = random.Random(2)
+    readings: dict[int, list[int | float]] = {}
+    for n in range(100, 400):
+        if rng.random() < 0.8:  # some buckets have no readings: no record
+            readings[n] = ([rng.randrange(-9, 9) for _ in range(5)] if n % 3 else
+                           [rng.uniform(0, 1) for _ in range(4)])
+    final = 350 * R + 12_345
+    buckets = [_record("t", n * R, _stats(vs)) for n, vs in readings.items()]
+    rng.shuffle(buckets)  # any order of records
+    index = _index([*buckets, wire.Progress(min(readings) * R, final, R)])
+    index.unreadable.add(200)
+    for _ in range(300):
+        lo = rng.randrange(50 * R, 420 * R)
+        hi = lo + rng.randrange(0, 200 * R)
+        plan = index.plan(["t", "u"], lo, hi)
+        rolled = set(range(plan.first, plan.last)) - {200}
+        assert all(lo <= n * R and n * R + R - 1 <= hi and n * R + R <= final for n in rolled)
+        assert all(n >= min(readings) for n in rolled)
+        # the raw windows and the rolled buckets cover [lo, hi] once
+        covered = sorted([*plan.raw, *((n * R, n * R + R - 1) for n in rolled)])
+        assert covered[0][0] == lo and covered[-1][1] == hi if covered else lo > hi
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(covered))
+        values = [v for n in sorted(rolled) for v in readings.get(n, [])]
+        agg = plan.rolled.get("t")
+        if not rolled:
+            assert plan.raw == [(lo, hi)] and not plan.rolled
+            continue
+        assert agg is not None and agg.count == len(values)
+        assert plan.rolled["u"].count == 0
+        if values:
+            assert agg.metric("sum") == pytest.approx(math.fsum(values), rel=1e-12, abs=1e-12)
+            assert agg.metric("stddev") == pytest.approx(statistics.pstdev(values), rel=1e-9)
+            assert (agg.metric("min"), agg.metric("max")) == (min(values), max(values))
+            if all(type(v) is int for v in values):
+                assert type(agg.metric("sum")) is int and agg.metric("sum") == sum(values)
+
+
+def test_no_progress_or_another_bucket_length_means_readings_only() -> None:
+    bucket = wire.Bucket("t", 10 * R, 1, 1.0, 0.0, 1.0, 1.0, False)
+    assert _index([bucket]).plan(["t"], 0, 100 * R).raw == [(0, 100 * R)]
+    other = _index([bucket, wire.Progress(0, 50 * R, R // 2)])
+    assert other.progress is None and other.plan(["t"], 0, 100 * R).raw == [(0, 100 * R)]
+
+
+def test_edges_past_the_readings_retention_are_answered_at_bucket_precision() -> None:
+    buckets = [wire.Bucket("t", n * R, 2, 2.0 * n, 0.0, n, n, True) for n in range(10, 60)]
+    index = _index([*buckets, wire.Progress(10 * R, 55 * R, R)])
+    lo, hi = 20 * R + 500, 30 * R + 700  # both edges inside buckets
+    assert index.plan(["t"], lo, hi).raw == [(lo, 20 * R + R - 1), (30 * R, hi)]
+    old = index.plan(["t"], lo, hi, expired=40 * R)  # readings of the whole window may be gone
+    assert old.raw == [] and (old.first, old.last) == (20, 31) and len(old.notes) == 2
+    assert old.rolled["t"].metric("count") == 22 and old.rolled["t"].metric("sum") == sum(
+        2 * n for n in range(20, 31))
+    half = index.plan(["t"], lo, hi, expired=25 * R)  # only the start's readings may be gone
+    assert half.raw == [(30 * R, hi)] and half.first == 20 and len(half.notes) == 1
+    assert index.plan(["t"], lo, hi, expired=10 * R).notes == []
