@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
+from iotpipe.localstack.topics import rollup_topic_config
 
 _prefixes = itertools.count()
 
@@ -31,8 +32,8 @@ def create_topics(settings: Settings, partitions: int | None = None) -> None:
     # retention off: the readings are stamped years ago and would be deleted within a minute
     topics = [NewTopic(settings.topic(s), n, 1, config={"retention.ms": "-1"})
               for s in settings.sensors]
-    topics.append(NewTopic(settings.rollup_topic, 1, 1, config={
-        "cleanup.policy": "compact,delete", "retention.ms": "-1"}))
+    topics.append(NewTopic(settings.rollup_topic, 1, 1,
+                           config=rollup_topic_config(settings) | {"retention.ms": "-1"}))
     futures = admin.create_topics(topics)
     for f in futures.values():
         f.result(30)

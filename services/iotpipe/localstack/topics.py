@@ -25,8 +25,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
            for t in wanted if t not in existing]
     if settings.rollup_topic not in existing:
         new.append(NewTopic(settings.rollup_topic, num_partitions=1, replication_factor=1,
-                            config={"cleanup.policy": "compact,delete",
-                                    "retention.ms": str(settings.rollup_retention_ms)}))
+                            config=rollup_topic_config(settings)))
     if not new:
         return []
     created = []
@@ -38,3 +37,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+def rollup_topic_config(settings: Settings) -> dict[str, str]:
+    """Compacted and deleted after its own retention; segments roll hourly, since compaction
+    never touches the open segment: a worker reading the topic at start-up reads at most an
+    hour of repeated writes of the same buckets (and progress marks)."""
+    return {"cleanup.policy": "compact,delete", "segment.ms": "3600000",
+            "retention.ms": str(settings.rollup_retention_ms)}

@@ -176,8 +176,9 @@ class RollupIndex:
         unreachable), forget everything (windows are read raw) and start again."""
         topic, lost = self.settings.rollup_topic, False
         while not self._stop.is_set():
+            # never joined (assigned by hand); named like the query user's groups (secure mode)
             consumer = Consumer(self.settings.kafka.client_config() | {
-                "group.id": "iotpipe-rollup-index", "enable.auto.commit": False,
+                "group.id": "iotpipe-query-rollups", "enable.auto.commit": False,
                 "auto.offset.reset": "error", "log_level": 0})
             try:
                 consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
