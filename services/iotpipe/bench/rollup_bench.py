@@ -34,7 +34,7 @@ WINDOWS = {"1 minute": (60_000, 40, 40), "1 hour": (3_600_000, 40, 20),
 METRICS = ["count", "min", "max", "average", "sum", "stddev"]
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-local first, last, body = %d, %d, [[%s]]
+local first, last, longest, body = %d, %d, %d, [[%s]]
 local counter = 1
 function setup(thread)
   thread:set("id", counter)
@@ -47,7 +47,7 @@ local function stamp(t)
   return os.date("!%%Y-%%m-%%d %%H:%%M:%%S", t)
 end
 function request()
-  local span = math.random(60, 7 * 86400)
+  local span = math.random(60, longest)
   local from = math.random(first, last - span)
   return wrk.format(nil, nil, nil, string.format(body, stamp(from), stamp(from + span)))
 end
@@ -155,7 +155,7 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
                 f"{rss_after:.0f} MiB")
         stop_process(off)
         body = json.dumps({s: METRICS for s in settings.sensors} | {"from": "%s", "to": "%s"})
-        lua = LUA % (first_ms // 1000, last_ms // 1000, body)
+        lua = LUA % (first_ms // 1000, last_ms // 1000, 7 * 86_400, body)
         for cache, proc_url in (("on", on_url), ("off", None)):
             proc = None
             if proc_url is None:
