@@ -91,3 +91,22 @@ def read_topics(settings: Settings) -> list[wire.Reading]:
                 n += len(batch)
     c.close()
     return readings
+
+
+def read_rollups(settings: Settings) -> dict[bytes, wire.Bucket | wire.Progress]:
+    """The rollup topic as compaction leaves it: the latest record of every key."""
+    c = Consumer(settings.kafka.client_config() | {"group.id": "tests-read-rollups",
+                                                   "enable.auto.commit": False})
+    tp = TopicPartition(settings.rollup_topic, 0)
+    high = c.get_watermark_offsets(tp, timeout=10)[1]
+    latest: dict[bytes, wire.Bucket | wire.Progress] = {}
+    c.assign([TopicPartition(settings.rollup_topic, 0, 0)])
+    n = 0
+    while n < high:
+        batch = c.consume(min(5000, high - n), 10)
+        assert batch, f"{settings.rollup_topic} stalled at {n}/{high}"
+        for m in batch:
+            latest[m.key()] = wire.decode_rollup(m.value())
+        n += len(batch)
+    c.close()
+    return latest

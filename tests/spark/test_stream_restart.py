@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from iotpipe.bench.measure import child_pids
-from iotpipe.core.wire import Reading
+from iotpipe.core.wire import Bucket, Reading, bucket_key
 from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import start_service, stop_pid, stop_process
-from kafka_helpers import create_topics, produce, settings_for, unique_prefix
+from kafka_helpers import create_topics, produce, read_rollups, settings_for, unique_prefix
 from stream_reference import Expected, wait_counts
 
 T0 = 1_700_000_040_000
@@ -58,6 +58,17 @@ def test_kill_9_then_restart_counts_every_reading_once(bootstrap: str, tmp_path:
             assert got[("iotpipe_sensor_value_max", sensor)] == max(values)
             assert got[("iotpipe_sensor_value_mean", sensor)] == pytest.approx(
                 sum(values) / len(values))
+        # the rollups: each bucket's latest record holds all of its readings, once
+        rollups = read_rollups(settings)
+        for sensor in settings.sensors:
+            readings = [r for r in expected.seen.values() if r.sensor == sensor]
+            for start in {r.ts // 60_000 * 60_000 for r in readings}:
+                values = [r.value for r in readings if start <= r.ts < start + 60_000]
+                record = rollups[bucket_key(sensor, start)]
+                assert isinstance(record, Bucket)
+                assert (record.count, record.minimum, record.maximum) == (
+                    len(values), min(values), max(values))
+                assert record.total == pytest.approx(sum(values), rel=1e-12)
     finally:
         code = stop_process(proc, 60)
     assert code == 0

@@ -47,14 +47,21 @@ def partition_end(rows: list[Row]) -> int:
     return rows[-1][0] + 1 if rows else 0
 
 
-def reference(rows: list[Row], start: int, end: int, lo: int, hi: int) -> WindowAggregate:
-    agg, seen = WindowAggregate(scanned=end - start), set()
+def reference(rows: list[Row], start: int, end: int, lo: int, hi: int,
+              lateness: int = NEVER_LATE) -> WindowAggregate:
+    """Reading the range from the broker: late = stamped at or before the newest reading read
+    before it (from the range's start) minus the lateness."""
+    agg, seen, newest = WindowAggregate(scanned=end - start), set(), -(2**63)
     for offset, _, device, seq, ts, value in rows:
         if not start <= offset < end:
             continue
         if device is None:
             agg.malformed += 1
             agg.malformed_reasons[str(value)] = agg.malformed_reasons.get(str(value), 0) + 1
+            continue
+        late, newest = ts <= newest - lateness, max(newest, ts)
+        if lo <= ts <= hi and late:
+            agg.late += 1
         elif lo <= ts <= hi:
             if (device, seq) in seen:
                 agg.duplicates += 1
@@ -85,12 +92,12 @@ def read_window(cache: WindowCache, rows: list[Row], lo: int, hi: int) -> Window
     if read.gap is not None:
         read.fill(cache, TOPIC, PART, [r for r in rows if read.gap[0] <= r[0] < read.gap[1]],
                   lo, end_stamp)
-    read.fold(agg, SeenReadings(), lo, hi, NEVER_LATE)
+    read.fold(agg, SeenReadings(), lo, hi)
     return agg
 
 
 def same(a: WindowAggregate, b: WindowAggregate) -> bool:
-    keys = ("count", "total", "minimum", "maximum", "scanned", "malformed", "duplicates",
+    keys = ("count", "total", "minimum", "maximum", "scanned", "malformed", "duplicates", "late",
             "malformed_reasons")
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
@@ -98,16 +105,17 @@ def same(a: WindowAggregate, b: WindowAggregate) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(partitions(), st.lists(st.tuples(st.integers(900, 2900), st.integers(0, 600)),
                               min_size=1, max_size=12),
-       st.sampled_from([0, 7, 40, 10_000]))
+       st.sampled_from([0, 7, 40, 10_000]), st.sampled_from([NEVER_LATE, 30]))
 def test_cached_windows_equal_reading_the_partition(rows: list[Row],
                                                     windows: list[tuple[int, int]],
-                                                    capacity: int) -> None:
-    cache = WindowCache(capacity, 300)
+                                                    capacity: int, lateness: int) -> None:
+    cache = WindowCache(capacity, 300, lateness)
     for lo, length in windows:
         hi = lo + length
         start, stop = first_stamped(rows, lo), first_stamped(rows, hi + 1)
         end = partition_end(rows) if stop < 0 else stop
-        want = reference(rows, start, end, lo, hi) if 0 <= start < end else WindowAggregate()
+        want = (reference(rows, start, end, lo, hi, lateness) if 0 <= start < end
+                else WindowAggregate())
         got = read_window(cache, rows, lo, hi)
         assert same(got, want), (lo, hi)
         assert cache.messages() <= capacity
@@ -115,7 +123,7 @@ def test_cached_windows_equal_reading_the_partition(rows: list[Row],
 
 def test_sliding_window_reads_only_new_messages() -> None:
     rows: list[Row] = [(o, 1000 + o * 10, "d", o, 1000 + o * 10, o % 7) for o in range(100)]
-    cache = WindowCache(1000, 300)
+    cache = WindowCache(1000, 300, NEVER_LATE)
     read_window(cache, rows[:50], 1000, 1200)  # the partition had 50 messages then
     assert cache.messages() == 21
     bounds = cache.bounds(TOPIC, PART, 1100, 1301)
@@ -129,7 +137,7 @@ def test_sliding_window_reads_only_new_messages() -> None:
 
 def test_old_segments_are_dropped() -> None:
     rows: list[Row] = [(o, 1000 + o, "d", o, 1000 + o, 1) for o in range(10)]
-    cache = WindowCache(1000, 0.05)
+    cache = WindowCache(1000, 0.05, NEVER_LATE)
     read_window(cache, rows, 1000, 1009)
     assert cache.bounds(TOPIC, PART, 1000, 1010) is not None
     time.sleep(0.1)
@@ -139,7 +147,7 @@ def test_old_segments_are_dropped() -> None:
 
 def test_least_recently_used_segment_goes_first() -> None:
     rows: list[Row] = [(o, 1000 + o * 100, "d", o, 1000 + o * 100, 1) for o in range(30)]
-    cache = WindowCache(12, 300)
+    cache = WindowCache(12, 300, NEVER_LATE)
     read_window(cache, rows, 1000, 1400)  # offsets 0..4
     read_window(cache, rows, 2000, 2400)  # 10..14
     read_window(cache, rows, 1000, 1400)  # touch the first
@@ -156,7 +164,7 @@ def test_range_split_over_two_segments_still_counts_each_reading_once() -> None:
     seqs = [0, 1, 2, 3, 4, 5, 6, 7, 3, 8]  # offset 8 repeats seq 3 (offset 3)
     rows: list[Row] = [(o, 1000 + o * 10, "d", q, 1000 + o * 10, q) for o, q in
                        enumerate(seqs)]
-    cache = WindowCache(1000, 0.2)
+    cache = WindowCache(1000, 0.2, NEVER_LATE)
     read_window(cache, rows, 1000, 1040)  # holds offsets [0, 5)
     read = cache.read(TOPIC, PART, 2, 10)
     assert read.gap == (5, 10) and len(read.pieces) == 1
@@ -164,6 +172,6 @@ def test_range_split_over_two_segments_still_counts_each_reading_once() -> None:
     read.fill(cache, TOPIC, PART, rows[5:], 1020, None)
     assert len(read.pieces) == 2
     agg = WindowAggregate()
-    read.fold(agg, SeenReadings(), 1020, 1200, NEVER_LATE)
+    read.fold(agg, SeenReadings(), 1020, 1200)
     assert same(agg, reference(rows, 2, 10, 1020, 1200))
     assert (agg.count, agg.duplicates) == (7, 1)

@@ -28,9 +28,9 @@ DEVICES, HOUR_S, SECONDS = 10, 3600, 60
 # writing), the whole hour
 RUNS = ((16, "1 minute", False, 60), (16, "1 minute", True, 20), (16, "1 minute", True, 60),
         (64, "1 minute", True, 60), (16, "last minute", True, 60), (16, "1 hour", True, 60))
-LUA = """wrk.method = "POST"
+# wrk scripts (formatted with %): the shared head, then each bench's window choice
+LUA_HEAD = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-local first, last, span, body = %d, %d, %d, [[%s]]
 local counter = 1
 function setup(thread)
   thread:set("id", counter)
@@ -42,6 +42,8 @@ end
 local function stamp(t)
   return os.date("!%%Y-%%m-%%d %%H:%%M:%%S", t)
 end
+"""
+LUA = LUA_HEAD + """local first, last, span, body = %d, %d, %d, [[%s]]
 function request()
   local from = first
   if last > first then from = math.random(first, last) end

@@ -16,7 +16,7 @@ from subprocess import Popen
 
 from confluent_kafka import Producer
 
-from iotpipe.bench.load_bench import wrk
+from iotpipe.bench.load_bench import LUA_HEAD, wrk
 from iotpipe.bench.measure import percentile, tree_rss_mib
 from iotpipe.bench.stream_backlog import run_pipeline
 from iotpipe.core import wire
@@ -32,20 +32,7 @@ DAY_MS = 86_400_000
 WINDOWS = {"1 minute": (60_000, 40, 40), "1 hour": (3_600_000, 40, 20),
            "1 day": (DAY_MS, 40, 5), "7 days": (7 * DAY_MS, 40, 3)}
 METRICS = ["count", "min", "max", "average", "sum", "stddev"]
-LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local first, last, longest, body = %d, %d, %d, [[%s]]
-local counter = 1
-function setup(thread)
-  thread:set("id", counter)
-  counter = counter + 1
-end
-function init(args)
-  math.randomseed(id * 7919 + os.time())
-end
-local function stamp(t)
-  return os.date("!%%Y-%%m-%%d %%H:%%M:%%S", t)
-end
+LUA = LUA_HEAD + """local first, last, longest, body = %d, %d, %d, [[%s]]
 function request()
   local span = math.random(60, longest)
   local from = math.random(first, last - span)

@@ -13,7 +13,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, count
+from itertools import compress, count
 from operator import mul
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
@@ -118,13 +118,32 @@ class LateFilter:
         self.lateness, self.newest = lateness_ms, -(2**63)
 
     def on_time(self, ts: Sequence[int]) -> list[bool] | None:
-        """One flag per reading; None when all are on time (the common case, no list made)."""
-        top, newest = max(ts), self.newest
-        self.newest = max(newest, top)
-        if min(ts) > max(newest, top) - self.lateness:
-            return None
-        before = accumulate(ts, max, initial=newest)  # the newest stamp before each reading
-        return [t > b - self.lateness for t, b in zip(ts, before, strict=False)]
+        """One flag per reading; None when all are on time (the common case, no list made).
+        Checked a run at a time with C's min and max: a run whose oldest reading is within the
+        lateness of everything read before it (and of itself) is on time; only other runs are
+        walked reading by reading."""
+        lateness, newest = self.lateness, self.newest
+        flags: list[bool] | None = None
+        for k in range(0, len(ts), RUN):
+            run = ts[k:k + RUN]
+            top = max(run)
+            if top < newest:
+                top = newest
+            if min(run) > top - lateness:
+                newest = top
+                continue
+            for i, t in enumerate(run, k):
+                if t > newest:
+                    newest = t
+                elif t <= newest - lateness:
+                    if flags is None:
+                        flags = [True] * len(ts)
+                    flags[i] = False
+        self.newest = newest
+        return flags
+
+
+RUN = 64  # readings checked at once by LateFilter
 
 
 @dataclass
@@ -180,15 +199,16 @@ class WindowAggregate:
         self.s1 += sum(deltas)
         self.s2 += sum([d * d for d in deltas])
 
-    def add_readings(self, seen: SeenReadings, late: LateFilter, lo: int, hi: int,
+    def add_readings(self, seen: SeenReadings, late: LateFilter | None, lo: int, hi: int,
                      devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int],
                      values: Sequence[int | float]) -> None:
         """Add the readings stamped in [lo, hi] that arrived on time (`late`: the filter of
-        their partition) and whose (device, seq) is not in `seen` yet, and note them there; the
-        others inside the window count as late or duplicates."""
+        their partition; None: the caller left the late ones out) and whose (device, seq) is not
+        in `seen` yet, and note them there; the others inside the window count as late or
+        duplicates."""
         if not ts:
             return
-        on_time = late.on_time(ts)
+        on_time = late.on_time(ts) if late is not None else None
         if on_time is not None:
             self.late += sum(lo <= t <= hi for t in compress(ts, [not x for x in on_time]))
             devices, seqs = list(compress(devices, on_time)), list(compress(seqs, on_time))

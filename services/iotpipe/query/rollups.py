@@ -210,8 +210,11 @@ class RollupIndex:
         if meta.error is not None:
             raise KafkaException(meta.error)
         position = consumer.position([TopicPartition(topic, 0)])[0].offset
-        high = consumer.get_watermark_offsets(TopicPartition(topic, 0),
-                                              timeout=self.settings.kafka.timeout_s)[1]
+        try:
+            high = consumer.get_watermark_offsets(TopicPartition(topic, 0),
+                                                  timeout=self.settings.kafka.timeout_s)[1]
+        except KafkaException:  # not known yet to this client: the next check asks again
+            return
         if position > high:
             raise KafkaException(KafkaError(KafkaError.OFFSET_OUT_OF_RANGE,
                                             f"the topic ends at {high}, before {position}"))

@@ -10,9 +10,10 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import compress
 from typing import cast
 
-from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
 
 NO_TS = -(2**63)
@@ -21,10 +22,10 @@ NO_TS = -(2**63)
 class Segment:
     """Decoded messages of offsets [start, end) of one partition, in offset order."""
 
-    __slots__ = ("after", "anchor", "bad", "born", "devices", "end", "offsets", "runmax", "seqs",
-                 "start", "ts", "used", "values")
+    __slots__ = ("after", "anchor", "bad", "born", "devices", "end", "late", "lateness", "newest",
+                 "offsets", "runmax", "seqs", "start", "ts", "used", "values")
 
-    def __init__(self, start: int, end: int, anchor: int, born: float) -> None:
+    def __init__(self, start: int, end: int, anchor: int, born: float, lateness_ms: int) -> None:
         self.start, self.end, self.anchor, self.born = start, end, anchor, born
         self.used = born  # last time a request read it (time.monotonic), for LRU eviction
         self.after: int | None = None
@@ -33,6 +34,11 @@ class Segment:
         self.devices: list[str | None] = []
         self.values: list[int | float | str] = []
         self.bad = array("q")  # indices of malformed messages (ts NO_TS: in no window)
+        # indices of late readings (see LateFilter: noted once here, where they are read in
+        # offset order; late from the segment's start is late from any range's start inside
+        # it, for readings of a window starting there)
+        self.late = array("q")
+        self.lateness, self.newest = lateness_ms, -(2**63)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -40,19 +46,24 @@ class Segment:
     def append(self, rows: Iterable[Row], end: int, after: int | None) -> None:
         """Add the messages of [self.end, end), in offset order."""
         top = self.runmax[-1] if self.runmax else -(2**63)
+        newest, lateness = self.newest, self.lateness
         for offset, kts, device, seq, ts, value in rows:
             top = kts if kts > top else top
             k = len(self.offsets)
             if device is None:
                 self.bad.append(k)
                 ts = NO_TS
+            elif ts > newest:
+                newest = ts
+            elif ts <= newest - lateness:
+                self.late.append(k)
             self.offsets.append(offset)
             self.runmax.append(top)
             self.ts.append(ts)
             self.seqs.append(seq)
             self.devices.append(device)
             self.values.append(value)
-        self.end, self.after = end, after
+        self.end, self.after, self.newest = end, after, newest
 
     def rows(self, lo: int = 0, hi: int | None = None) -> Iterable[Row]:
         """The messages again, for a merge; their Kafka timestamp is the running maximum (the
@@ -72,8 +83,8 @@ class Segment:
     def index(self, offset: int) -> int:
         return bisect_left(self.offsets, offset)
 
-    def fold(self, agg: WindowAggregate, seen: SeenReadings, late: LateFilter, start: int,
-             end: int, lo: int, hi: int) -> None:
+    def fold(self, agg: WindowAggregate, seen: SeenReadings, start: int, end: int,
+             lo: int, hi: int) -> None:
         """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
         (device, seq) once across everything folded with the same `seen` - the same as a scan
         of that range from the broker."""
@@ -84,5 +95,13 @@ class Segment:
         values = cast(list[int | float], self.values)
         for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
             agg.count_malformed(str(values[k]))
-        agg.add_readings(seen, late, lo, hi, cast(list[str], self.devices[i:j]), self.seqs[i:j],
-                         self.ts[i:j], values[i:j])
+        devices, seqs, ts = cast(list[str], self.devices[i:j]), self.seqs[i:j], self.ts[i:j]
+        some = values[i:j]
+        late = self.late[bisect_left(self.late, i):bisect_left(self.late, j)]
+        if late:  # rare: leave the late readings out, count those inside the window
+            agg.late += sum(lo <= self.ts[k] <= hi for k in late)
+            skip = set(late)
+            keep = [k not in skip for k in range(i, j)]
+            devices, some = list(compress(devices, keep)), list(compress(some, keep))
+            seqs, ts = array("q", compress(seqs, keep)), array("q", compress(ts, keep))
+        agg.add_readings(seen, None, lo, hi, devices, seqs, ts, some)

@@ -149,7 +149,8 @@ class WindowMetricsService:
         self.settings = settings
         self.reader = reader or KafkaWindowReader(settings.kafka)
         self.scans = ScanPool(settings, self.reader)
-        self.cache = WindowCache(settings.query_cache_messages, settings.query_cache_s)
+        self.cache = WindowCache(settings.query_cache_messages, settings.query_cache_s,
+                                 settings.allowed_lateness_ms)
         # the raw parts of a window (its two edges, mostly) are read at the same time
         self._parts = cf.ThreadPoolExecutor(8, thread_name_prefix="part")
         self.rollups = RollupIndex(settings).start() if settings.query_rollups else None
@@ -270,7 +271,7 @@ class WindowMetricsService:
             mine = [read for r, read in reads if r.sensor == sensor]
             seen = SeenReadings()  # one per sensor: a repeat in another partition counts once
             for read in mine:
-                read.fold(total, seen, part.lo, part.hi, part.lateness_ms)
+                read.fold(total, seen, part.lo, part.hi)
 
     def _wait(self, future: cf.Future[T], deadline: float) -> T:
         try:

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
 from iotpipe.query.segment import Segment
 
@@ -47,12 +47,10 @@ class RangeRead:
             self.pieces.append((seg, start, end))
         self.gap = None
 
-    def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int,
-             lateness_ms: int) -> None:
+    def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int) -> None:
         assert self.gap is None
-        late = LateFilter(lateness_ms)  # the range's pieces, in offset order
         for seg, start, end in self.pieces:
-            seg.fold(agg, seen, late, start, end, lo, hi)
+            seg.fold(agg, seen, start, end, lo, hi)
 
 
 @dataclass(frozen=True)
@@ -66,8 +64,9 @@ class Bounds:
 class WindowCache:
     """Segments per (topic, partition); thread-safe; shared by the threads of one worker."""
 
-    def __init__(self, max_messages: int, max_age_s: float) -> None:
+    def __init__(self, max_messages: int, max_age_s: float, lateness_ms: int) -> None:
         self.max_messages, self.max_age_s = max_messages, max_age_s
+        self.lateness_ms = lateness_ms  # the segments note which readings came late
         self._segments: dict[tuple[str, int], list[Segment]] = {}
         self._size = 0
         self._names: dict[str, str] = {}  # one str object per device name
@@ -143,10 +142,10 @@ class WindowCache:
                 left.used = time.monotonic()
                 merged = left
             elif anchor is None and left is None:
-                merged = Segment(start, start, 0, 0.0)
+                merged = Segment(start, start, 0, 0.0, self.lateness_ms)
                 merged.append(rows, end, after)
             else:
-                merged = self._merge(touching, start, end, anchor, rows, after)
+                merged = self._merge(touching, start, end, anchor, rows, after, self.lateness_ms)
                 for s in touching:
                     self._drop(key, s)
                 self._segments.setdefault(key, []).append(merged)
@@ -157,7 +156,7 @@ class WindowCache:
 
     @staticmethod
     def _merge(touching: list[Segment], start: int, end: int, anchor: int | None,
-               rows: list[Row], after: int | None) -> Segment:
+               rows: list[Row], after: int | None, lateness_ms: int) -> Segment:
         lo = min([start, *(s.start for s in touching)])
         hi = max([end, *(s.end for s in touching)])
         first = touching[0] if touching and touching[0].start < start else None
@@ -168,7 +167,7 @@ class WindowCache:
             assert anchor is not None
             anchor = max([anchor, *(s.anchor for s in touching if s.start == start)])
         born = min([time.monotonic(), *(s.born for s in touching)])
-        merged = Segment(lo, lo, anchor, born)
+        merged = Segment(lo, lo, anchor, born, lateness_ms)
         ordered: list[Row] = []
         for s in touching:
             if s.start < start:
