@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from itertools import compress
 from typing import cast
 
-from iotpipe.query.aggregate import SeenReadings, WindowAggregate
+from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
 
 NO_TS = -(2**63)
@@ -22,7 +22,7 @@ NO_TS = -(2**63)
 class Segment:
     """Decoded messages of offsets [start, end) of one partition, in offset order."""
 
-    __slots__ = ("after", "anchor", "bad", "born", "devices", "end", "late", "lateness", "newest",
+    __slots__ = ("after", "anchor", "arrival", "bad", "born", "devices", "end", "late",
                  "offsets", "runmax", "seqs", "start", "ts", "used", "values")
 
     def __init__(self, start: int, end: int, anchor: int, born: float, lateness_ms: int) -> None:
@@ -38,7 +38,7 @@ class Segment:
         # offset order; late from the segment's start is late from any range's start inside
         # it, for readings of a window starting there)
         self.late = array("q")
-        self.lateness, self.newest = lateness_ms, -(2**63)
+        self.arrival = LateFilter(lateness_ms)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -46,24 +46,24 @@ class Segment:
     def append(self, rows: Iterable[Row], end: int, after: int | None) -> None:
         """Add the messages of [self.end, end), in offset order."""
         top = self.runmax[-1] if self.runmax else -(2**63)
-        newest, lateness = self.newest, self.lateness
+        first = len(self.offsets)
         for offset, kts, device, seq, ts, value in rows:
             top = kts if kts > top else top
             k = len(self.offsets)
             if device is None:
                 self.bad.append(k)
                 ts = NO_TS
-            elif ts > newest:
-                newest = ts
-            elif ts <= newest - lateness:
-                self.late.append(k)
             self.offsets.append(offset)
             self.runmax.append(top)
             self.ts.append(ts)
             self.seqs.append(seq)
             self.devices.append(device)
             self.values.append(value)
-        self.end, self.after, self.newest = end, after, newest
+        valid = [k for k in range(first, len(self.offsets)) if self.devices[k] is not None]
+        on_time = self.arrival.on_time([self.ts[k] for k in valid]) if valid else None
+        if on_time is not None:
+            self.late.extend(k for k, ok in zip(valid, on_time, strict=True) if not ok)
+        self.end, self.after = end, after
 
     def rows(self, lo: int = 0, hi: int | None = None) -> Iterable[Row]:
         """The messages again, for a merge; their Kafka timestamp is the running maximum (the
