@@ -32,7 +32,7 @@ $(TOOLS)/bin/helm-docs-$(HELM_DOCS_VERSION):
 chart-docs: $(TOOLS)/bin/helm-docs-$(HELM_DOCS_VERSION)
 	$< --chart-search-root charts --template-files README.md.gotmpl
 
-# The pinned CRD schemas (k8s/crds.txt): $$IOTPIPE_CRD_DIR, ../shared/crds, or downloaded into .tools/crds.
+# The pinned CRD schemas (k8s/crds.txt): $$IOTPIPE_CRD_DIR, k8s/crds (kept in the repository), or downloaded into .tools/crds.
 crds:
 	python3 k8s/crd_files.py
 

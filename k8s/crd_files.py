@@ -1,8 +1,9 @@
 """The CRD schemas the chart is checked against, pinned in k8s/crds.txt (file, sha256, address).
 
 Where they come from, first match wins: $IOTPIPE_CRD_DIR (any folder of CRDs, e.g. dumped from a
-cluster; taken as it is), else `../shared/crds` beside the project, else `.tools/crds`, which
-`python3 k8s/crd_files.py` (run by `make tools`) fills by downloading the pinned files. Pinned files
+cluster; taken as it is), else `k8s/crds` (the pinned files, kept in the repository so that a
+clone needs no network for them), else `.tools/crds`, which `python3 k8s/crd_files.py` (run by
+`make tools`) fills by downloading the pinned files. Pinned files
 are always checked against their sha256, so a folder of other versions fails loudly instead of
 validating the chart against the wrong schemas. $IOTPIPE_CRD_MIRROR (a base URL, `file://` too)
 replaces the upstream addresses: files are fetched from `<mirror>/<file>`.
@@ -20,7 +21,7 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 PINS = ROOT / "k8s" / "crds.txt"
-SHARED = ROOT.parent / "shared" / "crds"
+VENDORED = ROOT / "k8s" / "crds"
 CACHE = ROOT / ".tools" / "crds"
 TIMEOUT_S = 60
 
@@ -41,7 +42,7 @@ def crd_dir() -> Path:
     given = os.environ.get("IOTPIPE_CRD_DIR")
     if given:
         return Path(given)
-    return SHARED if SHARED.is_dir() else CACHE
+    return VENDORED if VENDORED.is_dir() else CACHE
 
 
 def sha256(path: Path) -> str:
@@ -71,7 +72,7 @@ def download(pin: Pin, folder: Path, mirror: str | None) -> None:
         part.unlink(missing_ok=True)
         raise SystemExit(
             f"crds: cannot download {url}: {e}\n  Point IOTPIPE_CRD_DIR at a folder of the CRDs, "
-            f"put them in {SHARED}, or set IOTPIPE_CRD_MIRROR to a copy (see {PINS.name})."
+            f"put them in {VENDORED}, or set IOTPIPE_CRD_MIRROR to a copy (see {PINS.name})."
         ) from e
     got = sha256(part)
     if got != pin.sha256:

@@ -1,8 +1,8 @@
 """Where the CRD schemas come from in a clone anywhere: k8s/crd_files.py, run as `make tools` does.
 
-Each test lays a fresh project beside no `shared/` folder (k8s/crd_files.py and its own pins of
-files made here) and serves the pinned files from a local HTTP server, so the download and its
-sha256 check run for real.
+Each test lays a fresh project (k8s/crd_files.py and its own pins of files made here; the pinned
+files kept in the repository only where the test puts them) and serves the pinned files from a
+local HTTP server, so the download and its sha256 check run for real.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def clone(tmp_path: Path, base_url: str) -> Path:
-    """A project folder with the script and pins of FILES at `base_url`; no ../shared beside it."""
+    """A project folder with the script and pins of FILES at `base_url`; no k8s/crds in it."""
     project = tmp_path / "clone" / "iotpipe"
     (project / "k8s").mkdir(parents=True)
     shutil.copy(ROOT / "k8s" / "crd_files.py", project / "k8s")
@@ -61,7 +61,7 @@ def fetch(project: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_clone_without_shared_downloads_the_pinned_files(
+def test_a_clone_without_kept_crds_downloads_the_pinned_files(
     tmp_path: Path, served: tuple[Path, str]
 ) -> None:
     project = clone(tmp_path, served[1])
@@ -94,16 +94,16 @@ def test_a_mirror_replaces_the_upstream_address(tmp_path: Path, served: tuple[Pa
     assert sorted(p.name for p in (project / ".tools" / "crds").iterdir()) == sorted(FILES)
 
 
-def test_shared_crds_beside_the_project_are_checked_not_downloaded(
+def test_crds_kept_in_the_project_are_checked_not_downloaded(
     tmp_path: Path, served: tuple[Path, str]
 ) -> None:
     project = clone(tmp_path, "http://127.0.0.1:9/unreachable")
-    shared = project.parent / "shared" / "crds"
-    shutil.copytree(served[0], shared)
+    kept = project / "k8s" / "crds"
+    shutil.copytree(served[0], kept)
     result = fetch(project)
     assert result.returncode == 0, result.stderr
-    assert str(shared) in result.stderr and not (project / ".tools").exists()
-    (shared / "a-crd.yaml").write_bytes(b"other version\n")
+    assert str(kept) in result.stderr and not (project / ".tools").exists()
+    (kept / "a-crd.yaml").write_bytes(b"other version\n")
     result = fetch(project)
     assert result.returncode != 0 and "a-crd.yaml: sha256" in result.stderr
 

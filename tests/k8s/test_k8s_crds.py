@@ -1,8 +1,8 @@
 """Every custom resource the chart renders is valid against its CRD's openAPIV3Schema.
 
-The CRDs are the upstream releases pinned in k8s/crds.txt, read from `../shared/crds/` when present,
-else from `.tools/crds/` (downloaded by `make tools`; see k8s/crd_files.py). To check against the
-CRDs a cluster actually serves, dump them and point IOTPIPE_CRD_DIR at the folder:
+The CRDs are the upstream releases pinned in k8s/crds.txt, read from `k8s/crds/` (kept in the
+repository), else from `.tools/crds/` (downloaded by `make tools`; see k8s/crd_files.py). To
+check against the CRDs a cluster actually serves, dump them and point IOTPIPE_CRD_DIR at the folder:
 
     mkdir crds && for c in kafkas kafkanodepools kafkatopics kafkausers; do
       kubectl get crd $c.kafka.strimzi.io -o yaml > crds/$c.yaml; done
