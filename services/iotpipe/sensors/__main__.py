@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import faulthandler
 import logging
-import signal
 import sys
-import threading
 import time
 
 from prometheus_client import start_http_server
 
 from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError
+from iotpipe.core.stopping import StopFlag
 from iotpipe.sensors import metrics as prom
 from iotpipe.sensors.fleet import SensorFleet
 
@@ -20,7 +19,7 @@ log = logging.getLogger("iotpipe.sensors")
 TICK_S = 0.01
 
 
-def run(settings: Settings, stop: threading.Event) -> int:
+def run(settings: Settings, stop: StopFlag) -> int:
     """Emit readings at the configured rate until `stop`; return readings left unsent."""
     fleet = SensorFleet(settings)
     total_rate = settings.sensor_rate_hz * len(fleet.devices)
@@ -53,9 +52,8 @@ def main() -> None:
         sys.exit(f"iotpipe sensors: {e}")
     configure_logging(settings)
     start_http_server(settings.sensors_metrics_port, settings.metrics_host, registry=prom.REGISTRY)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopFlag()
+    stop.set_on_signals()
     left = run(settings, stop)
     sys.exit(1 if left else 0)
 

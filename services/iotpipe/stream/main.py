@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -13,6 +11,7 @@ from pyspark.sql import SparkSession
 
 from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError, unwritable
+from iotpipe.core.stopping import StopFlag
 from iotpipe.stream.job import build_session, start, under_spark_submit
 from iotpipe.stream.runner import StreamRunner
 
@@ -43,9 +42,8 @@ def main() -> None:
     registry = CollectorRegistry()
     registry.register(runner.collector)
     start_http_server(settings.stream_metrics_port, settings.metrics_host, registry=registry)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopFlag()
+    stop.set_on_signals()
     spark = build_session(settings, jars)
     log.info("streaming %s from %s; metrics on %s:%d", ", ".join(settings.sensors),
              settings.kafka.bootstrap, settings.metrics_host, settings.stream_metrics_port)
@@ -57,7 +55,7 @@ def main() -> None:
 
 
 def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
-               stop: threading.Event) -> None:
+               stop: StopFlag) -> None:
     """Run the query until asked to stop; if it fails (e.g. the broker went away), start it
     again from its checkpoint after a growing pause, so the app survives broker restarts."""
     pause = RESTART_PAUSE_S
