@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from itertools import compress, count
 from operator import mul
 
+from iotpipe.core.moments import merged_m2
+
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
 
 
@@ -250,9 +252,8 @@ class WindowAggregate:
         mean_a, m2_a = self._moments()
         mean_b, m2_b = other._moments()
         n = n_a + n_b
-        delta = mean_b - mean_a
-        mean = mean_a + delta * n_b / n
-        m2 = m2_a + m2_b + delta * delta * n_a * n_b / n
+        mean = mean_a + (mean_b - mean_a) * n_b / n
+        m2 = merged_m2(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
         self.count, self.total = n, self.total + other.total
         self.minimum = min(self.minimum, other.minimum)
         self.maximum = max(self.maximum, other.maximum)

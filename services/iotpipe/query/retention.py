@@ -13,9 +13,16 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from iotpipe.core.settings import Settings
+from iotpipe.query.timestamps import format_ms
 
 log = logging.getLogger(__name__)
 REFRESH_S = 300.0
+
+
+def retention_note(expired_ms: int, how: str) -> str:
+    """The answer's note for a part of a window older than the horizon, saying `how` it was
+    answered."""
+    return f"Readings before {format_ms(expired_ms)} may have passed the topics' retention: {how}"
 
 
 class Retention:

@@ -23,6 +23,7 @@ from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.query import metrics as prom
 from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.retention import retention_note
 from iotpipe.query.timestamps import format_ms
 
 log = logging.getLogger(__name__)
@@ -145,17 +146,15 @@ class RollupIndex:
             if expired is not None and first * r > lo and first - 1 >= begin \
                     and first * r <= expired:
                 first -= 1
-                notes.append(f"Readings before {format_ms(expired)} may have passed the "
-                             f"topics' retention: the window was answered from "
-                             f"{format_ms(first * r)}, the start of the rollup bucket "
-                             f"holding its start ({r // 1000}-second precision)")
+                notes.append(retention_note(
+                    expired, f"the window was answered from {format_ms(first * r)}, the start "
+                    f"of the rollup bucket holding its start ({r // 1000}-second precision)"))
             if expired is not None and last * r <= hi and last + 1 <= p.final // r \
                     and (last + 1) * r <= expired:
                 last += 1
-                notes.append(f"Readings before {format_ms(expired)} may have passed the "
-                             f"topics' retention: the window was answered up to "
-                             f"{format_ms(last * r - 1)}, the end of the rollup bucket "
-                             f"holding its end ({r // 1000}-second precision)")
+                notes.append(retention_note(
+                    expired, f"the window was answered up to {format_ms(last * r - 1)}, the end "
+                    f"of the rollup bucket holding its end ({r // 1000}-second precision)"))
             if first >= last:
                 return RollupPlan([(lo, hi)])
             holes = sorted(n for n in self.unreadable if first <= n < last)

@@ -34,7 +34,7 @@ from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
 from iotpipe.query.reader import KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
-from iotpipe.query.retention import Retention
+from iotpipe.query.retention import Retention, retention_note
 from iotpipe.query.rollups import RollupIndex, RollupPlan
 from iotpipe.query.timestamps import format_ms
 from iotpipe.query.window_cache import WindowCache
@@ -180,10 +180,9 @@ class WindowMetricsService:
         req.errors += plan.notes
         for lo, hi in plan.raw:
             if expired is not None and lo < expired:
-                req.errors.append(
-                    f"Readings before {format_ms(expired)} may have passed the topics' "
-                    f"retention: {format_ms(lo)} to {format_ms(min(hi, expired - 1))} was "
-                    "answered from the readings left, without rollups of that time")
+                req.errors.append(retention_note(
+                    expired, f"{format_ms(lo)} to {format_ms(min(hi, expired - 1))} was answered "
+                    "from the readings left, without rollups of that time"))
         reads = [self._parts.submit(self._read, sensors, lo, hi, deadline)
                  for lo, hi in plan.raw]
         totals = {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}

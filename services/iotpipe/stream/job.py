@@ -161,7 +161,7 @@ def start(spark: SparkSession, settings: Settings, store: StateStore, on_batch: 
         rows = batch_rows(df, settings.window_s * 1000, settings.rollup_s * 1000)
         with store.lock:
             records = store.state.fold_batch(batch_id, rows)
-            if records:
+            if records is not None:
                 try:
                     publisher.publish(records)
                 except Exception:

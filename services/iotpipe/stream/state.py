@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from iotpipe.core import wire
+from iotpipe.core.moments import merged_m2
 from iotpipe.stream.metrics import StreamSnapshot
 
 
@@ -51,10 +52,9 @@ class BucketStats:
     ints: bool
 
     def merge(self, o: BucketStats) -> None:
-        n = self.count + o.count
-        delta = o.total / o.count - self.total / self.count
-        self.m2 += o.m2 + delta * delta * self.count * o.count / n
-        self.count, self.total = n, self.total + o.total
+        self.m2 = merged_m2(self.count, self.total / self.count, self.m2,
+                            o.count, o.total / o.count, o.m2)
+        self.count, self.total = self.count + o.count, self.total + o.total
         self.minimum, self.maximum = min(self.minimum, o.minimum), max(self.maximum, o.maximum)
         self.ints = self.ints and o.ints
 
@@ -93,12 +93,14 @@ class StreamState:
     def watermark_ms(self) -> int:
         return self.max_event_ms - self.lateness_ms
 
-    def fold_batch(self, batch_id: int, rows: list[BatchRow]) -> list[wire.Bucket | wire.Progress]:
+    def fold_batch(self, batch_id: int, rows: list[BatchRow]
+                   ) -> list[wire.Bucket | wire.Progress] | None:
         """Fold one de-duplicated micro-batch; return the rollup records to publish (the full
-        value of every bucket it touched, then the progress mark), none if it was folded before
-        (a replay). Call `drop_final_buckets` once they are published."""
+        value of every bucket it touched, then the progress mark, once anything was rolled
+        up), or None if it was folded before (a replay: nothing changed). Call
+        `drop_final_buckets` once they are published."""
         if batch_id <= self.batch_id:
-            return []
+            return None
         touched: dict[tuple[str, int], BucketStats] = {}
         for r in rows:
             x = r.stats
