@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, To
 from iotpipe.core.settings import KafkaSettings
 from iotpipe.query.end_offsets import TP, EndOffsets
 from iotpipe.query.errors import BrokerUnavailable, UnknownTopic
-from iotpipe.query.range_scan import PartitionRange, RangeScan, Row, ScanJob, SensorScan
+from iotpipe.query.range_scan import BATCH, PartitionRange, RangeScan, Row, ScanJob, SensorScan
 from iotpipe.query.window_cache import WindowCache
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRang
 
 
 def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
-    """Fetch sizes bound what is read past a range's end (librdkafka prefetches until the
-    scan pauses the partition) and the memory of a reader process: the prefetch only has to
-    stay ahead of the decoding. Measured on 10^5 readings/sensor, per reader process and
-    request: 128 KiB per partition (512 KiB queue) left 53 MiB and cost the broker 160 ms of
-    CPU, 512 KiB (1 MiB queue) 64 MiB and 80 ms, 512 KiB (2 MiB queue) 81 MiB and no less.
-    The broker shares the cores with the readers, so its CPU is the readers' time too."""
-    fetch_kib = 512 if large else 64
+    """librdkafka prefetches each assigned partition until the scan lets go of it, so fetch
+    sizes bound what is read (by the broker, and decompressed and parsed here) past a range's
+    end, and the memory of a reader process. A small window's ranges are short: it prefetches
+    about one consume() batch ahead in small fetches, since what it reads past the end costs
+    both processes CPU on these shared cores. A large window's scan in a reader process
+    fetches more at once, enough to stay ahead of its decoding (benchmarks.md, Load)."""
+    fetch_kib = 512 if large else 16
     return kafka.client_config() | {
         "group.id": "iotpipe-query",  # never joined: partitions are assigned by hand
         "enable.auto.commit": False,
@@ -63,7 +63,7 @@ def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
         "max.partition.fetch.bytes": fetch_kib * 1024,
         "fetch.max.bytes": max(2 * fetch_kib, 1024) * 1024,  # >= message.max.bytes
         "queued.max.messages.kbytes": max(2 * fetch_kib, 512),
-        "queued.min.messages": 10_000,
+        "queued.min.messages": 10_000 if large else BATCH,
         "fetch.queue.backoff.ms": 10,  # the default 1 s would stall a scan whose queue filled
         "socket.timeout.ms": max(1000, int(kafka.timeout_s * 1000)),
         "log_level": 3,
