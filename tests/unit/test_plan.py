@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from iotpipe.core.settings import Settings
+from iotpipe.query import reader as reader_module
 from iotpipe.query.errors import BrokerUnavailable, UnknownTopic
+from iotpipe.query.range_scan import PartitionRange, ScanJob
 from iotpipe.query.reader import KafkaWindowReader
 
 TOPICS = {"t-a": "a", "t-b": "b"}
@@ -73,3 +75,20 @@ def test_end_offset_timeout_is_broker_unavailable(
     monkeypatch.setattr(r._ends, "get", never)
     with pytest.raises(BrokerUnavailable):
         r.plan(TOPICS, 500, 10**15, 100)  # still open: its ends are the partitions' ends
+
+
+@pytest.mark.parametrize("large,lengths,want", [
+    (False, [300, 1000, 12], reader_module.SHORT),  # ranges within one consume() batch
+    (False, [300, 1001], reader_module.WINDOW),
+    (False, [50_000], reader_module.WINDOW),  # the largest kind a worker's threads have
+    (True, [300], reader_module.LARGE),  # reader processes fetch large, whatever the range
+])
+def test_scans_fetch_in_sizes_matched_to_their_longest_range(
+        large: bool, lengths: list[int], want: reader_module.Fetch) -> None:
+    r = KafkaWindowReader(Settings.from_env({}).kafka, large=large)
+    ranges = tuple(PartitionRange("t", "s", p, 100, 100 + n) for p, n in enumerate(lengths))
+    job = ScanJob(ranges, 0, 1, 0.0, 0)
+    assert r._fetch_for(job) == want
+    config = reader_module.consumer_config(Settings.from_env({}).kafka, want)
+    assert config["max.partition.fetch.bytes"] == want.kib * 1024
+    assert config["queued.min.messages"] == want.queued_messages

@@ -17,6 +17,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
@@ -45,14 +46,24 @@ def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRang
     return [tuple(b) for b in bins if b]
 
 
-def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
-    """librdkafka prefetches each assigned partition until the scan lets go of it, so fetch
-    sizes bound what is read (by the broker, and decompressed and parsed here) past a range's
-    end, and the memory of a reader process. A small window's ranges are short: it prefetches
-    about one consume() batch ahead in small fetches, since what it reads past the end costs
-    both processes CPU on these shared cores. A large window's scan in a reader process
-    fetches more at once, enough to stay ahead of its decoding (benchmarks.md, Load)."""
-    fetch_kib = 512 if large else 16
+@dataclass(frozen=True)
+class Fetch:
+    """How much a consumer fetches per partition and keeps queued ahead of the scan."""
+
+    kib: int  # per partition and fetch
+    queued_messages: int  # per partition, before it stops fetching ahead
+
+
+# librdkafka prefetches each assigned partition until the scan lets go of it, so these bound
+# what is read past a range's end (by the broker, then decompressed and parsed here: CPU both
+# take from these shared cores) and a reader process's memory; a large fetch only has to stay
+# ahead of the decoding. Chosen per scan by the length of its ranges (benchmarks.md, Load).
+SHORT = Fetch(16, BATCH)  # a range of about one consume() batch: a small window
+WINDOW = Fetch(64, 10_000)
+LARGE = Fetch(512, 10_000)  # the reader processes' large windows
+
+
+def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
     return kafka.client_config() | {
         "group.id": "iotpipe-query",  # never joined: partitions are assigned by hand
         "enable.auto.commit": False,
@@ -60,10 +71,10 @@ def consumer_config(kafka: KafkaSettings, large: bool) -> dict[str, object]:
         "enable.partition.eof": False,
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
         "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
-        "max.partition.fetch.bytes": fetch_kib * 1024,
-        "fetch.max.bytes": max(2 * fetch_kib, 1024) * 1024,  # >= message.max.bytes
-        "queued.max.messages.kbytes": max(2 * fetch_kib, 512),
-        "queued.min.messages": 10_000 if large else BATCH,
+        "max.partition.fetch.bytes": fetch.kib * 1024,
+        "fetch.max.bytes": max(2 * fetch.kib, 1024) * 1024,  # >= message.max.bytes
+        "queued.max.messages.kbytes": max(2 * fetch.kib, 512),
+        "queued.min.messages": fetch.queued_messages,
         "fetch.queue.backoff.ms": 10,  # the default 1 s would stall a scan whose queue filled
         "socket.timeout.ms": max(1000, int(kafka.timeout_s * 1000)),
         "log_level": 3,
@@ -104,29 +115,40 @@ class KafkaWindowReader:
     """Owns consumers, reused across requests; every broker call has a timeout."""
 
     def __init__(self, kafka: KafkaSettings, large: bool = False) -> None:
-        self._config = consumer_config(kafka, large)
+        self._fetches = (LARGE,) if large else (SHORT, WINDOW)
+        self._configs = {f: consumer_config(kafka, f) for f in self._fetches}
         self._timeout = kafka.timeout_s
-        self._idle: queue.SimpleQueue[Consumer] = queue.SimpleQueue()
+        self._idle: dict[Fetch, queue.SimpleQueue[Consumer]] = {
+            f: queue.SimpleQueue() for f in self._fetches}
         self._partitions: dict[str, tuple[float, list[int]]] = {}
         self._ends = EndOffsets(self._end_offsets, kafka.timeout_s)
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        for idle in self._idle.values():
+            while True:
+                try:
+                    idle.get_nowait().close()
+                except queue.Empty:
+                    break
 
     @contextmanager
-    def _consumer(self) -> Iterator[Consumer]:
+    def _consumer(self, fetch: Fetch | None = None) -> Iterator[Consumer]:
+        """An idle consumer with these fetch sizes (lookups: the first kind), or a new one."""
+        fetch = fetch or self._fetches[0]
         try:
-            consumer = self._idle.get_nowait()
+            consumer = self._idle[fetch].get_nowait()
         except queue.Empty:
-            consumer = Consumer(self._config)
+            consumer = Consumer(self._configs[fetch])
         try:
             yield consumer
         finally:
-            self._idle.put(consumer)
+            self._idle[fetch].put(consumer)
+
+    def _fetch_for(self, job: ScanJob) -> Fetch:
+        """The smallest fetch kind whose prefetch covers the job's longest range."""
+        longest = max((r.end - r.start for r in job.ranges), default=0)
+        return next((f for f in self._fetches if longest <= f.queued_messages),
+                    self._fetches[-1])
 
     @_kafka_call("reading topic metadata")
     def partitions(self, topic: str, max_age_s: float = 30.0) -> list[int]:
@@ -223,7 +245,7 @@ class KafkaWindowReader:
         return self._run(dataclasses.replace(job, record=True)).rows()
 
     def _run(self, job: ScanJob) -> RangeScan:
-        with self._consumer() as c:
+        with self._consumer(self._fetch_for(job)) as c:
             tps = [TopicPartition(r.topic, r.partition, r.start) for r in job.ranges]
             c.assign(tps)
             try:
