@@ -33,6 +33,27 @@ def tree_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU time (user + system) a process and its live descendants have used, seconds."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo += child_pids(p)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU time all cores together have spent busy (not idle, not waiting on I/O), seconds."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 class PeakRss:
     """Samples a process tree's RSS every 20 ms while active; `.peak` is the maximum seen."""
 

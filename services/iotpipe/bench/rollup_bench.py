@@ -17,7 +17,7 @@ from subprocess import Popen
 from confluent_kafka import Producer
 
 from iotpipe.bench.load_bench import LUA_HEAD, wrk
-from iotpipe.bench.measure import percentile, tree_rss_mib
+from iotpipe.bench.measure import machine_busy_s, percentile, tree_cpu_s, tree_rss_mib
 from iotpipe.bench.stream_backlog import run_pipeline
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
@@ -27,6 +27,7 @@ from iotpipe.localstack.topics import ensure_topics
 from iotpipe.query.timestamps import format_ms
 
 PREFIX, DEVICES, DAYS = "roll-", 3, 8
+WRK_S = 60
 DAY_MS = 86_400_000
 # window -> (length ms, requests with rollups on, requests without: reading is slow)
 WINDOWS = {"1 minute": (60_000, 40, 40), "1 hour": (3_600_000, 40, 20),
@@ -149,10 +150,18 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
                 proc, proc_url, metrics = _serve(bootstrap, workdir, "cache-off",
                                                  IOTPIPE_QUERY_CACHE_MESSAGES="0")
                 _wait_rollups(metrics, 600)
-            r = wrk(proc_url, lua, 64, 60, workdir)
+            pid = (proc or on).pid
+            service_s, busy_s = tree_cpu_s(pid), machine_busy_s()
+            r = wrk(proc_url, lua, 64, WRK_S, workdir)
+            service_s, busy_s = tree_cpu_s(pid) - service_s, machine_busy_s() - busy_s
+            requests = max(r["rps"] * WRK_S, 1)
+            r |= {"service_ms": service_s / requests * 1000,
+                  "rest_ms": (busy_s - service_s) / requests * 1000, "busy": busy_s / WRK_S}
             wrk_rows.append((cache, r))
             log(f"rollups 64 clients, cache {cache}: {r['rps']:.0f} req/s, p50 {r['p50']:.1f} "
-                f"p99 {r['p99']:.1f} ms, errors {r['errors']:.0f}")
+                f"p99 {r['p99']:.1f} ms, errors {r['errors']:.0f}; CPU per request: service "
+                f"{r['service_ms']:.1f} ms, rest {r['rest_ms']:.1f} ms; cores busy "
+                f"{r['busy']:.2f}")
             if proc is not None:
                 stop_process(proc)
     finally:
@@ -163,7 +172,8 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
         f"{b50 / a50:,.0f}x | {r0:.0f} -> {r1:.0f} |"
         for w, n1, a50, a99, n0, b50, b99, r0, r1 in rows)
     load = "\n".join(f"| 64 | {c} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                     f"{r['errors']:.0f} |" for c, r in wrk_rows)
+                     f"{r['errors']:.0f} | {r['service_ms']:.1f} | {r['rest_ms']:.1f} | "
+                     f"{r['busy']:.2f} |" for c, r in wrk_rows)
     return (
         "## Rollups\n\n"
         f"Data: {DAYS} days of {DEVICES} devices per sensor at 1 reading/s ({readings:,} "
@@ -180,9 +190,11 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n" + table +
         "\n\n64 concurrent clients (wrk, 60 s), each request a random window of 1 minute to 7 "
         "days, rollups on, the worker's window cache on (default) and off "
-        "(`IOTPIPE_QUERY_CACHE_MESSAGES=0`):\n\n"
-        "| clients | window cache | requests/s | p50 ms | p99 ms | errors |\n"
-        "| ---: | --- | ---: | ---: | ---: | ---: |\n" + load +
+        "(`IOTPIPE_QUERY_CACHE_MESSAGES=0`). CPU per request: the service's process tree, and "
+        "the rest of the machine (the broker, wrk); cores busy: of the 2, on average:\n\n"
+        "| clients | window cache | requests/s | p50 ms | p99 ms | errors | service CPU "
+        "ms/request | rest CPU ms/request | cores busy |\n"
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + load +
         "\n\nTargets: 7-day window p99 <= 100 ms with rollups; any window p99 <= 150 ms; "
         "64 clients >= 500 requests/s with p99 <= 150 ms and 0 errors; RSS flat as the window "
         "grows.")
