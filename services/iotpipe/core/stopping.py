@@ -12,8 +12,8 @@ class StopFlag:
     """Set by SIGTERM/SIGINT; the main loop checks it and sleeps on it.
 
     Not a `threading.Event`: Python runs signal handlers in the main thread between bytecodes,
-    and `Event.set` takes the lock that `Event.wait` holds while the main thread is inside it,
-    so a signal landing there deadlocks the process. Here the handler only writes a bool.
+    and `Event.set` takes the lock that `Event.wait` holds on its way in and out, so a signal
+    landing there deadlocks the process. Here the handler only writes a bool.
     """
 
     def __init__(self) -> None:
