@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from iotpipe.core import wire
@@ -71,6 +71,20 @@ def reference(readings: Iterable[wire.Reading], from_ms: int, to_ms: int) -> dic
             "stddev": math.sqrt(sum((v - mean) ** 2 for v in values) / n)}
 
 
+def _partition_messages(c: Consumer, topic: str, partition: int) -> Iterator[Message]:
+    """Every message of a partition, from its start to its end as of now."""
+    high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+    if high == 0:
+        return
+    c.assign([TopicPartition(topic, partition, 0)])
+    n = 0
+    while n < high:
+        batch = c.consume(min(5000, high - n), 10)
+        assert batch, f"{topic}[{partition}] stalled at {n}/{high}"
+        yield from batch
+        n += len(batch)
+
+
 def read_topics(settings: Settings) -> list[wire.Reading]:
     """Every reading in the sensor topics, in each partition's order."""
     c = Consumer(settings.kafka.client_config() | {"group.id": "tests-read-all",
@@ -79,16 +93,8 @@ def read_topics(settings: Settings) -> list[wire.Reading]:
     for sensor in settings.sensors:
         topic = settings.topic(sensor)
         for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
-            high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            if high == 0:
-                continue
-            c.assign([TopicPartition(topic, p, 0)])
-            n = 0
-            while n < high:
-                batch = c.consume(min(5000, high - n), 10)
-                assert batch, f"{topic}[{p}] stalled at {n}/{high}"
-                readings += [wire.decode(m.value(), sensor) for m in batch]
-                n += len(batch)
+            readings += [wire.decode(m.value(), sensor)
+                         for m in _partition_messages(c, topic, p)]
     c.close()
     return readings
 
@@ -97,16 +103,7 @@ def read_rollups(settings: Settings) -> dict[bytes, wire.Bucket | wire.Progress]
     """The rollup topic as compaction leaves it: the latest record of every key."""
     c = Consumer(settings.kafka.client_config() | {"group.id": "tests-read-rollups",
                                                    "enable.auto.commit": False})
-    tp = TopicPartition(settings.rollup_topic, 0)
-    high = c.get_watermark_offsets(tp, timeout=10)[1]
-    latest: dict[bytes, wire.Bucket | wire.Progress] = {}
-    c.assign([TopicPartition(settings.rollup_topic, 0, 0)])
-    n = 0
-    while n < high:
-        batch = c.consume(min(5000, high - n), 10)
-        assert batch, f"{settings.rollup_topic} stalled at {n}/{high}"
-        for m in batch:
-            latest[m.key()] = wire.decode_rollup(m.value())
-        n += len(batch)
+    latest = {m.key(): wire.decode_rollup(m.value())
+              for m in _partition_messages(c, settings.rollup_topic, 0)}
     c.close()
     return latest

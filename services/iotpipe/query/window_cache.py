@@ -145,7 +145,7 @@ class WindowCache:
                 merged = Segment(start, start, 0, 0.0, self.lateness_ms)
                 merged.append(rows, end, after)
             else:
-                merged = self._merge(touching, start, end, anchor, rows, after, self.lateness_ms)
+                merged = self._merge(touching, start, end, anchor, rows, after)
                 for s in touching:
                     self._drop(key, s)
                 self._segments.setdefault(key, []).append(merged)
@@ -154,9 +154,8 @@ class WindowCache:
             self._evict()
             return merged
 
-    @staticmethod
-    def _merge(touching: list[Segment], start: int, end: int, anchor: int | None,
-               rows: list[Row], after: int | None, lateness_ms: int) -> Segment:
+    def _merge(self, touching: list[Segment], start: int, end: int, anchor: int | None,
+               rows: list[Row], after: int | None) -> Segment:
         lo = min([start, *(s.start for s in touching)])
         hi = max([end, *(s.end for s in touching)])
         first = touching[0] if touching and touching[0].start < start else None
@@ -167,7 +166,7 @@ class WindowCache:
             assert anchor is not None
             anchor = max([anchor, *(s.anchor for s in touching if s.start == start)])
         born = min([time.monotonic(), *(s.born for s in touching)])
-        merged = Segment(lo, lo, anchor, born, lateness_ms)
+        merged = Segment(lo, lo, anchor, born, self.lateness_ms)
         ordered: list[Row] = []
         for s in touching:
             if s.start < start:
