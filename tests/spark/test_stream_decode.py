@@ -1,14 +1,14 @@
-"""The stream's decoding (JVM + wire.decode for what the JVM leaves) gives wire.decode's verdict
-and values on generated messages, valid and malformed, in the real Spark session."""
+"""The stream's decoding (wire.decode_many over Arrow batches, in Spark's Python workers) gives
+wire.decode's verdict and values, message by message, on generated messages, valid and
+malformed, in the real Spark session."""
 
 from __future__ import annotations
 
 import pytest
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from iotpipe.core import wire
-from iotpipe.stream.decode import decode, jvm_decoded
+from iotpipe.stream.decode import decode
 from wire_messages import SENSOR, messages
 
 
@@ -41,12 +41,14 @@ def test_stream_decoding_agrees_with_wire(spark: SparkSession) -> None:
 
 
 @pytest.mark.spark
-def test_canonical_messages_are_decoded_in_the_jvm(spark: SparkSession) -> None:
-    """What the sensors send never reaches the Python fallback: the JVM alone decides."""
-    raws = [wire.encode(wire.Reading(f"d{i}", SENSOR, i, 1_700_000_000_000 + i, i / 4))
-            for i in range(200)] + [b'{"device":"d","sensor":"x","seq":1,"ts":1,"value":1}']
-    df = spark.createDataFrame([(raw,) for raw in raws], "value binary")
-    out = df.select(jvm_decoded(F.col("value").cast("string"), F.lit(SENSOR)).alias("f"))
-    got = [(r["device"], r["seq"], r["value"], r["valid"]) for r in out.select("f.*").collect()]
-    assert got[:-1] == [(f"d{i}", i, i / 4, True) for i in range(200)]
-    assert got[-1][-1] is False  # another sensor's reading: left to the fallback
+def test_a_batch_of_valid_readings_only(spark: SparkSession) -> None:
+    """What the sensors send: one Arrow batch with no malformed message (the decoder's fast
+    path) comes back exactly, integers marked exact."""
+    readings = [wire.Reading(f"d{i}", SENSOR, i, 1_700_000_000_000 + i, i / 4 if i % 2 else i)
+                for i in range(200)]
+    df = spark.createDataFrame([(i, wire.encode(r)) for i, r in enumerate(readings)],
+                               "i long, value binary")
+    rows = decode(df.coalesce(1), SENSOR).select("i", "r.*").orderBy("i").collect()
+    got = [(r["device"], r["seq"], r["ts"], r["value"], r["exact"], r["valid"]) for r in rows]
+    assert got == [(r.device, r.seq, r.ts, float(r.value), type(r.value) is int, True)
+                   for r in readings]

@@ -1,8 +1,8 @@
 """The Spark Structured Streaming job: Kafka source -> wire format -> watermark + de-duplication
 -> per-sensor totals and event-time windows, folded per micro-batch into a `StreamState`.
 
-Readings are decoded in the JVM, by the wire format's rules (`iotpipe.stream.decode`), so the
-stream and the query service agree on what a valid reading is.
+Readings are decoded by the wire module itself, an Arrow batch at a time
+(`iotpipe.stream.decode`), so the stream and the query service agree on what a valid reading is.
 """
 
 from __future__ import annotations
