@@ -47,10 +47,12 @@ def _stream_env(bootstrap: str, prefix: str, tmp: Path, port: int) -> dict[str, 
             "IOTPIPE_CHECKPOINT_DIR": str(tmp / f"ckpt-{prefix}"), "IOTPIPE_LOG_LEVEL": "WARNING"}
 
 
-def _wait_up(url: str, timeout_s: float = 120) -> None:
+def _wait_until(what: str, ready: Callable[[], object], timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
-    while not scrape(url) and time.monotonic() < deadline:
-        time.sleep(1)
+    while not ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def sustained(bootstrap: str, rate: int, tmp: Path, log: Callable[[str], None]) -> dict:
@@ -62,17 +64,14 @@ def sustained(bootstrap: str, rate: int, tmp: Path, log: Callable[[str], None]) 
                                      "IOTPIPE_TOPIC_PREFIX": prefix}))
     stream = start_service("stream", tmp / f"stream-{rate}.log",
                            _stream_env(bootstrap, prefix, tmp, port))
-    _wait_up(stream_url)
+    _wait_until("the stream's metrics", lambda: scrape(stream_url))
     sensors = start_service("sensors", tmp / f"sensors-{rate}.log", {
         "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": prefix,
         "IOTPIPE_DEVICES_PER_SENSOR": "1000", "IOTPIPE_SENSOR_RATE_HZ": str(rate / 3000),
         "IOTPIPE_SENSORS_METRICS_PORT": str(sport), "IOTPIPE_LOG_LEVEL": "WARNING"})
     try:
-        deadline = time.monotonic() + 180
-        while not _counted(stream_url):  # Spark's start-up and first batch are not the rate
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the stream counted nothing within 180 s at {rate}/s")
-            time.sleep(0.5)
+        # Spark's start-up and first batch are not the rate
+        _wait_until(f"the stream's first readings at {rate}/s", lambda: _counted(stream_url), 180)
         time.sleep(WARMUP_S)
         samples: list[tuple[float, float, float]] = []  # (seconds into the hold, sent, counted)
         t = time.monotonic()
@@ -114,7 +113,7 @@ def latency(bootstrap: str, tmp: Path, samples: int = 60) -> list[float]:
     producer = Producer(settings.kafka.client_config() | {"linger.ms": 0, "acks": "all"})
     out: list[float] = []
     try:
-        _wait_up(url)
+        _wait_until("the stream's metrics", lambda: scrape(url))
         for i in range(samples + 5):
             t = time.monotonic()
             now = int(time.time() * 1000)

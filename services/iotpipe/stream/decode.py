@@ -14,6 +14,7 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_type
 
 from iotpipe.core import wire
 
@@ -24,8 +25,7 @@ DECODED = T.StructType([T.StructField("device", T.StringType()),
                         T.StructField("value", T.DoubleType()),
                         T.StructField("valid", T.BooleanType()),
                         T.StructField("exact", T.BooleanType())])
-_ARROW = pa.struct([("device", pa.string()), ("seq", pa.int64()), ("ts", pa.int64()),
-                    ("value", pa.float64()), ("valid", pa.bool_()), ("exact", pa.bool_())])
+_ARROW = to_arrow_type(DECODED)
 
 
 def decoded_batch(raws: pa.Array, sensor: str) -> pa.StructArray:
