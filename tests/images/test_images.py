@@ -176,6 +176,4 @@ def test_stream_image_exports_the_counts(
             for s in settings.sensors), container, 120)
         assert container.error_lines() == []
     finally:
-        # SIGTERM reaches the driver's JVM, not the Python app: the query ends with an ERROR
-        # and exit 143 (docs/kubernetes.md, known limits); only the run itself is checked.
-        container.stop()
+        _stop_cleanly(container)  # SIGTERM reaches the Python app, which stops Spark cleanly

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
 
 from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError, unwritable
-from iotpipe.core.stopping import StopFlag
+from iotpipe.core.stopping import POLL_S, StopFlag
 from iotpipe.stream.job import build_session, start, under_spark_submit
 from iotpipe.stream.runner import StreamRunner
 
 log = logging.getLogger("iotpipe.stream")
 RESTART_PAUSE_S = 2.0
 MAX_RESTART_PAUSE_S = 30.0
+BATCH_END_WAIT_S = 15.0  # within Kubernetes' default 30 s between SIGTERM and SIGKILL
 
 
 def _check_checkpoint_dir(path: str) -> None:
@@ -69,8 +72,7 @@ def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
                 if query.lastProgress is not None:
                     pause = RESTART_PAUSE_S  # it made progress: the next failure is a new one
         finally:
-            if query.isActive:
-                query.stop()
+            _stop_between_batches(query)
         failure = query.exception()
         if failure is None or stop.is_set():
             return
@@ -78,3 +80,13 @@ def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
                   str(failure).splitlines()[0][:300], pause)
         stop.wait(pause)
         pause = min(pause * 2, MAX_RESTART_PAUSE_S)
+
+
+def _stop_between_batches(query: StreamingQuery) -> None:
+    """`query.stop()` interrupts a running micro-batch: its tasks fail with ERRORs in the log
+    and the batch is redone at the next start. So wait (bounded) for the batch to end first."""
+    deadline = time.monotonic() + BATCH_END_WAIT_S
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    if query.isActive:
+        query.stop()
