@@ -36,8 +36,9 @@ def test_503_while_broker_down_then_recovers(tmp_path: Path, readers: str) -> No
                 "to": format_ms(T0 + 150_000)}
         want = {k: v for k, v in reference(readings, T0 + 10_000, T0 + 150_000).items()
                 if k in body["temperature"]}
-        assert client.post("/compute/metrics", json=body).get_json()["result"] == {
-            "temperature": want}
+        for _ in range(2):  # asked again: kept in the window cache
+            assert client.post("/compute/metrics", json=body).get_json()["result"] == {
+                "temperature": want}
 
         other = body | {"from": format_ms(T0 + 5_000)}  # starts before what is held
         other_want = {k: v for k, v in reference(readings, T0 + 5_000, T0 + 150_000).items()

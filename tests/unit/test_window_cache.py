@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
-from iotpipe.query.range_scan import Row
-from iotpipe.query.window_cache import WindowCache
+from iotpipe.query.range_scan import PartitionRange, Row
+from iotpipe.query.window_cache import ASKED, WindowCache
 
 NEVER_LATE = 10**15  # these tests are about what memory holds, not about lateness
 
@@ -175,3 +175,22 @@ def test_range_split_over_two_segments_still_counts_each_reading_once() -> None:
     read.fold(agg, SeenReadings(), 1020, 1200)
     assert same(agg, reference(rows, 2, 10, 1020, 1200))
     assert (agg.count, agg.duplicates) == (7, 1)
+
+
+def test_a_range_is_admitted_once_asked_again_or_touching_what_is_held() -> None:
+    cache = WindowCache(1000, 300, NEVER_LATE)
+
+    def r(start: int, end: int, partition: int = PART) -> PartitionRange:
+        return PartitionRange(TOPIC, "t", partition, start, end)
+
+    assert not cache.admits([r(100, 200)])  # first asked: read from the broker, remembered
+    assert not cache.admits([r(300, 400)])  # no overlap with what was asked
+    assert not cache.admits([r(150, 250, PART + 1)])  # another partition
+    assert cache.admits([r(150, 250)])  # overlaps an earlier ask: a window asked again
+    assert cache.admits([r(900, 950), r(390, 500)])  # one range of the part is enough
+    rows: list[Row] = [(o, 1000 + o, "d", o, 1000 + o, 1) for o in range(600, 700)]
+    cache.add(TOPIC, PART, 600, 700, 1000, rows)
+    assert cache.admits([r(700, 760)])  # touches a held segment: extends it
+    for k in range(ASKED):  # older asks are forgotten
+        cache.admits([r(10_000 + 10 * k, 10_005 + 10 * k)])
+    assert not cache.admits([r(160, 170)])

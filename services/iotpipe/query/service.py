@@ -2,12 +2,12 @@
 `rollups`), the rest from the readings, every part, topic and partition read in parallel.
 
 The offset lookups of all the sensors asked are a few broker requests, made in the request's
-thread. Scans of small windows run in threads (their time is network latency), and what they
-decode is kept in the worker's WindowCache: a later window over the same offsets (a dashboard
-refreshing, a window sliding forward) reads only what is new. Scans of large windows are
-CPU-bound (decoding JSON), so with `IOTPIPE_QUERY_READERS > 0` they run in that many reader
-processes, each keeping its own reused consumer, and are not cached (memory stays bounded by
-the fetch sizes).
+thread. Scans of small windows run in threads (their time is network latency); once a window
+is asked for again, what they decode is kept in the worker's WindowCache: a later window over
+the same offsets (a dashboard refreshing, a window sliding forward) reads only what is new.
+Scans of large windows are CPU-bound (decoding JSON), so with `IOTPIPE_QUERY_READERS > 0` they
+run in that many reader processes, each keeping its own reused consumer, and are not cached
+(memory stays bounded by the fetch sizes).
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ class WindowMetricsService:
                 totals[sensor] = WindowAggregate()
         messages = sum(r.end - r.start for r in ranges)
         part = _Part(lo, hi, deadline, s.allowed_lateness_ms)
-        if cache is not None and messages < SMALL_SCAN:
+        if cache is not None and messages < SMALL_SCAN and cache.admits(ranges):
             self._fold_cached(cache, ranges, part, totals)
         else:
             self._fold_scanned(ranges, messages, part, totals)

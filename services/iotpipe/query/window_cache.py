@@ -10,17 +10,20 @@ segment ended at a timestamp lookup's answer, it also keeps that time (`after`: 
 `end` is stamped at or after it), so a closed window ending there needs no broker either.
 
 Bounded by a number of messages (least recently used segments go first) and by an age, so a
-topic's retention or its deletion is seen within `IOTPIPE_QUERY_CACHE_SECONDS`.
+topic's retention or its deletion is seen within `IOTPIPE_QUERY_CACHE_SECONDS`. A range enters
+only once it is asked for again (see `admits`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
-from iotpipe.query.range_scan import Row
+from iotpipe.query.range_scan import PartitionRange, Row
 from iotpipe.query.segment import Segment
 
 
@@ -61,6 +64,9 @@ class Bounds:
     end: int | None
 
 
+ASKED = 64  # ranges remembered per partition, to know a range asked for again
+
+
 class WindowCache:
     """Segments per (topic, partition); thread-safe; shared by the threads of one worker."""
 
@@ -70,6 +76,7 @@ class WindowCache:
         self._segments: dict[tuple[str, int], list[Segment]] = {}
         self._size = 0
         self._names: dict[str, str] = {}  # one str object per device name
+        self._asked: dict[tuple[str, int], deque[tuple[int, int]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -88,6 +95,23 @@ class WindowCache:
                     self._drop(key, s)
             segs = self._segments.get(key, [])
         return segs
+
+    def admits(self, ranges: Iterable[PartitionRange]) -> bool:
+        """Whether to read these ranges through memory: it holds or touches one of them, or a
+        recent request asked for one overlapping it (a window asked again: a dashboard
+        refreshing, a window sliding forward). Ranges asked for the first time are read from
+        the broker and only remembered: keeping windows that are never asked again (random
+        history) would cost a copy each and evict what is."""
+        again = False
+        with self._lock:
+            for r in ranges:
+                key = (r.topic, r.partition)
+                asked = self._asked.setdefault(key, deque(maxlen=ASKED))
+                again = again or any(s.start <= r.end and r.start <= s.end
+                                     for s in self._live(key)) \
+                    or any(a <= r.end and r.start <= b for a, b in asked)
+                asked.append((r.start, r.end))
+        return again
 
     def bounds(self, topic: str, partition: int, from_ms: int,
                stop_ms: int | None) -> Bounds | None:
