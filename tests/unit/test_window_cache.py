@@ -184,6 +184,7 @@ def test_a_range_is_admitted_once_asked_again_or_touching_what_is_held() -> None
         return PartitionRange(TOPIC, "t", partition, start, end)
 
     assert not cache.admits([r(100, 200)])  # first asked: read from the broker, remembered
+    assert not cache.admits([r(200, 300)])  # right after it: no offset asked twice
     assert not cache.admits([r(300, 400)])  # no overlap with what was asked
     assert not cache.admits([r(150, 250, PART + 1)])  # another partition
     assert cache.admits([r(150, 250)])  # overlaps an earlier ask: a window asked again

@@ -109,7 +109,7 @@ class WindowCache:
                 asked = self._asked.setdefault(key, deque(maxlen=ASKED))
                 again = again or any(s.start <= r.end and r.start <= s.end
                                      for s in self._live(key)) \
-                    or any(a <= r.end and r.start <= b for a, b in asked)
+                    or any(a < r.end and r.start < b for a, b in asked)
                 asked.append((r.start, r.end))
         return again
 
