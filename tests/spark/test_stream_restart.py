@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from iotpipe.bench.measure import child_pids
 from iotpipe.core.wire import Bucket, Reading, bucket_key
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import start_service, stop_pid, stop_process
+from iotpipe.localstack.processes import child_pids, start_service, stop_pid, stop_process
 from kafka_helpers import create_topics, produce, read_rollups, settings_for, unique_prefix
 from stream_reference import Expected, wait_counts
 

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import subprocess
 import threading
 from pathlib import Path
 
-
-def child_pids(pid: int) -> list[int]:
-    kids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    return kids
-
-
-def tree_pids(pid: int) -> list[int]:
-    """A process and all its live descendants."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += child_pids(p)
-    return found
+from iotpipe.localstack.processes import tree_pids
 
 
 def tree_rss_mib(pid: int) -> float:

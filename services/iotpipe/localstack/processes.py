@@ -40,7 +40,10 @@ def start_service(service: str, log_file: Path, env: dict[str, str] | None = Non
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    """SIGTERM one of our children, wait, SIGKILL if it lingers; return its exit status."""
+    """SIGTERM one of our children, wait, SIGKILL if it lingers; return its exit status.
+    Processes it started and that outlive it (a Spark JVM whose shutdown hangs) are stopped
+    too: left alone they would hold ports and CPU with no parent to stop them."""
+    started = tree_pids(proc.pid)[1:] if proc.poll() is None else []
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -48,7 +51,29 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    terminate([p for p in started if pid_alive(p)], LEFT_BEHIND_S)
     return proc.returncode
+
+
+LEFT_BEHIND_S = 10.0  # for what a stopped process started to exit on its own (a JVM's hooks)
+
+
+def child_pids(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its live descendants."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += child_pids(p)
+    return found
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0) -> bool:
