@@ -23,13 +23,15 @@ class ChartContainer:
     container: Doc
     volumes: dict[str, Doc]
     args: list[str] = field(default_factory=list)
+    grace_s: int = 30  # the pod's terminationGracePeriodSeconds: SIGTERM, then SIGKILL
 
     @classmethod
     def deployment(cls, r: Rendering, name: str) -> ChartContainer:
         pod = r.one("Deployment", name)["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         return cls(container["image"], pod["securityContext"], container,
-                   {v["name"]: v for v in pod.get("volumes", [])})
+                   {v["name"]: v for v in pod.get("volumes", [])},
+                   grace_s=pod.get("terminationGracePeriodSeconds", 30))
 
     @classmethod
     def spark_driver(cls, r: Rendering, name: str, master: str) -> ChartContainer:
@@ -40,7 +42,8 @@ class ChartContainer:
         confs = [a for k, v in spec.get("sparkConf", {}).items() for a in ("--conf", f"{k}={v}")]
         args = ["driver", "--master", master, *confs, spec["mainApplicationFile"]]
         return cls(spec["image"], driver["podSecurityContext"], driver,
-                   {v["name"]: v for v in spec.get("volumes", [])}, args)
+                   {v["name"]: v for v in spec.get("volumes", [])}, args,
+                   driver.get("terminationGracePeriodSeconds", 30))
 
     def run_args(self, name: str, env: dict[str, str], binds: dict[str, Path]) -> list[str]:
         """`docker run` arguments; emptyDir volumes become tmpfs mounts, others `binds`."""
@@ -72,7 +75,7 @@ class Container:
 
     def __init__(self, engine: Engine, spec: ChartContainer, name: str, env: dict[str, str],
                  log: Path, binds: dict[str, Path] | None = None) -> None:
-        self.engine, self.name, self.log = engine, name, log
+        self.engine, self.name, self.log, self.grace_s = engine, name, log, spec.grace_s
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 ["docker", *spec.run_args(name, env, binds or {})], env=engine.env(),
@@ -84,10 +87,11 @@ class Container:
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout_s: int = 30) -> int:
-        """SIGTERM, as Kubernetes stops a pod; returns the container's exit code."""
-        self.engine.docker("stop", "-t", str(timeout_s), self.name, timeout=timeout_s + 30,
-                           check=False)
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes stops a pod (SIGKILL after the pod's grace period); returns
+        the container's exit code."""
+        self.engine.docker("stop", "-t", str(self.grace_s), self.name,
+                           timeout=self.grace_s + 30, check=False)
         try:
             return self.proc.wait(30)
         finally:

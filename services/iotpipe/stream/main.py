@@ -20,7 +20,7 @@ from iotpipe.stream.runner import StreamRunner
 log = logging.getLogger("iotpipe.stream")
 RESTART_PAUSE_S = 2.0
 MAX_RESTART_PAUSE_S = 30.0
-BATCH_END_WAIT_S = 15.0  # within Kubernetes' default 30 s between SIGTERM and SIGKILL
+BATCH_END_WAIT_S = 40.0  # the chart gives the driver pod 60 s between SIGTERM and SIGKILL
 
 
 def _check_checkpoint_dir(path: str) -> None:
