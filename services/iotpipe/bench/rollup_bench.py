@@ -28,6 +28,7 @@ from iotpipe.query.timestamps import format_ms
 
 PREFIX, DEVICES, DAYS = "roll-", 3, 8
 WRK_S = 60
+ROLLUPS_BEHIND_S = 300  # the last buckets wait for the lateness and the watermark
 DAY_MS = 86_400_000
 # window -> (length ms, requests with rollups on, requests without: reading is slow)
 WINDOWS = {"1 minute": (60_000, 40, 40), "1 hour": (3_600_000, 40, 20),
@@ -77,13 +78,14 @@ def _serve(bootstrap: str, workdir: Path, name: str, **env: str) -> tuple[Popen[
     return proc, f"http://127.0.0.1:{port}/compute/metrics", f"http://127.0.0.1:{metrics}/metrics"
 
 
-def _wait_rollups(metrics_url: str, lag_s: float) -> None:
-    """Until every worker's index holds the rollups (its lag gauge is small)."""
+def _wait_rollups(metrics_url: str, end_ms: int) -> None:
+    """Until every worker's index holds the rollups: its lag gauge (seconds behind the clock)
+    is within a few buckets of the newest reading's age."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
         m = re.search(r"^iotpipe_query_rollup_lag_seconds (\S+)$", text, re.M)
-        if m and float(m[1]) < lag_s:
+        if m and float(m[1]) < time.time() - end_ms / 1000 + ROLLUPS_BEHIND_S:
             return
         time.sleep(1)
     raise RuntimeError("the query service did not read the rollups within 5 minutes")
@@ -124,7 +126,7 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
     on, on_url, on_metrics = _serve(bootstrap, workdir, "rollups-on")
     off, off_url, _ = _serve(bootstrap, workdir, "rollups-off", IOTPIPE_QUERY_ROLLUPS="false")
     try:
-        _wait_rollups(on_metrics, 600)
+        _wait_rollups(on_metrics, end_ms)
         for window, (length, n_on, n_off) in WINDOWS.items():
             starts = [rng.randrange(first_ms, last_ms - length) for _ in range(n_on)]
             rss_before = tree_rss_mib(on.pid)
@@ -144,14 +146,15 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
         stop_process(off)
         body = json.dumps({s: METRICS for s in settings.sensors} | {"from": "%s", "to": "%s"})
         lua = LUA % (first_ms // 1000, last_ms // 1000, 7 * 86_400, body)
-        for cache, proc_url in (("on", on_url), ("off", None)):
-            proc = None
-            if proc_url is None:
+        for cache in ("on", "off"):
+            server, proc_url = on, on_url
+            if cache == "off":
                 stop_process(on)  # idle meanwhile, but its CPU would count as the rest's
-                proc, proc_url, metrics = _serve(bootstrap, workdir, "cache-off",
-                                                 IOTPIPE_QUERY_CACHE_MESSAGES="0")
-                _wait_rollups(metrics, 600)
-            pid = (proc or on).pid
+                off, proc_url, metrics = _serve(bootstrap, workdir, "cache-off",
+                                                IOTPIPE_QUERY_CACHE_MESSAGES="0")
+                server = off  # stopped below, or by `finally` if anything fails
+                _wait_rollups(metrics, end_ms)
+            pid = server.pid
             service_s, busy_s = tree_cpu_s(pid), machine_busy_s()
             r = wrk(proc_url, lua, 64, WRK_S, workdir)
             service_s, busy_s = tree_cpu_s(pid) - service_s, machine_busy_s() - busy_s
@@ -163,8 +166,7 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
                 f"p99 {r['p99']:.1f} ms, errors {r['errors']:.0f}; CPU per request: service "
                 f"{r['service_ms']:.1f} ms, rest {r['rest_ms']:.1f} ms; cores busy "
                 f"{r['busy']:.2f}")
-            if proc is not None:
-                stop_process(proc)
+            stop_process(server)
     finally:
         stop_process(on)
         stop_process(off)
