@@ -76,6 +76,7 @@ class Container:
     def __init__(self, engine: Engine, spec: ChartContainer, name: str, env: dict[str, str],
                  log: Path, binds: dict[str, Path] | None = None) -> None:
         self.engine, self.name, self.log, self.grace_s = engine, name, log, spec.grace_s
+        self.exit_code: int | None = None
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 ["docker", *spec.run_args(name, env, binds or {})], env=engine.env(),
@@ -93,7 +94,8 @@ class Container:
         self.engine.docker("stop", "-t", str(self.grace_s), self.name,
                            timeout=self.grace_s + 30, check=False)
         try:
-            return self.proc.wait(30)
+            self.exit_code = self.proc.wait(30)
+            return self.exit_code
         finally:
             self.remove()
 

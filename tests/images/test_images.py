@@ -51,8 +51,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop_cleanly(container: Container) -> None:
-    code = container.stop()
+def _stopped_cleanly(container: Container) -> None:
+    """After `container.stop()` in the test's `finally` (asserted only if the test got there)."""
+    code = container.exit_code
     assert code == 0, f"{container.name} exited {code}:\n{container.text()[-3000:]}"
     assert container.error_lines() == []
 
@@ -82,7 +83,8 @@ def test_query_image_answers_the_readme_example(
         status, body = _post(f"http://127.0.0.1:{port}/compute/metrics", README_BODY[:-1] + ",}")
         assert status == 400 and "Request body is not valid JSON" in body
     finally:
-        _stop_cleanly(container)
+        container.stop()
+    _stopped_cleanly(container)
 
 
 def _post(url: str, body: str) -> tuple[int, str]:
@@ -116,7 +118,8 @@ def test_sensors_image_readings_reach_kafka(
                 ("iotpipe_sensor_readings_sent_total", "temperature"), 0) >= len(readings),
               container, 60)
     finally:
-        _stop_cleanly(container)
+        container.stop()
+    _stopped_cleanly(container)
 
 
 def _env(spec: ChartContainer, key: str) -> str:
@@ -176,4 +179,5 @@ def test_stream_image_exports_the_counts(
             for s in settings.sensors), container, 120)
         assert container.error_lines() == []
     finally:
-        _stop_cleanly(container)  # SIGTERM reaches the Python app, which stops Spark cleanly
+        container.stop()
+    _stopped_cleanly(container)  # SIGTERM reached the Python app, which stopped Spark cleanly

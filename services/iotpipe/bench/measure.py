@@ -25,14 +25,15 @@ def tree_rss_mib(pid: int) -> float:
 
 
 def tree_cpu_s(pid: int) -> float:
-    """CPU time (user + system) a process and its live descendants have used, seconds."""
+    """CPU time (user + system) a process and its live descendants have used, with their
+    children that have exited and been reaped, seconds."""
     total = 0
     for p in tree_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
+        total += sum(map(int, fields[11:15]))  # its own and its reaped children's
     return total / os.sysconf("SC_CLK_TCK")
 
 

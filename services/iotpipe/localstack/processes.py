@@ -55,7 +55,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
     return proc.returncode
 
 
-LEFT_BEHIND_S = 10.0  # for what a stopped process started to exit on its own (a JVM's hooks)
+LEFT_BEHIND_S = 10.0  # after SIGTERM, for what a stopped process left behind; then SIGKILL
 
 
 def child_pids(pid: int) -> list[int]:

@@ -15,7 +15,7 @@ from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError, unwritable
 from iotpipe.core.stopping import POLL_S, StopFlag
 from iotpipe.stream.job import build_session, start, under_spark_submit
-from iotpipe.stream.runner import StreamRunner
+from iotpipe.stream.runner import StreamRunner, progress_dict
 
 log = logging.getLogger("iotpipe.stream")
 RESTART_PAUSE_S = 2.0
@@ -30,6 +30,8 @@ def _check_checkpoint_dir(path: str) -> None:
 
 
 def main() -> None:
+    stop = StopFlag()
+    stop.set_on_signals()  # first: a SIGTERM during start-up is a stop request too
     try:
         settings = Settings.from_env()
         _check_checkpoint_dir(settings.checkpoint_dir)
@@ -45,8 +47,6 @@ def main() -> None:
     registry = CollectorRegistry()
     registry.register(runner.collector)
     start_http_server(settings.stream_metrics_port, settings.metrics_host, registry=registry)
-    stop = StopFlag()
-    stop.set_on_signals()
     spark = build_session(settings, jars)
     log.info("streaming %s from %s; metrics on %s:%d", ", ".join(settings.sensors),
              settings.kafka.bootstrap, settings.metrics_host, settings.stream_metrics_port)
@@ -84,9 +84,18 @@ def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
 
 def _stop_between_batches(query: StreamingQuery) -> None:
     """`query.stop()` interrupts a running micro-batch: its tasks fail with ERRORs in the log
-    and the batch is redone at the next start. So wait (bounded) for the batch to end first."""
+    and the batch is redone at the next start. So stop when no batch runs: the trigger is idle,
+    or a batch has just been committed (a stream that is behind starts the next one at once,
+    but that one is still planning). Bounded: past BATCH_END_WAIT_S, stop anyway."""
+    committed = _last_batch(query)
     deadline = time.monotonic() + BATCH_END_WAIT_S
-    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+    while (query.isActive and query.status["isTriggerActive"]
+           and _last_batch(query) == committed and time.monotonic() < deadline):
         time.sleep(POLL_S)
     if query.isActive:
         query.stop()
+
+
+def _last_batch(query: StreamingQuery) -> int | None:
+    progress = query.lastProgress
+    return None if progress is None else progress_dict(progress).get("batchId")

@@ -18,7 +18,7 @@ from iotpipe.stream.state import StateStore, Stats, StreamState
 log = logging.getLogger("iotpipe.stream")
 
 
-def _as_dict(progress: Any) -> dict[str, Any]:
+def progress_dict(progress: Any) -> dict[str, Any]:
     """A progress report as plain JSON data (pyspark hands out Row-valued objects)."""
     raw = getattr(progress, "json", None)
     return json.loads(raw) if isinstance(raw, str) else dict(progress)
@@ -45,7 +45,7 @@ class StreamRunner:
     def absorb_progress(self, query: StreamingQuery) -> None:
         """Fold the counters of every executed batch not folded yet (recentProgress)."""
         for raw in query.recentProgress:
-            p = _as_dict(raw)
+            p = progress_dict(raw)
             if "addBatch" not in p.get("durationMs", {}):
                 continue  # an idle report, not an executed batch
             c = progress_counters(p, self.settings.sensors)
