@@ -6,9 +6,25 @@ import os
 import platform
 import subprocess
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
+from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+
 from iotpipe.localstack.processes import tree_pids
+
+
+def topic_partitions(consumer: Consumer, topics: Iterable[str],
+                     offset: int = OFFSET_INVALID) -> list[TopicPartition]:
+    """Every partition of these topics, at `offset` (for `assign`)."""
+    return [TopicPartition(topic, p, offset) for topic in topics
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+
+
+def messages_in(consumer: Consumer, partitions: Iterable[TopicPartition]) -> int:
+    """Messages in these partitions now: the sum of their end offsets, exact at any moment."""
+    return sum(consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+               for tp in partitions)
 
 
 def tree_rss_mib(pid: int) -> float:

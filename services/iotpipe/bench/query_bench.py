@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
-from iotpipe.bench.measure import PeakRss, percentile
+from iotpipe.bench.measure import PeakRss, messages_in, percentile, topic_partitions
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import free_port
@@ -112,12 +112,8 @@ def raw_consume_rate(settings: Settings) -> float:
         "group.id": "iotpipe-bench-raw", "enable.auto.commit": False,
         "fetch.max.bytes": 50 * 2**20, "max.partition.fetch.bytes": 10 * 2**20,
         "queued.min.messages": 1_000_000, "queued.max.messages.kbytes": 256 * 1024})
-    tps = []
-    for sensor in SENSORS:
-        topic = settings.topic(sensor)
-        for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
-            tps.append(TopicPartition(topic, p, 0))
-    total = sum(c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)
+    tps = topic_partitions(c, map(settings.topic, SENSORS), 0)
+    total = messages_in(c, tps)
     thresholds = gc.get_threshold()
     gc.set_threshold(*READER_GC_THRESHOLDS)
     t = time.perf_counter()

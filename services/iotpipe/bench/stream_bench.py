@@ -8,10 +8,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from iotpipe.bench import stream_backlog
-from iotpipe.bench.measure import machine_busy_s, percentile, tree_cpu_s
+from iotpipe.bench.measure import (
+    machine_busy_s,
+    messages_in,
+    percentile,
+    topic_partitions,
+    tree_cpu_s,
+)
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import free_port
@@ -39,21 +45,17 @@ def _counted(url: str) -> float | None:
 
 
 class _Written:
-    """Readings in the sensor topics now: the sum of their partitions' end offsets, exact at any
-    moment (the simulator's acknowledgements come in bursts)."""
+    """Readings in the sensor topics now (the simulator's acknowledgements come in bursts)."""
 
     def __init__(self, settings: Settings) -> None:
         self.consumer = Consumer(settings.kafka.client_config() | {"group.id": "iotpipe-bench"})
         topics = [settings.topic(sensor) for sensor in settings.sensors]
-        self.partitions = [TopicPartition(topic, p) for topic in topics
-                           for p in self.consumer.list_topics(topic, timeout=10)
-                           .topics[topic].partitions]
+        self.partitions = topic_partitions(self.consumer, topics)
         if not self.partitions:
             raise RuntimeError(f"no partitions found for {', '.join(topics)}")
 
     def __call__(self) -> int:
-        return sum(self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-                   for tp in self.partitions)
+        return messages_in(self.consumer, self.partitions)
 
     def close(self) -> None:
         self.consumer.close()
