@@ -12,6 +12,7 @@ from images import Engine
 from k8s.k8s_support import Rendering, env_of
 
 Doc = dict[str, Any]
+GRACE_S = 30  # Kubernetes' terminationGracePeriodSeconds when a pod sets none
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ChartContainer:
     container: Doc
     volumes: dict[str, Doc]
     args: list[str] = field(default_factory=list)
-    grace_s: int = 30  # the pod's terminationGracePeriodSeconds: SIGTERM, then SIGKILL
+    grace_s: int = GRACE_S  # the pod's terminationGracePeriodSeconds: SIGTERM, then SIGKILL
 
     @classmethod
     def deployment(cls, r: Rendering, name: str) -> ChartContainer:
@@ -31,7 +32,7 @@ class ChartContainer:
         (container,) = pod["containers"]
         return cls(container["image"], pod["securityContext"], container,
                    {v["name"]: v for v in pod.get("volumes", [])},
-                   grace_s=pod.get("terminationGracePeriodSeconds", 30))
+                   grace_s=pod.get("terminationGracePeriodSeconds", GRACE_S))
 
     @classmethod
     def spark_driver(cls, r: Rendering, name: str, master: str) -> ChartContainer:
@@ -43,7 +44,7 @@ class ChartContainer:
         args = ["driver", "--master", master, *confs, spec["mainApplicationFile"]]
         return cls(spec["image"], driver["podSecurityContext"], driver,
                    {v["name"]: v for v in spec.get("volumes", [])}, args,
-                   driver.get("terminationGracePeriodSeconds", 30))
+                   driver.get("terminationGracePeriodSeconds", GRACE_S))
 
     def run_args(self, name: str, env: dict[str, str], binds: dict[str, Path]) -> list[str]:
         """`docker run` arguments; emptyDir volumes become tmpfs mounts, others `binds`."""
