@@ -26,6 +26,10 @@ def _run(spark: SparkSession, settings: Settings) -> StreamRunner:
     query = start(spark, settings, runner.store, runner.on_batch, available_now=True)
     assert query.awaitTermination(300), "the availableNow query did not finish"
     assert query.exception() is None
+    operators = query.lastProgress["stateOperators"]
+    assert len(operators) == len(settings.sensors)  # one de-duplication per sensor branch
+    for op in operators:  # its state in RocksDB, off the driver's heap
+        assert any(k.startswith("rocksdb") for k in op["customMetrics"]), op
     runner.absorb_progress(query)
     runner.publish()
     return runner

@@ -28,6 +28,8 @@ log = logging.getLogger("iotpipe.stream")
 SCAN_TASKS = 2  # local[2]
 
 MAX_OFFSETS_PER_TRIGGER = 200_000  # per sensor: a backlog is read in bounded micro-batches
+ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+ROCKSDB_MEMORY_MB = 256  # all state stores together (native memory, in the pod's overhead)
 
 
 def under_spark_submit() -> bool:
@@ -51,6 +53,13 @@ def build_session(settings: Settings, jars: list[str]) -> SparkSession:
                    .config("spark.sql.ui.retainedExecutions", "10"))
     spark = (builder
              .config("spark.sql.shuffle.partitions", "2")
+             # the de-duplication state holds every reading within the lateness: off the heap
+             .config("spark.sql.streaming.stateStore.providerClass", ROCKSDB_PROVIDER)
+             .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled",
+                     "true")
+             .config("spark.sql.streaming.stateStore.rocksdb.boundedMemoryUsage", "true")
+             .config("spark.sql.streaming.stateStore.rocksdb.maxMemoryUsageMB",
+                     str(ROCKSDB_MEMORY_MB))
              .config("spark.sql.streaming.metricsEnabled", "false")
              .config("spark.sql.streaming.multipleWatermarkPolicy", "max")
              .config("spark.sql.session.timeZone", "UTC")
