@@ -1,6 +1,6 @@
 """Streaming aggregation of readings: constant memory per device, mergeable across partitions.
 
-`SeenReadings` remembers which (device, seq) were counted: per device one packed int while its
+`SeenReadings` remembers which (device, seq) were counted: per device one int while its
 seqs form one run, a `SeqSet` of runs otherwise, so memory grows with the number of devices
 and gaps, not with the number of readings.
 `WindowAggregate` keeps count, exact sum (Python ints stay exact), min, max and shifted sums
@@ -56,14 +56,19 @@ class SeqSet:
         return sum(h - lo + 1 for lo, h in zip(self.los, self.his, strict=True))
 
 
-_LOW = (1 << 64) - 1  # a run [first, last] is packed as first << 64 | last
+_LOW = (1 << 64) - 1  # a run [first, last] of two or more is packed as (first + 1) << 64 | last
+
+
+def run_ends(run: int) -> tuple[int, int]:
+    """(first, last) of a device's entry in `SeenReadings.runs`: a seq alone, or a packed run."""
+    return ((run >> 64) - 1, run & _LOW) if run > _LOW else (run, run)
 
 
 class SeenReadings:
     """The (device, seq) pairs counted so far, each device in as little memory as it needs:
-    while its seqs form one run of consecutive numbers (the common case, whatever the order of
-    the devices), one int packing the run's ends; once they do not (a gap filled later, a
-    reading sent again after others), a SeqSet."""
+    its seq while it has one reading (a fleet of many devices), one int packing the ends of a
+    run of consecutive seqs (the common case, whatever the order of the devices), and a SeqSet
+    only once a device's seqs have a gap (filled later, or a reading sent again after others)."""
 
     __slots__ = ("runs", "sets")
 
@@ -81,27 +86,28 @@ class SeenReadings:
 
     def add_all(self, devices: Sequence[str], seqs: Sequence[int]) -> list[int]:
         """Note each reading; return the indices of those noted before (repeats)."""
-        runs, get, repeated = self.runs, self.runs.get, []
+        runs, get, sets, repeated = self.runs, self.runs.get, self.sets, []
         for i, device, seq in zip(count(), devices, seqs):
             run = get(device)
-            if run is not None and (run & _LOW) + 1 == seq:  # the next one: the hot path
-                runs[device] = run + 1
-            elif not self._add(device, seq, run):
+            if run is None:
+                if not sets or device not in sets:  # a device new to the window
+                    runs[device] = seq
+                    continue
+            elif (run & _LOW) + 1 == seq:  # the next one: the hot path
+                runs[device] = run + 1 if run > _LOW else (run + 1) << 64 | seq
+                continue
+            if not self._add(device, seq, run):
                 repeated.append(i)
         return repeated
 
     def _add(self, device: str, seq: int, run: int | None) -> bool:
         if run is None:
-            seqs = self.sets.get(device)
-            if seqs is None:
-                self.runs[device] = seq << 64 | seq
-                return True
-            return seqs.add(seq)
-        first, last = run >> 64, run & _LOW
+            return self.sets[device].add(seq)
+        first, last = run_ends(run)
         if first <= seq <= last:
             return False
         if seq == first - 1:
-            self.runs[device] = seq << 64 | last
+            self.runs[device] = (seq + 1) << 64 | last
             return True
         del self.runs[device]
         seqs = self.sets[device] = SeqSet(first, last)

@@ -302,12 +302,13 @@ def _shared(parts: list[array[int]]) -> bool:
     the sensor is read again needlessly, never wrongly)."""
     if len(parts) < 2:
         return False
-    held = set(parts[0])
-    for part in parts[1:]:
+    *smaller, largest = sorted(parts, key=len)  # the largest is only looked up, never held
+    held: set[int] = set()
+    for part in smaller:
         if not held.isdisjoint(part):
             return True
         held.update(part)
-    return False
+    return not held.isdisjoint(largest)
 
 
 def _count(sensor: str, total: WindowAggregate) -> None:
