@@ -91,7 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "IOTPIPE_SENSOR_RATE_HZ": "5", "IOTPIPE_KAFKA_TIMEOUT_SECONDS": "2",
         "IOTPIPE_ALLOWED_LATENESS_SECONDS": "600",  # a slow broker restart drops nothing
         "IOTPIPE_QUERY_WORKERS": "1", "IOTPIPE_QUERY_READERS": "1",
-        "IOTPIPE_STREAM_CONSOLE": "false", "IOTPIPE_KAFKA_HEAP": "256m"}
+        "IOTPIPE_STREAM_CONSOLE": "false"}  # the broker with its default heap, as `make run`
     s = Stack(env, tmp, Settings.from_env(env), Supervisor(tmp / "data" / "run"))
     up = s.cli("up")
     try:

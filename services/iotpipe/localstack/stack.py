@@ -204,8 +204,10 @@ class LocalStack:
         return lines, all(i["statename"] == "RUNNING" for i in infos)
 
     def run_foreground(self) -> None:
-        """`up`, the live table until Ctrl-C (or SIGTERM, or the terminal closing), `down`."""
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        """`up`, the live table until Ctrl-C (or SIGTERM, or the terminal closing), `down`.
+        Ctrl-C too is set here: a process started in the background by a script inherits
+        SIGINT ignored, and Python then leaves it so."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.default_int_handler)
         board = StatusBoard(self.settings)
         try:
