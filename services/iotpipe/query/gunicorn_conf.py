@@ -39,11 +39,24 @@ if _s.log_format == "json":
         "bytes": "%(B)s", "duration_ms": "%(M)s", "agent": "%(a)s"})
 
 
+_metrics_server: Any = None
+
+
 def when_ready(server: Any) -> None:
     """/metrics of all workers on their own port: no API token, never routed by an Ingress."""
+    global _metrics_server
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    start_http_server(_s.query_metrics_port, addr=_s.metrics_host, registry=registry)
+    _metrics_server, _ = start_http_server(_s.query_metrics_port, addr=_s.metrics_host,
+                                           registry=registry)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A worker lets go of the master's /metrics socket (inherited by the fork): a master
+    killed with -9 then frees that port at once, not once its orphaned workers have exited,
+    and its restart can bind it."""
+    if _metrics_server is not None:
+        _metrics_server.socket.close()
 
 
 def post_worker_init(worker: Any) -> None:
