@@ -215,8 +215,10 @@ def test_nothing_acknowledged_is_lost_and_the_stream_counts_once(stack: Stack) -
         assert len(got) == len(set(got)), f"{device}: a reading written twice"
         got.sort()
         runs = 1 + sum(b != a + 1 for a, b in itertools.pairwise(got))
-        # one unbroken run of seqs per sensors process: a gap would be a lost reading
-        assert runs == stack.sensor_runs, f"{device}: {runs} runs of seqs"
+        # one unbroken run of seqs per sensors process, a gap would be a lost reading; a
+        # restarted process may go on right after the last seq (seqs start at now x rate),
+        # which joins two runs into one
+        assert 1 <= runs <= stack.sensor_runs, f"{device}: {runs} runs of seqs"
     url = f"http://127.0.0.1:{stack.settings.stream_metrics_port}/metrics"
     want = {s: sum(r.sensor == s for r in readings) for s in stack.settings.sensors}
     wait_counts(url, want, 300, stack.supervisor.run_dir / "stream.log")
