@@ -99,10 +99,13 @@ def test_metrics_are_not_on_the_api_port(server: str) -> None:
 
 def test_metrics_port_needs_no_token_when_the_api_does(query_server: Server,
                                                        tmp_path: Path) -> None:
+    """Also: the workers run on uvloop (logged at DEBUG; gunicorn would fall back silently)."""
     (tmp_path / "token").write_text(TOKEN)
     metrics_port = free_port()
     with query_server(tmp_path, IOTPIPE_API_TOKEN_FILE=str(tmp_path / "token"),
-                      IOTPIPE_QUERY_METRICS_PORT=str(metrics_port)) as url:
+                      IOTPIPE_QUERY_METRICS_PORT=str(metrics_port),
+                      IOTPIPE_LOG_LEVEL="DEBUG") as url:
+        assert "Using uvloop event loop" in (tmp_path / "query.log").read_text()
         status, _ = http_post_json(f"{url}/compute/metrics", {"from": "x", "to": "y"})
         assert status == 401
         status, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")

@@ -19,9 +19,9 @@ workers = _s.query_workers
 worker_class = "iotpipe.query.front.QueryWorker"
 worker_connections = _s.query_max_connections
 asgi_lifespan = "off"
-# asyncio's own loop, also where uvloop is installed: uvloop was faster under load, but its
-# workers twice failed to stop in time in the test suite (see docs/benchmarks.md)
-asgi_loop = "asyncio"
+# uvloop, not asyncio's pure-Python loop: the loop shares the worker's GIL with the Flask
+# threads, and asyncio's spent most of it under load (a dependency; a test checks it is used)
+asgi_loop = "uvloop"
 timeout = int(_s.query_deadline_s) + 10  # a worker is killed only well after its deadline
 graceful_timeout = 10
 keepalive = 5
