@@ -76,6 +76,9 @@ def _load_last_hour(settings: Settings) -> int:
 
 
 def wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[str, float]:
+    """requests/s, p50 and p99 (ms), and the errors by kind: `non2xx` answers, socket
+    `connect`/`read`/`write` errors and `timeout`s (no answer within 30 s); `errors` is
+    their sum."""
     script = workdir / "post.lua"
     script.write_text(lua)
     out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--latency",
@@ -93,10 +96,21 @@ def wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[s
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise ValueError(f"no requests/s in wrk output:\n{out}")
-    return {"rps": float(rps[1]),
-            "p50": ms("50"), "p99": ms("99"),
-            "errors": (int(non2xx[1]) if non2xx else 0)
-            + (sum(int(x) for x in socket.groups()) if socket else 0)}
+    kinds = {"non2xx": float(non2xx[1]) if non2xx else 0.0}
+    kinds |= dict(zip(ERROR_KINDS[1:], (float(x) for x in socket.groups()) if socket
+                      else [0.0] * 4, strict=True))
+    return {"rps": float(rps[1]), "p50": ms("50"), "p99": ms("99"),
+            "errors": sum(kinds.values())} | kinds
+
+
+ERROR_KINDS = ("non2xx", "connect", "read", "write", "timeout")
+
+
+def errors_cell(r: dict[str, float]) -> str:
+    """The error count of a wrk run, with its kinds when there are any: `5 (non2xx 3,
+    timeout 2)`."""
+    kinds = ", ".join(f"{k} {r[k]:.0f}" for k in ERROR_KINDS if r.get(k))
+    return f"{r['errors']:.0f} ({kinds})" if kinds else f"{r['errors']:.0f}"
 
 
 def _script(now_ms: int, window: str) -> str:
@@ -148,14 +162,14 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
                                  tree_rss_mib(proc.pid)))
                     log(f"load {clients} clients, {window}, cache {'on' if cache else 'off'}, "
                         f"{seconds} s: {r['rps']:.0f} req/s, p50 {r['p50']:.1f} ms, p99 "
-                        f"{r['p99']:.1f} ms, errors {r['errors']}")
+                        f"{r['p99']:.1f} ms, errors {errors_cell(r)}")
             finally:
                 stop_process(proc)
     finally:
         stop_process(sensors)
     table = "\n".join(
         f"| {c} | {w} | {'on' if k else 'off'} | {s} | {r['rps']:.0f} | {r['p50']:.1f} | "
-        f"{r['p99']:.1f} | {r['errors']:.0f} | {before:.0f} -> {after:.0f} |"
+        f"{r['p99']:.1f} | {errors_cell(r)} | {before:.0f} -> {after:.0f} |"
         for c, w, k, s, r, before, after in rows)
     return ("## Load: the query service under concurrent clients (wrk)\n\n"
             "gunicorn with the defaults (2 workers x 8 threads, 2 reader processes each); data: "

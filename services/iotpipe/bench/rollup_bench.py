@@ -16,7 +16,7 @@ from subprocess import Popen
 
 from confluent_kafka import Producer
 
-from iotpipe.bench.load_bench import LUA_HEAD, wrk
+from iotpipe.bench.load_bench import LUA_HEAD, errors_cell, wrk
 from iotpipe.bench.measure import machine_busy_s, percentile, tree_cpu_s, tree_rss_mib
 from iotpipe.bench.stream_backlog import run_pipeline
 from iotpipe.core import wire
@@ -163,7 +163,7 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
                   "rest_ms": (busy_s - service_s) / requests * 1000, "busy": busy_s / WRK_S}
             wrk_rows.append((cache, r))
             log(f"rollups 64 clients, cache {cache}: {r['rps']:.0f} req/s, p50 {r['p50']:.1f} "
-                f"p99 {r['p99']:.1f} ms, errors {r['errors']:.0f}; CPU per request: service "
+                f"p99 {r['p99']:.1f} ms, errors {errors_cell(r)}; CPU per request: service "
                 f"{r['service_ms']:.1f} ms, rest {r['rest_ms']:.1f} ms; cores busy "
                 f"{r['busy']:.2f}")
             stop_process(server)
@@ -175,7 +175,7 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
         f"{b50 / a50:,.0f}x | {r0:.0f} -> {r1:.0f} |"
         for w, n1, a50, a99, n0, b50, b99, r0, r1 in rows)
     load = "\n".join(f"| 64 | {c} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                     f"{r['errors']:.0f} | {r['service_ms']:.1f} | {r['rest_ms']:.1f} | "
+                     f"{errors_cell(r)} | {r['service_ms']:.1f} | {r['rest_ms']:.1f} | "
                      f"{r['busy']:.2f} |" for c, r in wrk_rows)
     return (
         "## Rollups\n\n"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self, cast
 
-from iotpipe.bench.load_bench import _load_last_hour, _script, _serve, wrk
+from iotpipe.bench.load_bench import _load_last_hour, _script, _serve, errors_cell, wrk
 from iotpipe.bench.measure import percentile
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.processes import stop_process
@@ -108,12 +108,12 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
             rows.append((stalled, r, percentile(health.ms, 99), max(health.ms),
                          health.failures, reopened))
             log(f"slow clients {stalled}: {r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms, errors "
-                f"{r['errors']:.0f}; /health p99 {rows[-1][2]:.1f} ms, max {rows[-1][3]:.1f} "
+                f"{errors_cell(r)}; /health p99 {rows[-1][2]:.1f} ms, max {rows[-1][3]:.1f} "
                 f"ms, failed {health.failures}; stalled connections reopened {reopened}")
     finally:
         stop_process(proc)
     table = "\n".join(
-        f"| {s} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']:.0f} | "
+        f"| {s} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {errors_cell(r)} | "
         f"{hp99:.1f} | {hmax:.1f} | {hfail} | {reopened} |"
         for s, r, hp99, hmax, hfail, reopened in rows)
     return ("## Slow clients: 1-minute windows while 500 connections stall\n\n"

@@ -4,8 +4,10 @@ The app runs as its own process (`python -m iotpipe.stream`)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
@@ -130,7 +132,7 @@ def sustained(bootstrap: str, rate: int, tmp: Path, log: Callable[[str], None]) 
     first, last = (min(xs, key=lambda x: x[1] - x[2]) for xs in (starts, ends))
     achieved = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
     lag_start, lag_end = first[1] - first[2], last[1] - last[2]
-    counted = (last[2] - first[2]) / (last[0] - first[0])  # the stream's own rate meanwhile
+    counted = _counted_rate(samples)
     flat = lag_end - lag_start <= 3 * rate  # ~3 s of input: a micro-batch or two
     after = f"no ({CATCHUP_S} s)" if caught_up is None else f"{caught_up:.0f} s"
     log(f"stream at {rate}/s: caught up {after}, achieved {achieved:,.0f}/s, counted "
@@ -139,6 +141,16 @@ def sustained(bootstrap: str, rate: int, tmp: Path, log: Callable[[str], None]) 
     return {"rate": rate, "caught_up": after, "achieved": achieved, "counted": counted,
             "lag_start": lag_start, "lag_end": lag_end, "flat": flat,
             "cores": (cores[0], cores[1], cores[2] - cores[0] - cores[1])}
+
+
+def _counted_rate(samples: list[tuple[float, float, float]]) -> float:
+    """The stream's own rate in the hold: readings counted from the first micro-batch that
+    ended in it to the last, per second between the two (NaN if fewer than two ended). Not
+    between the lag's lows: a batch longer than LOW_S leaves no low in those seconds."""
+    ends = [b for a, b in pairwise(samples) if b[2] > a[2]]
+    if len(ends) < 2 or ends[-1][0] <= ends[0][0]:
+        return math.nan
+    return (ends[-1][2] - ends[0][2]) / (ends[-1][0] - ends[0][0])
 
 
 def _cpu(stream: int, sensors: int) -> tuple[float, float, float]:
@@ -232,7 +244,8 @@ def run(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         f"{CATCHUP_S} s), "
         f"then a {HOLD_S} s hold: achieved = readings written per second; lag at start and end "
         f"= its lowest value (just after a micro-batch) in the hold's first and last {LOW_S} s; "
-        "counted/s = readings the stream counted per second between those two lows; flat = "
+        "counted/s = readings the stream counted per second from the first micro-batch that "
+        "ended in the hold to the last (nan: fewer than two ended); flat = "
         "grew by less than 3 s of input during the hold; cores busy during the hold (of 2): the "
         "stream's processes (driver JVM, Python), the simulator, the rest (broker, bench).\n\n"
         "| offered readings/s | caught up after | achieved | counted/s | lag at start "
