@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -211,14 +212,18 @@ def test_nothing_acknowledged_is_lost_and_the_stream_counts_once(stack: Stack) -
     for r in readings:
         seqs[r.device].append(r.seq)
     assert sorted(seqs) == ["humidity-0", "humidity-1", "temperature-0", "temperature-1"]
+    # every sensors process logged the seq its devices start from
+    logs = sorted(stack.supervisor.run_dir.glob("sensors.log*"))
+    firsts = [int(n) for f in logs for n in re.findall(r"seqs from (\d+)", f.read_text())]
+    assert len(firsts) == stack.sensor_runs, firsts
     for device, got in seqs.items():
         assert len(got) == len(set(got)), f"{device}: a reading written twice"
         got.sort()
-        runs = 1 + sum(b != a + 1 for a, b in itertools.pairwise(got))
-        # one unbroken run of seqs per sensors process, a gap would be a lost reading; a
-        # restarted process may go on right after the last seq (seqs start at now x rate),
-        # which joins two runs into one
-        assert 1 <= runs <= stack.sensor_runs, f"{device}: {runs} runs of seqs"
+        # one unbroken run of seqs per sensors process: a run starting elsewhere than at a
+        # process's first seq follows a lost reading (a restarted process may go on right
+        # after the last seq, joining two runs into one)
+        starts = [got[0]] + [b for a, b in itertools.pairwise(got) if b != a + 1]
+        assert set(starts) <= set(firsts), f"{device}: runs of seqs start at {starts}, {firsts}"
     url = f"http://127.0.0.1:{stack.settings.stream_metrics_port}/metrics"
     want = {s: sum(r.sensor == s for r in readings) for s in stack.settings.sensors}
     wait_counts(url, want, 300, stack.supervisor.run_dir / "stream.log")

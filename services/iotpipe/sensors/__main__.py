@@ -23,9 +23,9 @@ def run(settings: Settings, stop: StopFlag) -> int:
     """Emit readings at the configured rate until `stop`; return readings left unsent."""
     fleet = SensorFleet(settings)
     total_rate = settings.sensor_rate_hz * len(fleet.devices)
-    log.info("simulating %d devices (%s), %g readings/s in all, to %s",
+    log.info("simulating %d devices (%s), %g readings/s in all, seqs from %d, to %s",
              len(fleet.devices), ", ".join(settings.sensors), total_rate,
-             settings.kafka.bootstrap)
+             fleet.devices[0].seq, settings.kafka.bootstrap)
     start, emitted, last_publish = time.monotonic(), 0, 0.0
     while not stop.is_set():
         now = time.monotonic()
