@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from iotpipe.core.wire import Reading
+from iotpipe.query.api import RECEIVED
 from iotpipe.query.app import create_app
 from iotpipe.query.timestamps import format_ms
 from kafka_helpers import create_topics, produce, reference, settings_for, unique_prefix
@@ -55,6 +57,24 @@ def test_inclusive_bounds_at_millisecond_precision(client: FlaskClient,
         "count": 0}
     assert _ask(client, ["temperature"], t - 1000, t - 1, ["count"])["temperature"] == {
         "count": 1}
+
+
+def test_the_deadline_counts_from_the_request_s_arrival(client: FlaskClient,
+                                                       dataset: Dataset) -> None:
+    """A request that waited in the front for a free thread as long as the deadline is
+    answered 504 at once; one that waited less is answered."""
+    deadline = dataset.settings.query_deadline_s
+    body = {"temperature": ["count"], "from": format_ms(BASE_MS), "to": format_ms(BASE_MS + 60_000)}
+    late = client.post("/compute/metrics", json=body,
+                       environ_overrides={RECEIVED: time.time() - deadline - 0.1})
+    assert late.status_code == 504, late.get_data(as_text=True)
+    assert late.get_json() == {"result": {}, "errors": [
+        f"The window could not be read within {deadline:g} seconds"]}
+    waited = client.post("/compute/metrics", json=body,
+                         environ_overrides={RECEIVED: time.time() - deadline / 2})
+    want = reference(dataset.readings["temperature"], BASE_MS, BASE_MS + 60_000)["count"]
+    assert waited.status_code == 200 and waited.get_json()["result"] == {
+        "temperature": {"count": want}}
 
 
 def test_empty_window_gives_zero_and_nulls(client: FlaskClient) -> None:

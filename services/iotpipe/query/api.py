@@ -16,6 +16,7 @@ from iotpipe.query.service import WindowMetricsService
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
+RECEIVED = "iotpipe.received"  # WSGI environ: time.time() when the front had the whole request
 
 
 def envelope(result: Mapping[str, object], errors: list[str], status: int) -> Response:
@@ -55,7 +56,8 @@ def compute_metrics() -> Response:
             raise RequestError(415, "Content-Type must be application/json")
         body = parse_body(_read_body(settings.max_body_bytes))
         req = validate(body, settings.sensors, settings.max_window_s)
-        result = service.compute(req) if req.operations else {}
+        received = request.environ.get(RECEIVED)
+        result = service.compute(req, received) if req.operations else {}
     except RequestError as e:
         return envelope({}, e.errors, e.status)
     except BrokerUnavailable as e:

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError
 from iotpipe.query import metrics as prom
-from iotpipe.query.api import bp, envelope
+from iotpipe.query.api import RECEIVED, bp, envelope
 from iotpipe.query.service import WindowMetricsService
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None,
 
     @app.before_request
     def _start() -> Response | None:
-        g.started = time.perf_counter()
+        g.received = request.environ.get(RECEIVED) or time.time()  # the wait for a thread too
         if token is None or request.path in OPEN_ROUTES:
             return None
         given = request.headers.get("Authorization", "").encode()
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None,
     def _observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         prom.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        prom.LATENCY.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
+        prom.LATENCY.labels(route).observe(time.time() - g.get("received", time.time()))
         return response
 
     @app.errorhandler(HTTPException)

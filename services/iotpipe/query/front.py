@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -26,6 +27,7 @@ from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
 from iotpipe.core.settings import Settings
+from iotpipe.query.api import RECEIVED
 from iotpipe.query.app import create_app
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,9 @@ class BufferedApp:
     Flask sees a Content-Length that is the body's real length (chunked bodies too), so its own
     413 check keeps working; a body that misses the deadline gets 408 and costs no thread. The
     thread hands back the whole answer (small JSON documents) in one step: no thread waits on
-    the event loop, which matters when the threads keep the GIL busy.
+    the event loop, which matters when the threads keep the GIL busy. The environ says when
+    the request was whole (`RECEIVED`): time spent waiting for a free thread counts against the
+    request's deadline.
     """
 
     def __init__(self, flask: Flask, settings: Settings) -> None:
@@ -71,8 +75,10 @@ class BufferedApp:
             headers = [(k, v) for k, v in scope["headers"]
                        if k not in (b"content-length", b"transfer-encoding")]
             scope = scope | {"headers": [*headers, (b"content-length", b"%d" % len(body))]}
+        environ = _environ(scope, io.BytesIO(body))
+        environ[RECEIVED] = time.time()  # the deadline counts from here, not from a free thread
         status, headers, content = await asyncio.get_running_loop().run_in_executor(
-            self.threads, self._flask, _environ(scope, io.BytesIO(body)))
+            self.threads, self._flask, environ)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
