@@ -59,11 +59,20 @@ def post_fork(server: Any, worker: Any) -> None:
         _metrics_server.socket.close()
 
 
+ROLLUPS_LOAD_S = 120.0  # at most, then the worker answers from the readings meanwhile
+
+
 def post_worker_init(worker: Any) -> None:
-    """Start the reader processes before the first request arrives."""
+    """Start the reader processes and read the rollup index before the first request arrives
+    (the other workers take the requests meanwhile)."""
     service = worker.asgi.flask.extensions.get("iotpipe.service")
-    if service is not None:
-        service.scans.warm_up()
+    if service is None:
+        return
+    service.scans.warm_up()
+    if service.rollups is not None and not service.rollups.wait_loaded(ROLLUPS_LOAD_S,
+                                                                       worker.notify):
+        worker.log.warning("rollup topic not read within %gs: windows are read from the "
+                           "readings until it is", ROLLUPS_LOAD_S)
 
 
 def child_exit(server: Any, worker: Any) -> None:

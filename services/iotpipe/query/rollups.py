@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,7 @@ class RollupIndex:
         self.bucket_ms = settings.rollup_s * 1000
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._loaded = threading.Event()  # read up to the topic's end as of the start (or none)
         self._clear()
         self._thread = threading.Thread(target=self._follow, name="rollups", daemon=True)
 
@@ -115,6 +117,18 @@ class RollupIndex:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+    def wait_loaded(self, timeout_s: float, tick: Callable[[], object] = lambda: None) -> bool:
+        """Whether the topic was read up to where it ended at the start (or found missing)
+        within `timeout_s`: a worker waits for it before it takes requests, which it would
+        otherwise read from the readings, and that is slow for long windows. `tick` runs
+        about once a second meanwhile (gunicorn's worker heartbeat)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._loaded.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return False
+            tick()
+        return True
 
     def _clear(self) -> None:
         with self._lock:
@@ -181,9 +195,14 @@ class RollupIndex:
                 "auto.offset.reset": "error", "log_level": 0})
             try:
                 consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+                end = consumer.get_watermark_offsets(TopicPartition(topic, 0),
+                                                     timeout=self.settings.kafka.timeout_s)[1]
                 checked = 0.0
                 while not self._stop.is_set():
                     self._apply(consumer.consume(1000, 0.5))
+                    if not self._loaded.is_set() and (end == 0 or consumer.position(
+                            [TopicPartition(topic, 0)])[0].offset >= end):
+                        self._loaded.set()
                     if time.monotonic() - checked > CHECK_S:
                         self._check(consumer, topic)
                         checked = time.monotonic()
@@ -193,6 +212,7 @@ class RollupIndex:
                     if (lag := self.lag_s()) is not None:
                         prom.ROLLUP_LAG.set(lag)
             except KafkaException as e:
+                self._loaded.set()  # no topic to read (yet): nothing to wait for
                 if not lost:
                     log.warning("rollup topic %s lost (%s): windows are read from the "
                                 "readings until it is back", topic, e.args[0].str())
