@@ -6,6 +6,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from exposition import promtool_check
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.processes import http_get, http_post_json
+from iotpipe.localstack.processes import http_get, http_post_json, start_service, stop_process
 from iotpipe.query.timestamps import parse_ms
 from iotpipe.stream.metrics import StreamCollector
 from query_dataset import Dataset
@@ -140,3 +141,22 @@ def test_schemathesis_finds_no_5xx_and_only_documented_responses(server: str) ->
     assert done.returncode == 0, done.stdout[-5000:]
     cases = re.search(r"(\d+) generated", done.stdout)
     assert cases and int(cases[1]) >= 100, done.stdout[-3000:]
+
+
+def test_a_worker_waiting_for_its_rollup_index_stops_at_once(tmp_path: Path) -> None:
+    """No broker: the workers wait for their rollup index (up to 30 s) before serving. A stop
+    meanwhile is handled at once, not by the master's SIGKILL after the graceful timeout."""
+    log = tmp_path / "query.log"
+    proc = start_service("query", log, {
+        "IOTPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}", "IOTPIPE_KAFKA_TIMEOUT_SECONDS": "2",
+        "IOTPIPE_QUERY_PORT": str(free_port()), "IOTPIPE_QUERY_METRICS_PORT": str(free_port())})
+    try:
+        deadline = time.monotonic() + 60
+        while log.read_text().count("rollup topic") < 2:  # both workers are waiting
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        code = stop_process(proc, 5)  # SIGTERM; SIGKILL after 5 s
+    text = log.read_text()
+    assert code == 0 and "SIGKILL" not in text, text[-3000:]
+    assert text.count("Worker exiting") == 2, text[-3000:]

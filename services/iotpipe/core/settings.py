@@ -62,7 +62,8 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_QUERY_THREADS", "8", "threads per gunicorn worker that run requests once read whole"),
     ("IOTPIPE_QUERY_READERS", "2",
      "reader processes per worker that scan partitions in parallel (0: scan in the worker)"),
-    ("IOTPIPE_QUERY_DEADLINE_SECONDS", "20", "a request still scanning after this gets 504"),
+    ("IOTPIPE_QUERY_DEADLINE_SECONDS", "20",
+     "a request not answered this long after its body was read gets 504"),
     ("IOTPIPE_QUERY_READ_DEADLINE_SECONDS", "10",
      "a client must send a request's headers within this of connecting, and its whole body "
      "within this of its headers, else 408 and the connection is closed"),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, multiprocess, start_http_server
@@ -59,20 +62,32 @@ def post_fork(server: Any, worker: Any) -> None:
         _metrics_server.socket.close()
 
 
-ROLLUPS_LOAD_S = 120.0  # at most, then the worker answers from the readings meanwhile
+ROLLUPS_LOAD_S = 30.0  # at most (within the pod's startup probe), then read raw meanwhile
 
 
 def post_worker_init(worker: Any) -> None:
     """Start the reader processes and read the rollup index before the first request arrives
-    (the other workers take the requests meanwhile)."""
+    (other workers already up take the requests meanwhile)."""
     service = worker.asgi.flask.extensions.get("iotpipe.service")
     if service is None:
         return
     service.scans.warm_up()
-    if service.rollups is not None and not service.rollups.wait_loaded(ROLLUPS_LOAD_S,
-                                                                       worker.notify):
+    if service.rollups is not None and not worker.loop.run_until_complete(
+            _rollups_loaded(worker, service.rollups.loaded)):
         worker.log.warning("rollup topic not read within %gs: windows are read from the "
                            "readings until it is", ROLLUPS_LOAD_S)
+
+
+async def _rollups_loaded(worker: Any, loaded: Callable[[], bool]) -> bool:
+    """Wait in the worker's event loop, where its stop signals are handled (a stopped worker
+    waits no longer), sending its heartbeat to the master meanwhile."""
+    deadline = time.monotonic() + ROLLUPS_LOAD_S
+    while not loaded():
+        if not worker.alive or time.monotonic() >= deadline:
+            return not worker.alive
+        worker.notify()
+        await asyncio.sleep(0.2)
+    return True
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +97,12 @@ class _Columns:
                                s1=total - n * self.shift, s2=sum(self.s2[i:j]))
 
 
+def _missing(e: KafkaException) -> bool:
+    err = e.args[0] if e.args else None
+    return isinstance(err, KafkaError) and err.code() in (
+        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
+
+
 class RollupIndex:
     """A worker's copy of the rollup topic, kept by one thread that follows it."""
 
@@ -118,17 +123,15 @@ class RollupIndex:
         self._stop.set()
         self._thread.join(5)
 
-    def wait_loaded(self, timeout_s: float, tick: Callable[[], object] = lambda: None) -> bool:
-        """Whether the topic was read up to where it ended at the start (or found missing)
-        within `timeout_s`: a worker waits for it before it takes requests, which it would
-        otherwise read from the readings, and that is slow for long windows. `tick` runs
-        about once a second meanwhile (gunicorn's worker heartbeat)."""
-        deadline = time.monotonic() + timeout_s
-        while not self._loaded.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                return False
-            tick()
-        return True
+    def loaded(self) -> bool:
+        """Whether the topic was read up to where it ended when it was first found, or found
+        missing: a worker waits for this before it takes requests (see gunicorn_conf), which
+        it would otherwise read from the readings, slowly for long windows."""
+        return self._loaded.is_set()
+
+    def wait_loaded(self, timeout_s: float) -> bool:
+        """`loaded()`, waiting for it at most `timeout_s`."""
+        return self._loaded.wait(timeout_s)
 
     def _clear(self) -> None:
         with self._lock:
@@ -195,14 +198,14 @@ class RollupIndex:
                 "auto.offset.reset": "error", "log_level": 0})
             try:
                 consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-                end = consumer.get_watermark_offsets(TopicPartition(topic, 0),
-                                                     timeout=self.settings.kafka.timeout_s)[1]
+                low, end = consumer.get_watermark_offsets(
+                    TopicPartition(topic, 0), timeout=self.settings.kafka.timeout_s)
                 checked = 0.0
                 while not self._stop.is_set():
                     self._apply(consumer.consume(1000, 0.5))
-                    if not self._loaded.is_set() and (end == 0 or consumer.position(
+                    if not self._loaded.is_set() and (end <= low or consumer.position(
                             [TopicPartition(topic, 0)])[0].offset >= end):
-                        self._loaded.set()
+                        self._loaded.set()  # (an empty topic: nothing to read)
                     if time.monotonic() - checked > CHECK_S:
                         self._check(consumer, topic)
                         checked = time.monotonic()
@@ -212,7 +215,8 @@ class RollupIndex:
                     if (lag := self.lag_s()) is not None:
                         prom.ROLLUP_LAG.set(lag)
             except KafkaException as e:
-                self._loaded.set()  # no topic to read (yet): nothing to wait for
+                if _missing(e):  # no topic to read (yet): nothing to wait for
+                    self._loaded.set()
                 if not lost:
                     log.warning("rollup topic %s lost (%s): windows are read from the "
                                 "readings until it is back", topic, e.args[0].str())
