@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from importlib import resources
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from iotpipe.query import metrics as prom
 from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
@@ -56,8 +56,7 @@ def compute_metrics() -> Response:
             raise RequestError(415, "Content-Type must be application/json")
         body = parse_body(_read_body(settings.max_body_bytes))
         req = validate(body, settings.sensors, settings.max_window_s)
-        received = request.environ.get(RECEIVED)
-        result = service.compute(req, received) if req.operations else {}
+        result = service.compute(req, g.received) if req.operations else {}
     except RequestError as e:
         return envelope({}, e.errors, e.status)
     except BrokerUnavailable as e:

@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None,
 
     @app.before_request
     def _start() -> Response | None:
-        g.received = request.environ.get(RECEIVED) or time.time()  # the wait for a thread too
+        # when the front had the request whole (the wait for a thread counts too): the
+        # latency and the request's deadline count from here
+        g.received = request.environ.get(RECEIVED) or time.time()
         if token is None or request.path in OPEN_ROUTES:
             return None
         given = request.headers.get("Authorization", "").encode()

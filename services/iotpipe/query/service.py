@@ -163,18 +163,17 @@ class WindowMetricsService:
         self.scans.close()
         self.reader.close()
 
-    def compute(self, req: MetricsRequest, received: float | None = None
-                ) -> dict[str, dict[str, object]]:
+    def compute(self, req: MetricsRequest, received: float) -> dict[str, dict[str, object]]:
         """Result per sensor in request order; sensors that cannot be read go to req.errors.
 
         parse (done) -> plan (rollups for the whole final buckets, readings for the rest) ->
         read the raw parts in parallel -> merge the aggregates -> respond.
-        The deadline counts from `received` (time.time() when the request arrived; now if
-        None), so a request that waited that long for a thread is not started at all.
+        The deadline counts from `received` (time.time() when the request arrived), so a
+        request that waited that long for a thread is not started at all.
         Raises BrokerUnavailable or ScanTimeout when the window cannot be read at all.
         """
         s = self.settings
-        deadline = (received or time.time()) + s.query_deadline_s
+        deadline = received + s.query_deadline_s
         if time.time() >= deadline:
             raise ScanTimeout("the request waited past its deadline for a free thread")
         sensors = list(req.operations)
