@@ -75,6 +75,9 @@ def _load_last_hour(settings: Settings) -> int:
     return now
 
 
+ERROR_KINDS = ("non2xx", "connect", "read", "write", "timeout")
+
+
 def wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[str, float]:
     """requests/s, p50 and p99 (ms), and the errors by kind: `non2xx` answers, socket
     `connect`/`read`/`write` errors and `timeout`s (no answer within 30 s); `errors` is
@@ -101,9 +104,6 @@ def wrk(url: str, lua: str, clients: int, seconds: int, workdir: Path) -> dict[s
                       else [0.0] * 4, strict=True))
     return {"rps": float(rps[1]), "p50": ms("50"), "p99": ms("99"),
             "errors": sum(kinds.values())} | kinds
-
-
-ERROR_KINDS = ("non2xx", "connect", "read", "write", "timeout")
 
 
 def errors_cell(r: dict[str, float]) -> str:

@@ -148,7 +148,7 @@ def _counted_rate(samples: list[tuple[float, float, float]]) -> float:
     ended in it to the last, per second between the two (NaN if fewer than two ended). Not
     between the lag's lows: a batch longer than LOW_S leaves no low in those seconds."""
     ends = [b for a, b in pairwise(samples) if b[2] > a[2]]
-    if len(ends) < 2 or ends[-1][0] <= ends[0][0]:
+    if len(ends) < 2:  # (samples are in time order: two ends are apart)
         return math.nan
     return (ends[-1][2] - ends[0][2]) / (ends[-1][0] - ends[0][0])
 
