@@ -4,6 +4,7 @@ windows; requests/s, latency percentiles, errors and the process tree's RSS befo
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -56,18 +57,22 @@ BODY = json.dumps({"temperature": ["count", "average"], "humidity": ["min", "max
 
 
 def _load_last_hour(settings: Settings) -> int:
-    """An hour of readings, 1/s from each of DEVICES devices per sensor, ending now."""
+    """An hour of readings, 1/s from each of DEVICES devices per sensor, ending now: every
+    second the devices send in a random order, each at its own jittered moment, as a fleet of
+    independent devices does (not the simulator's fixed turns)."""
     ensure_topics(settings)
     # small batches, as a live fleet sends them (the broker decompresses a whole batch to find
     # a timestamp in it, so one huge batch would make every offset lookup expensive)
     p = Producer(settings.kafka.client_config() | {"enable.idempotence": True, "linger.ms": 5,
                                                    "compression.type": "lz4",
                                                    "batch.num.messages": 10})
+    rng = random.Random(11)
     now = int(time.time() * 1000)
     for sensor in settings.sensors:
         for s in range(HOUR_S):
-            ts = now - (HOUR_S - s) * 1000
-            for d in range(DEVICES):
+            second = now - (HOUR_S - s) * 1000
+            for d in rng.sample(range(DEVICES), DEVICES):
+                ts = second + rng.randrange(1000)
                 r = wire.Reading(f"{sensor}-{d}", sensor, s, ts, (s * 7 + d) % 101)
                 p.produce(settings.topic(sensor), wire.encode(r), wire.key(r), timestamp=ts)
             p.flush(30) if len(p) > 50_000 else p.poll(0)
@@ -173,7 +178,8 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
         for c, w, k, s, r, before, after in rows)
     return ("## Load: the query service under concurrent clients (wrk)\n\n"
             "gunicorn with the defaults (2 workers x 8 threads, 2 reader processes each); data: "
-            f"{DEVICES} devices per sensor at 1 reading/s for the last hour; a request asks 6 "
+            f"{DEVICES} devices per sensor at 1 reading/s for the last hour, each second's devices "
+            "in a random order at jittered moments; a request asks 6 "
             "metrics of 3 sensors. Every request asks another window: *1 minute* starts at a "
             "random second of the hour (closed to late readings), *last minute* ends at the "
             "request's own second (still open: the partitions' ends are looked up), *1 hour* is "
