@@ -1,5 +1,16 @@
 """Why a window could not be read; the API maps each to its status (503, 504, an error line)."""
 
+from confluent_kafka import KafkaError
+
+# librdkafka's codes for "no such topic or partition", from the broker or the client's metadata
+_MISSING = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+            KafkaError._UNKNOWN_PARTITION)
+
+
+def is_missing(err: object) -> bool:
+    """Whether a librdkafka error says the topic (or one of its partitions) does not exist."""
+    return isinstance(err, KafkaError) and err.code() in _MISSING
+
 
 class BrokerUnavailable(RuntimeError):
     """The broker did not answer within the timeout."""

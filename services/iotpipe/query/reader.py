@@ -20,11 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from iotpipe.core.settings import KafkaSettings
 from iotpipe.query.end_offsets import TP, EndOffsets
-from iotpipe.query.errors import BrokerUnavailable, UnknownTopic
+from iotpipe.query.errors import BrokerUnavailable, UnknownTopic, is_missing
 from iotpipe.query.range_scan import BATCH, PartitionRange, RangeScan, Row, ScanJob, SensorScan
 from iotpipe.query.window_cache import WindowCache
 
@@ -97,8 +97,7 @@ def _kafka_call(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
 
 
 def _as_error(err: object, what: str) -> UnknownTopic | BrokerUnavailable:
-    if isinstance(err, KafkaError) and err.code() in (
-            KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+    if is_missing(err):
         return UnknownTopic(str(err))
     return BrokerUnavailable(f"{what}: {err}")
 

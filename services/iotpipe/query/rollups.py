@@ -23,6 +23,7 @@ from iotpipe.core import wire
 from iotpipe.core.settings import Settings
 from iotpipe.query import metrics as prom
 from iotpipe.query.aggregate import WindowAggregate
+from iotpipe.query.errors import is_missing
 from iotpipe.query.retention import retention_note
 from iotpipe.query.timestamps import format_ms
 
@@ -95,12 +96,6 @@ class _Columns:
             total, lo, hi = int(total), int(lo), int(hi)
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=self.shift,
                                s1=total - n * self.shift, s2=sum(self.s2[i:j]))
-
-
-def _missing(e: KafkaException) -> bool:
-    err = e.args[0] if e.args else None
-    return isinstance(err, KafkaError) and err.code() in (
-        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION)
 
 
 class RollupIndex:
@@ -215,7 +210,8 @@ class RollupIndex:
                     if (lag := self.lag_s()) is not None:
                         prom.ROLLUP_LAG.set(lag)
             except KafkaException as e:
-                if _missing(e):  # no topic to read (yet): nothing to wait for
+                # no topic to read (yet): nothing to wait for
+                if is_missing(e.args[0] if e.args else None):
                     self._loaded.set()
                 if not lost:
                     log.warning("rollup topic %s lost (%s): windows are read from the "
