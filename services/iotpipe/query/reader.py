@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import TopicMetadata
 
 from iotpipe.core.settings import KafkaSettings
 from iotpipe.query.end_offsets import TP, EndOffsets
@@ -29,6 +30,7 @@ from iotpipe.query.range_scan import BATCH, PartitionRange, RangeScan, Row, Scan
 from iotpipe.query.window_cache import WindowCache
 
 log = logging.getLogger(__name__)
+WARM_S = 2.0  # per broker call of a warm-up: a worker starting while the broker is away waits
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -156,11 +158,33 @@ class KafkaWindowReader:
             return cached[1]
         with self._consumer() as c:
             meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
+        return self._learn(topic, meta)
+
+    def _learn(self, topic: str, meta: TopicMetadata) -> list[int]:
+        """Remember a topic's partitions from its metadata (raises the topic's error)."""
         if meta.error is not None:
             raise KafkaException(meta.error)
         parts = sorted(meta.partitions)
         self._partitions[topic] = (time.monotonic(), parts)
         return parts
+
+    def warm_up(self, topics: list[str], consumers: int) -> None:
+        """Connect `consumers` idle consumers of each fetch kind to the brokers leading the
+        topics' partitions, and learn those partitions, before the first requests, which would
+        otherwise wait for both. Gives up at the first failure (the broker away at start, a
+        topic not created yet): the requests connect then."""
+        made = [(f, Consumer(self._configs[f])) for f in self._fetches for _ in range(consumers)]
+        try:
+            for _, c in made:
+                found = c.list_topics(timeout=WARM_S).topics
+                ends = [TopicPartition(t, p, OFFSET_END)
+                        for t in topics for p in self._learn(t, found[t])]
+                c.offsets_for_times(ends, timeout=WARM_S)  # connects to the partitions' leaders
+        except (KafkaException, KeyError) as e:
+            log.info("consumers not warmed up (%r): the first requests connect them", e)
+        finally:
+            for f, c in made:
+                self._idle[f].put(c)
 
     @_kafka_call("looking up offsets")
     def _offsets_at(self, partitions: list[TP], ts_ms: int) -> dict[TP, int]:

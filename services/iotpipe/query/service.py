@@ -50,9 +50,10 @@ READER_GC_THRESHOLDS = (50_000, 20, 100)
 _process_reader: KafkaWindowReader | None = None
 
 
-def _init_reader_process(kafka: KafkaSettings) -> None:
+def _init_reader_process(kafka: KafkaSettings, topics: list[str]) -> None:
     global _process_reader
     _process_reader = KafkaWindowReader(kafka, large=True)
+    _process_reader.warm_up(topics, consumers=1)
     gc.freeze()
     gc.set_threshold(*READER_GC_THRESHOLDS)
 
@@ -74,6 +75,7 @@ class ScanPool:
 
     def __init__(self, settings: Settings, reader: KafkaWindowReader) -> None:
         self._kafka = settings.kafka
+        self._topics = [settings.topic(sensor) for sensor in settings.sensors]
         self.processes = settings.query_readers
         self._reader = reader
         self._threads = cf.ThreadPoolExecutor(16, thread_name_prefix="scan")
@@ -89,7 +91,7 @@ class ScanPool:
                     os.environ["PYTHONHASHSEED"] = str(random.randrange(1, 2**32))
                 self._pool = cf.ProcessPoolExecutor(
                     self.processes, multiprocessing.get_context("spawn"),
-                    initializer=_init_reader_process, initargs=(self._kafka,))
+                    initializer=_init_reader_process, initargs=(self._kafka, self._topics))
             return self._pool
 
     def _in_processes(self, messages: int) -> bool:
@@ -125,7 +127,9 @@ class ScanPool:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:
-        """Start the reader processes now, not on the first large request."""
+        """Connect consumers and start the reader processes now, not in the first requests
+        (one window's edges are read at the same time: two consumers of each kind)."""
+        self._reader.warm_up(self._topics, consumers=2)
         if self.processes:
             pool = self._process_pool()
             assert all(pool.map(_reader_ready, range(self.processes))), "reader not ready"
