@@ -10,6 +10,7 @@ parallel); consumers are created once and reassigned for every scan.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import functools
 import logging
@@ -123,8 +124,10 @@ class KafkaWindowReader:
             f: queue.SimpleQueue() for f in self._fetches}
         self._partitions: dict[str, tuple[float, list[int]]] = {}
         self._ends = EndOffsets(self._end_offsets, kafka.timeout_s)
+        self._lookups = cf.ThreadPoolExecutor(4, thread_name_prefix="lookup")
 
     def close(self) -> None:
+        self._lookups.shutdown(wait=False, cancel_futures=True)
         for idle in self._idle.values():
             while True:
                 try:
@@ -226,13 +229,18 @@ class KafkaWindowReader:
         stop_ms, closed = _stop(to_ms, lateness_ms)
         known = {(t, p): b for t, p in parts if cache is not None
                  and (b := cache.bounds(t, p, from_ms, stop_ms if closed else None)) is not None}
+        ends = {tp: b.end for tp, b in known.items() if b.end is not None}
+        # the ends are looked up at the same time as the starts (two requests to the broker,
+        # one after the other, would add a round trip), for every partition
+        unknown = [tp for tp in parts if tp not in ends] if closed else []
+        later = self._lookups.submit(self._offsets_at, unknown, stop_ms) if unknown else None
         starts = {tp: b.start for tp, b in known.items()}
         starts |= self._offsets_at([tp for tp in parts if tp not in known], from_ms)
+        if later is not None:
+            ends |= later.result()
         live = [tp for tp in parts if starts[tp] >= 0]  # -1: nothing stamped at/after `from`
-        ends = {tp: b.end for tp, b in known.items() if b.end is not None}
-        lookup = [tp for tp in live if tp not in ends]
-        ends |= self._offsets_at(lookup, stop_ms) if closed else dict.fromkeys(lookup, -1)
-        open_ended = [tp for tp in lookup if ends[tp] < 0]
+        ends |= {tp: -1 for tp in live if tp not in ends}  # (open: ends not known yet)
+        open_ended = [tp for tp in live if ends[tp] < 0]
         if open_ended:  # shared with the other requests asking now
             try:
                 ends |= self._ends.get(open_ended)
