@@ -1,4 +1,5 @@
-"""A worker connects its consumers before its first request (see KafkaWindowReader.warm_up)."""
+"""A worker connects its consumers before its first request (see KafkaWindowReader.warm_up),
+on the real broker and without one (what it asks of the broker: tests/unit)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ def test_warm_up_leaves_connected_consumers_and_the_partitions_known(dataset: Da
     topics = [s.topic(sensor) for sensor in s.sensors]
     reader = KafkaWindowReader(s.kafka)
     try:
-        reader.warm_up(topics, consumers=2)
-        assert {f: q.qsize() for f, q in reader._idle.items()} == {SHORT: 2, WINDOW: 2}
-        assert {t: reader._partitions[t][1] for t in topics} == {
+        reader.warm_up(topics, {SHORT: 2, WINDOW: 1})
+        assert {f: q.qsize() for f, q in reader._idle.items()} == {SHORT: 2, WINDOW: 1}
+        learnt = {t: reader._partitions[t] for t in topics}
+        assert {t: parts for t, (_, parts) in learnt.items()} == {
             t: list(range(s.topic_partitions)) for t in topics}
-        # what the warm-up learnt is what a request asks: no new consumer for a lookup
+        # what a request asks next is what the warm-up learnt, not listed again
         assert reader.partitions(topics[0]) == list(range(s.topic_partitions))
-        assert reader._idle[SHORT].qsize() == 2
+        assert reader._partitions[topics[0]] is learnt[topics[0]]
     finally:
         reader.close()
 
@@ -33,7 +35,7 @@ def test_warm_up_without_a_broker_gives_up_and_leaves_the_consumers(
     reader = KafkaWindowReader(KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}"))
     try:
         with caplog.at_level(logging.INFO, "iotpipe.query.reader"):
-            reader.warm_up(["t1"], consumers=1)
+            reader.warm_up(["t1"], {SHORT: 1, WINDOW: 1})
         assert "consumers not warmed up" in caplog.text
         assert {f: q.qsize() for f, q in reader._idle.items()} == {SHORT: 1, WINDOW: 1}
         assert reader._partitions == {}

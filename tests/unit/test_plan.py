@@ -1,7 +1,11 @@
 """The lookup plan of a request, against a reader whose broker calls are replaced: a topic
-deleted since its partitions were listed, and an end-offset lookup that times out."""
+deleted since its partitions were listed, an end-offset lookup that times out or fails, start
+and end offsets asked at once, and offsets the window cache knows."""
 
 from __future__ import annotations
+
+import threading
+from typing import cast
 
 import pytest
 
@@ -10,6 +14,7 @@ from iotpipe.query import reader as reader_module
 from iotpipe.query.errors import BrokerUnavailable, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, ScanJob
 from iotpipe.query.reader import KafkaWindowReader
+from iotpipe.query.window_cache import Bounds, WindowCache
 
 TOPICS = {"t-a": "a", "t-b": "b"}
 
@@ -92,3 +97,71 @@ def test_scans_fetch_in_sizes_matched_to_their_longest_range(
     config = reader_module.consumer_config(Settings.from_env({}).kafka, want)
     assert config["max.partition.fetch.bytes"] == want.kib * 1024
     assert config["queued.min.messages"] == want.queued_messages
+
+
+class StartsAndEnds:
+    """Offsets per partition: its start for `from`, its end for the stop (-1: none stamped that
+    late); both lookups must be asked at the same time, or they wait for each other in vain."""
+
+    def __init__(self, starts: dict, ends: dict) -> None:
+        self.starts, self.ends, self.asked = starts, ends, []
+        self.together = threading.Barrier(2, timeout=5)
+
+    def offsets_at(self, partitions: list[tuple[str, int]], ts_ms: int) -> dict:
+        self.asked.append((ts_ms, sorted(partitions)))
+        self.together.wait()
+        table = self.starts if ts_ms == 500 else self.ends
+        return {tp: table[tp] for tp in partitions}
+
+
+def _ranges(plans: dict) -> dict:
+    return {s: [(p.partition, p.start, p.end, p.end_stamp) for p in ps] for s, ps in plans.items()}
+
+
+def test_a_closed_window_asks_starts_and_ends_at_once_and_keeps_only_live_partitions(
+        reader: tuple[KafkaWindowReader, FakeBroker], monkeypatch: pytest.MonkeyPatch) -> None:
+    r, _ = reader
+    parts = [(t, p) for t in TOPICS for p in (0, 1)]
+    # t-a/1 holds nothing from `from` on; t-b/1 nothing from the stop on (read to its end)
+    broker = StartsAndEnds(dict(zip(parts, [10, -1, 30, 40], strict=True)),
+                           dict(zip(parts, [20, 25, 35, -1], strict=True)))
+    monkeypatch.setattr(r, "_offsets_at", broker.offsets_at)
+    monkeypatch.setattr(r._ends, "get", lambda tps: dict.fromkeys(tps, 50))
+    plans = r.plan(TOPICS, 500, 1400, 100)
+    assert _ranges(plans) == {"a": [(0, 10, 20, 1501)],
+                              "b": [(0, 30, 35, 1501), (1, 40, 50, None)]}
+    assert sorted(broker.asked) == [(500, parts), (1501, parts)]
+
+
+class KnownBounds:
+    """A window cache that knows t-a/0 wholly and the start of t-b/0."""
+
+    def bounds(self, topic: str, partition: int, from_ms: int, stop_ms: int | None
+               ) -> Bounds | None:
+        return {("t-a", 0): Bounds(11, 21), ("t-b", 0): Bounds(31, None)}.get((topic, partition))
+
+
+def test_offsets_the_cache_knows_are_not_asked(
+        reader: tuple[KafkaWindowReader, FakeBroker], monkeypatch: pytest.MonkeyPatch) -> None:
+    r, _ = reader
+    others = [("t-a", 1), ("t-b", 1)]
+    broker = StartsAndEnds(dict.fromkeys(others, 40), dict.fromkeys([*others, ("t-b", 0)], 45))
+    monkeypatch.setattr(r, "_offsets_at", broker.offsets_at)
+    plans = r.plan(TOPICS, 500, 1400, 100, cast(WindowCache, KnownBounds()))
+    assert _ranges(plans) == {"a": [(0, 11, 21, 1501), (1, 40, 45, 1501)],
+                              "b": [(0, 31, 45, 1501), (1, 40, 45, 1501)]}
+    assert sorted(broker.asked) == [(500, others), (1501, [("t-a", 1), ("t-b", 0), ("t-b", 1)])]
+
+
+def test_a_failed_end_lookup_fails_the_plan_like_a_failed_start_lookup(
+        reader: tuple[KafkaWindowReader, FakeBroker], monkeypatch: pytest.MonkeyPatch) -> None:
+    r, _ = reader
+
+    def offsets_at(partitions: list[tuple[str, int]], ts_ms: int) -> dict:
+        if ts_ms > 500:
+            raise BrokerUnavailable("looking up offsets: broker down")
+        return dict.fromkeys(partitions, 10)
+
+    monkeypatch.setattr(r, "_offsets_at", offsets_at)
+    with pytest.raises(BrokerUnavailable, match="broker down"):
+        r.plan(TOPICS, 500, 1400, 100)

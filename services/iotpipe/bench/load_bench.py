@@ -70,9 +70,9 @@ def _load_last_hour(settings: Settings) -> int:
     now = int(time.time() * 1000)
     for sensor in settings.sensors:
         for s in range(HOUR_S):
-            second = now - (HOUR_S - s) * 1000
+            second_ms = now - (HOUR_S - s) * 1000
             for d in rng.sample(range(DEVICES), DEVICES):
-                ts = second + rng.randrange(1000)
+                ts = second_ms + rng.randrange(1000)
                 r = wire.Reading(f"{sensor}-{d}", sensor, s, ts, (s * 7 + d) % 101)
                 p.produce(settings.topic(sensor), wire.encode(r), wire.key(r), timestamp=ts)
             p.flush(30) if len(p) > 50_000 else p.poll(0)

@@ -1,6 +1,7 @@
-"""Why a window could not be read; the API maps each to its status (503, 504, an error line)."""
+"""Why a window could not be read; the API maps each to its status (503, 504, an error line).
+`is_missing` tells which librdkafka errors mean that a topic is not there."""
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 # librdkafka's codes for "no such topic or partition", from the broker or the client's metadata
 _MISSING = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
@@ -8,7 +9,10 @@ _MISSING = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
 
 
 def is_missing(err: object) -> bool:
-    """Whether a librdkafka error says the topic (or one of its partitions) does not exist."""
+    """Whether a librdkafka error (or the exception carrying one) says the topic, or one of its
+    partitions, does not exist."""
+    if isinstance(err, KafkaException) and err.args:
+        err = err.args[0]
     return isinstance(err, KafkaError) and err.code() in _MISSING
 
 

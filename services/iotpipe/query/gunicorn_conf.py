@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,32 +64,51 @@ def post_fork(server: Any, worker: Any) -> None:
         _metrics_server.socket.close()
 
 
-ROLLUPS_LOAD_S = 30.0  # at most (within the pod's startup probe), then read raw meanwhile
+READY_S = 30.0  # at most (within the pod's startup probe), then serve: read raw meanwhile
 
 
 def post_worker_init(worker: Any) -> None:
-    """Start the reader processes and read the rollup index before the first request arrives
-    (other workers already up take the requests meanwhile)."""
+    """Connect the consumers, start the reader processes and read the rollup index before the
+    first request arrives (other workers already up take the requests meanwhile). All three
+    run in threads and are waited for in the worker's event loop, where its stop signals are
+    handled: a worker stopped meanwhile waits no longer."""
     service = worker.asgi.flask.extensions.get("iotpipe.service")
     if service is None:
         return
-    service.scans.warm_up()
-    if service.rollups is not None and not worker.loop.run_until_complete(
-            _rollups_loaded(worker, service.rollups.loaded)):
+    # a daemon thread: a worker stopped meanwhile exits without waiting for it
+    warm_up: cf.Future[None] = cf.Future()
+    threading.Thread(target=_run, args=(warm_up, service.scans.warm_up), name="warm-up",
+                     daemon=True).start()
+    rollups = service.rollups
+    worker.loop.run_until_complete(_ready(worker, lambda: warm_up.done() and (
+        rollups is None or rollups.loaded())))
+    if not worker.alive:
+        return
+    if warm_up.done():
+        warm_up.result()  # a reader process that could not start fails the worker, as before
+    else:
+        worker.log.warning("consumers and reader processes not ready within %gs", READY_S)
+    if rollups is not None and not rollups.loaded():
         worker.log.warning("rollup topic not read within %gs: windows are read from the "
-                           "readings until it is", ROLLUPS_LOAD_S)
+                           "readings until it is", READY_S)
 
 
-async def _rollups_loaded(worker: Any, loaded: Callable[[], bool]) -> bool:
-    """Wait in the worker's event loop, where its stop signals are handled (a stopped worker
-    waits no longer), sending its heartbeat to the master meanwhile."""
-    deadline = time.monotonic() + ROLLUPS_LOAD_S
-    while not loaded():
-        if not worker.alive or time.monotonic() >= deadline:
-            return not worker.alive
+def _run(future: cf.Future[None], fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except BaseException as e:  # handed to the waiting worker, which raises it
+        future.set_exception(e)
+    else:
+        future.set_result(None)
+
+
+async def _ready(worker: Any, ready: Callable[[], bool]) -> None:
+    """Wait until `ready()`, READY_S at most, or until the worker is stopped, sending its
+    heartbeat to the master meanwhile."""
+    deadline = time.monotonic() + READY_S
+    while not ready() and worker.alive and time.monotonic() < deadline:
         worker.notify()
         await asyncio.sleep(0.2)
-    return True
 
 
 def child_exit(server: Any, worker: Any) -> None:

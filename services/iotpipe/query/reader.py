@@ -28,10 +28,10 @@ from iotpipe.core.settings import KafkaSettings
 from iotpipe.query.end_offsets import TP, EndOffsets
 from iotpipe.query.errors import BrokerUnavailable, UnknownTopic, is_missing
 from iotpipe.query.range_scan import BATCH, PartitionRange, RangeScan, Row, ScanJob, SensorScan
-from iotpipe.query.window_cache import WindowCache
+from iotpipe.query.window_cache import Bounds, WindowCache
 
 log = logging.getLogger(__name__)
-WARM_S = 2.0  # per broker call of a warm-up: a worker starting while the broker is away waits
+WARM_UP_S = 5.0  # a worker starting while the broker is away or slow waits no longer
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -124,7 +124,8 @@ class KafkaWindowReader:
             f: queue.SimpleQueue() for f in self._fetches}
         self._partitions: dict[str, tuple[float, list[int]]] = {}
         self._ends = EndOffsets(self._end_offsets, kafka.timeout_s)
-        self._lookups = cf.ThreadPoolExecutor(4, thread_name_prefix="lookup")
+        # one per window read at the same time (the service reads up to 8: see its _parts)
+        self._lookups = cf.ThreadPoolExecutor(8, thread_name_prefix="lookup")
 
     def close(self) -> None:
         self._lookups.shutdown(wait=False, cancel_futures=True)
@@ -171,23 +172,28 @@ class KafkaWindowReader:
         self._partitions[topic] = (time.monotonic(), parts)
         return parts
 
-    def warm_up(self, topics: list[str], consumers: int) -> None:
-        """Connect `consumers` idle consumers of each fetch kind to the brokers leading the
+    def warm_up(self, topics: list[str], consumers: dict[Fetch, int]) -> None:
+        """Connect idle consumers (how many of each fetch kind) to the brokers leading the
         topics' partitions, and learn those partitions, before the first requests, which would
-        otherwise wait for both. Gives up at the first failure (the broker away at start, a
-        topic not created yet): the requests connect then."""
-        made = [(f, Consumer(self._configs[f])) for f in self._fetches for _ in range(consumers)]
+        otherwise wait for both. Gives up at the first failure or after WARM_UP_S (the broker
+        away or slow at start, a topic not created yet): the requests connect then."""
+        deadline = time.monotonic() + WARM_UP_S
+        new_consumers: list[tuple[Fetch, Consumer]] = []
         try:
-            for _, c in made:
-                found = c.list_topics(timeout=WARM_S).topics
-                ends = [TopicPartition(t, p, OFFSET_END)
-                        for t in topics for p in self._learn(t, found[t])]
-                c.offsets_for_times(ends, timeout=WARM_S)  # connects to the partitions' leaders
+            for fetch, n in consumers.items():
+                new_consumers += [(fetch, Consumer(self._configs[fetch])) for _ in range(n)]
+            if not new_consumers:
+                return
+            listed = new_consumers[0][1].list_topics(timeout=WARM_UP_S).topics
+            ends = [TopicPartition(t, p, OFFSET_END)
+                    for t in topics for p in self._learn(t, listed[t])]
+            for _, c in new_consumers:  # a lookup asks each partition's leader: connects to it
+                c.offsets_for_times(ends, timeout=max(0.1, deadline - time.monotonic()))
         except (KafkaException, KeyError) as e:
             log.info("consumers not warmed up (%r): the first requests connect them", e)
         finally:
-            for f, c in made:
-                self._idle[f].put(c)
+            for fetch, c in new_consumers:
+                self._idle[fetch].put(c)
 
     @_kafka_call("looking up offsets")
     def _offsets_at(self, partitions: list[TP], ts_ms: int) -> dict[TP, int]:
@@ -207,7 +213,8 @@ class KafkaWindowReader:
              cache: WindowCache | None = None) -> dict[str, list[PartitionRange] | UnknownTopic]:
         """Per sensor ({topic: sensor}), the partition ranges that cover [from, to] with its
         allowed lateness, or why its topic cannot be read. The starts of all topics are one
-        broker request, their ends another; offsets the cache knows exactly are not asked."""
+        broker request, their ends another made at the same time; offsets the cache knows
+        exactly are not asked."""
         try:
             return self._plan(topics, from_ms, to_ms, lateness_ms, cache)
         except UnknownTopic:  # deleted since its partitions were listed: list them again
@@ -229,18 +236,10 @@ class KafkaWindowReader:
         stop_ms, closed = _stop(to_ms, lateness_ms)
         known = {(t, p): b for t, p in parts if cache is not None
                  and (b := cache.bounds(t, p, from_ms, stop_ms if closed else None)) is not None}
-        ends = {tp: b.end for tp, b in known.items() if b.end is not None}
-        # the ends are looked up at the same time as the starts (two requests to the broker,
-        # one after the other, would add a round trip), for every partition
-        unknown = [tp for tp in parts if tp not in ends] if closed else []
-        later = self._lookups.submit(self._offsets_at, unknown, stop_ms) if unknown else None
-        starts = {tp: b.start for tp, b in known.items()}
-        starts |= self._offsets_at([tp for tp in parts if tp not in known], from_ms)
-        if later is not None:
-            ends |= later.result()
+        starts, ends = self._offsets(parts, known, from_ms, stop_ms if closed else None)
         live = [tp for tp in parts if starts[tp] >= 0]  # -1: nothing stamped at/after `from`
-        ends |= {tp: -1 for tp in live if tp not in ends}  # (open: ends not known yet)
-        open_ended = [tp for tp in live if ends[tp] < 0]
+        # -1 or not looked up (an open window): the partition's end, whatever comes until then
+        open_ended = [tp for tp in live if ends.get(tp, -1) < 0]
         if open_ended:  # shared with the other requests asking now
             try:
                 ends |= self._ends.get(open_ended)
@@ -253,6 +252,29 @@ class KafkaWindowReader:
                                    None if (t, p) in open_ended else stop_ms)
                     for t, p in live if t == topic and ends[(t, p)] > starts[(t, p)]]
         return plans
+
+    def _offsets(self, parts: list[TP], known: dict[TP, Bounds], from_ms: int,
+                 stop_ms: int | None) -> tuple[dict[TP, int], dict[TP, int]]:
+        """Start offsets of the partitions, and end offsets if the window is closed (`stop_ms`),
+        from the cache where it knows them, else from the broker. Which partitions hold
+        anything after `from` is only known once the starts return, so the ends of all the
+        others are asked at the same time as the starts: one round trip, not two."""
+        starts = {tp: b.start for tp, b in known.items()}
+        ends = {tp: b.end for tp, b in known.items() if b.end is not None}
+        starts_wanted = [tp for tp in parts if tp not in known]
+        if stop_ms is None or not (ends_wanted := [tp for tp in parts if tp not in ends]):
+            return starts | self._offsets_at(starts_wanted, from_ms), ends
+        if not starts_wanted:  # one request: no need for a thread
+            return starts, ends | self._offsets_at(ends_wanted, stop_ms)
+        ends_lookup = self._lookups.submit(self._offsets_at, ends_wanted, stop_ms)
+        try:
+            starts |= self._offsets_at(starts_wanted, from_ms)
+            ends |= ends_lookup.result(timeout=2 * self._timeout + 1)
+        except (cf.TimeoutError, cf.CancelledError):  # (cancelled: the service is stopping)
+            raise BrokerUnavailable("offset lookup did not finish") from None
+        finally:
+            ends_lookup.cancel()  # not started yet when the starts failed: not needed
+        return starts, ends
 
     @_kafka_call("looking up end offsets")
     def _end_offsets(self, partitions: list[tuple[str, int]]

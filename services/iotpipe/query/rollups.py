@@ -210,8 +210,7 @@ class RollupIndex:
                     if (lag := self.lag_s()) is not None:
                         prom.ROLLUP_LAG.set(lag)
             except KafkaException as e:
-                # no topic to read (yet): nothing to wait for
-                if is_missing(e.args[0] if e.args else None):
+                if is_missing(e):  # no topic to read (yet): nothing to wait for
                     self._loaded.set()
                 if not lost:
                     log.warning("rollup topic %s lost (%s): windows are read from the "

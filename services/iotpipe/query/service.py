@@ -32,7 +32,7 @@ from iotpipe.query import metrics as prom
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
-from iotpipe.query.reader import KafkaWindowReader, split
+from iotpipe.query.reader import LARGE, SHORT, WINDOW, KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
 from iotpipe.query.retention import Retention, retention_note
 from iotpipe.query.rollups import RollupIndex, RollupPlan
@@ -53,7 +53,7 @@ _process_reader: KafkaWindowReader | None = None
 def _init_reader_process(kafka: KafkaSettings, topics: list[str]) -> None:
     global _process_reader
     _process_reader = KafkaWindowReader(kafka, large=True)
-    _process_reader.warm_up(topics, consumers=1)
+    _process_reader.warm_up(topics, {LARGE: 1})  # one scan at a time
     gc.freeze()
     gc.set_threshold(*READER_GC_THRESHOLDS)
 
@@ -127,9 +127,10 @@ class ScanPool:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:
-        """Connect consumers and start the reader processes now, not in the first requests
-        (one window's edges are read at the same time: two consumers of each kind)."""
-        self._reader.warm_up(self._topics, consumers=2)
+        """Connect consumers and start the reader processes now, not in the first requests.
+        A request reads its window's two edges at the same time; each edge first looks up its
+        start and end offsets at once (two consumers of the lookup kind), then scans (one)."""
+        self._reader.warm_up(self._topics, {SHORT: 4, WINDOW: 2})
         if self.processes:
             pool = self._process_pool()
             assert all(pool.map(_reader_ready, range(self.processes))), "reader not ready"

@@ -1,0 +1,74 @@
+"""What a reader's warm-up asks of the broker, with librdkafka's Consumer replaced."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+from confluent_kafka import OFFSET_END, KafkaError, KafkaException
+
+from iotpipe.core.settings import Settings
+from iotpipe.query import reader as reader_module
+from iotpipe.query.reader import SHORT, WINDOW, KafkaWindowReader
+
+
+class FakeConsumer:
+    made: ClassVar[list[FakeConsumer]] = []
+    fail_lookup = False
+
+    def __init__(self, config: dict) -> None:
+        self.config, self.listed, self.looked_up = config, 0, []
+        FakeConsumer.made.append(self)
+
+    def list_topics(self, timeout: float) -> SimpleNamespace:
+        self.listed += 1
+        part = SimpleNamespace(error=None, partitions={0: None, 1: None})
+        return SimpleNamespace(topics={"t-a": part, "t-b": part, "other": part})
+
+    def offsets_for_times(self, partitions: list, timeout: float) -> list:
+        if FakeConsumer.fail_lookup:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        self.looked_up.append(sorted((tp.topic, tp.partition, tp.offset) for tp in partitions))
+        return partitions
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def reader(monkeypatch: pytest.MonkeyPatch) -> KafkaWindowReader:
+    FakeConsumer.made, FakeConsumer.fail_lookup = [], False
+    monkeypatch.setattr(reader_module, "Consumer", FakeConsumer)
+    return KafkaWindowReader(Settings.from_env({}).kafka)
+
+
+def test_every_consumer_asks_the_leaders_of_all_partitions(reader: KafkaWindowReader) -> None:
+    reader.warm_up(["t-a", "t-b"], {SHORT: 3, WINDOW: 1})
+    assert {f: q.qsize() for f, q in reader._idle.items()} == {SHORT: 3, WINDOW: 1}
+    assert [c.config["max.partition.fetch.bytes"] for c in FakeConsumer.made] == [
+        SHORT.kib * 1024] * 3 + [WINDOW.kib * 1024]
+    ends = [(t, p, OFFSET_END) for t in ("t-a", "t-b") for p in (0, 1)]
+    assert [c.looked_up for c in FakeConsumer.made] == [[ends]] * 4
+    assert sum(c.listed for c in FakeConsumer.made) == 1  # the topics are listed once
+    assert {t: reader._partitions[t][1] for t in ("t-a", "t-b")} == {"t-a": [0, 1],
+                                                                     "t-b": [0, 1]}
+
+
+def test_a_failed_lookup_stops_the_warm_up_and_keeps_the_consumers(
+        reader: KafkaWindowReader, caplog: pytest.LogCaptureFixture) -> None:
+    FakeConsumer.fail_lookup = True
+    with caplog.at_level(logging.INFO, "iotpipe.query.reader"):
+        reader.warm_up(["t-a"], {SHORT: 2, WINDOW: 2})
+    assert "consumers not warmed up" in caplog.text
+    assert {f: q.qsize() for f, q in reader._idle.items()} == {SHORT: 2, WINDOW: 2}
+
+
+def test_a_topic_not_created_yet_stops_the_warm_up(
+        reader: KafkaWindowReader, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, "iotpipe.query.reader"):
+        reader.warm_up(["t-a", "missing"], {SHORT: 1})
+    assert "consumers not warmed up" in caplog.text
+    assert [c.looked_up for c in FakeConsumer.made] == [[]]
+    assert reader._idle[SHORT].qsize() == 1
