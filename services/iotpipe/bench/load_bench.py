@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -56,10 +56,16 @@ BODY = json.dumps({"temperature": ["count", "average"], "humidity": ["min", "max
                    "pressure": ["count", "stddev"], "from": "%s", "to": "%s"})
 
 
+def fleet_second(rng: random.Random, devices: int, second_ms: int) -> Iterator[tuple[int, int]]:
+    """(device, ts) of one second of a fleet of independent devices: each sends once, in a
+    random order, at its own jittered moment within the second (not the simulator's turns)."""
+    for d in rng.sample(range(devices), devices):
+        yield d, second_ms + rng.randrange(1000)
+
+
 def _load_last_hour(settings: Settings) -> int:
     """An hour of readings, 1/s from each of DEVICES devices per sensor, ending now: every
-    second the devices send in a random order, each at its own jittered moment, as a fleet of
-    independent devices does (not the simulator's fixed turns)."""
+    second the devices send as a fleet does (see fleet_second)."""
     ensure_topics(settings)
     # small batches, as a live fleet sends them (the broker decompresses a whole batch to find
     # a timestamp in it, so one huge batch would make every offset lookup expensive)
@@ -70,9 +76,7 @@ def _load_last_hour(settings: Settings) -> int:
     now = int(time.time() * 1000)
     for sensor in settings.sensors:
         for s in range(HOUR_S):
-            second_ms = now - (HOUR_S - s) * 1000
-            for d in rng.sample(range(DEVICES), DEVICES):
-                ts = second_ms + rng.randrange(1000)
+            for d, ts in fleet_second(rng, DEVICES, now - (HOUR_S - s) * 1000):
                 r = wire.Reading(f"{sensor}-{d}", sensor, s, ts, (s * 7 + d) % 101)
                 p.produce(settings.topic(sensor), wire.encode(r), wire.key(r), timestamp=ts)
             p.flush(30) if len(p) > 50_000 else p.poll(0)

@@ -16,7 +16,7 @@ from subprocess import Popen
 
 from confluent_kafka import Producer
 
-from iotpipe.bench.load_bench import LUA_HEAD, errors_cell, wrk
+from iotpipe.bench.load_bench import LUA_HEAD, errors_cell, fleet_second, wrk
 from iotpipe.bench.measure import machine_busy_s, percentile, tree_cpu_s, tree_rss_mib
 from iotpipe.bench.stream_backlog import run_pipeline
 from iotpipe.core import wire
@@ -44,8 +44,8 @@ end
 
 
 def load_fleet(settings: Settings, end_ms: int) -> int:
-    """DAYS days of DEVICES devices per sensor at 1 reading/s each, ending at `end_ms`: every
-    second the devices send in a random order, each at its own jittered moment."""
+    """DAYS days of DEVICES devices per sensor at 1 reading/s each, ending at `end_ms`, sent as
+    a fleet does (see fleet_second)."""
     ensure_topics(settings)
     p = Producer(settings.kafka.client_config() | {
         "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
@@ -56,8 +56,7 @@ def load_fleet(settings: Settings, end_ms: int) -> int:
     for sensor in settings.sensors:
         topic = settings.topic(sensor)
         for s in range(start_s, end_ms // 1000):
-            for d in rng.sample(range(DEVICES), DEVICES):
-                ts = s * 1000 + rng.randrange(1000)
+            for d, ts in fleet_second(rng, DEVICES, s * 1000):
                 r = wire.Reading(f"{sensor}-{d}", sensor, s - start_s, ts,
                                  round(20 + 10 * math.sin(s / 13_751) + rng.gauss(0, 1), 3))
                 p.produce(topic, wire.encode(r), wire.key(r), timestamp=ts)

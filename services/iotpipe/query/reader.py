@@ -178,17 +178,21 @@ class KafkaWindowReader:
         otherwise wait for both. Gives up at the first failure or after WARM_UP_S (the broker
         away or slow at start, a topic not created yet): the requests connect then."""
         deadline = time.monotonic() + WARM_UP_S
+
+        def left() -> float:  # of the warm-up's time, for the next broker call
+            return max(0.1, deadline - time.monotonic())
+
         new_consumers: list[tuple[Fetch, Consumer]] = []
         try:
             for fetch, n in consumers.items():
                 new_consumers += [(fetch, Consumer(self._configs[fetch])) for _ in range(n)]
             if not new_consumers:
                 return
-            listed = new_consumers[0][1].list_topics(timeout=WARM_UP_S).topics
+            listed = new_consumers[0][1].list_topics(timeout=left()).topics
             ends = [TopicPartition(t, p, OFFSET_END)
                     for t in topics for p in self._learn(t, listed[t])]
             for _, c in new_consumers:  # a lookup asks each partition's leader: connects to it
-                c.offsets_for_times(ends, timeout=max(0.1, deadline - time.monotonic()))
+                c.offsets_for_times(ends, timeout=left())
         except (KafkaException, KeyError) as e:
             log.info("consumers not warmed up (%r): the first requests connect them", e)
         finally:
