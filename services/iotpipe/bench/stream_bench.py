@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
@@ -222,12 +223,23 @@ def backlog(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         f"{runs['ours']['rate']:,.0f} readings/s (target >= 75,000).")
 
 
+def held_rate(rows: list[dict[str, Any]]) -> float:
+    """The highest rate achieved with flat lag at it and at every lower offered rate: a rate
+    that grew below a flat one shows the flat one was luck, not capacity."""
+    held = 0.0
+    for r in sorted(rows, key=lambda r: r["rate"]):
+        if not r["flat"]:
+            break
+        held = r["achieved"]
+    return held
+
+
 def run(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
     caught_up = backlog(bootstrap, tmp, log)
     lat = latency(bootstrap, tmp)
     log(f"produce -> gauge latency p50 {percentile(lat, 50):.2f}s p99 {percentile(lat, 99):.2f}s")
     rows = [sustained(bootstrap, rate, tmp, log) for rate in RATES]
-    held = max((r["achieved"] for r in rows if r["flat"]), default=0.0)
+    held = held_rate(rows)
     table = "\n".join(
         f"| {r['rate']:,} | {r['caught_up']} | {r['achieved']:,.0f} | {r['counted']:,.0f} "
         f"| {r['lag_start']:,.0f} | {r['lag_end']:,.0f} | {'flat' if r['flat'] else 'growing'} "
@@ -251,5 +263,6 @@ def run(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         "| offered readings/s | caught up after | achieved | counted/s | lag at start "
         "| lag at end | lag | cores: stream / simulator / rest |\n"
         "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n" + table +
-        f"\n\nHighest rate held with flat lag: {held:,.0f} readings/s (target: flat at "
+        f"\n\nHighest rate held with flat lag, every lower rate flat too: {held:,.0f} "
+        "readings/s (target: flat at "
         ">= 50,000).")
