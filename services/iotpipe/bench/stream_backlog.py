@@ -107,6 +107,7 @@ def summary(progress: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds, "rate": rows / seconds, "batches": len(batches),
             "phases_s": phases,
             "state_update_s": sum(op.get("allUpdatesTimeMs", 0) for op in ops) / 1000,
+            "state_removal_s": sum(op.get("allRemovalsTimeMs", 0) for op in ops) / 1000,
             "state_commit_s": sum(op.get("commitTimeMs", 0) for op in ops) / 1000}
 
 
