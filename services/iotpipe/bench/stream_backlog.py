@@ -104,11 +104,14 @@ def summary(progress: list[dict[str, Any]]) -> dict[str, Any]:
         for phase, ms in p["durationMs"].items():
             phases[phase] = phases.get(phase, 0) + ms / 1000
     ops = [op for p in batches for op in p.get("stateOperators", [])]
+
+    def state_s(metric: str) -> float:
+        return sum(op.get(metric, 0) for op in ops) / 1000
+
     return {"rows": rows, "seconds": seconds, "rate": rows / seconds, "batches": len(batches),
-            "phases_s": phases,
-            "state_update_s": sum(op.get("allUpdatesTimeMs", 0) for op in ops) / 1000,
-            "state_removal_s": sum(op.get("allRemovalsTimeMs", 0) for op in ops) / 1000,
-            "state_commit_s": sum(op.get("commitTimeMs", 0) for op in ops) / 1000}
+            "phases_s": phases, "state_update_s": state_s("allUpdatesTimeMs"),
+            "state_removal_s": state_s("allRemovalsTimeMs"),
+            "state_commit_s": state_s("commitTimeMs")}
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from iotpipe.localstack.topics import ensure_topics
+from iotpipe.stream.job import KAFKA_POLL
 
 RATES = (20_000, 40_000, 50_000, 60_000, 80_000)
 BACKLOG_PER_SENSOR = 600_000
@@ -206,6 +207,7 @@ def backlog(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
                     f"{ph.get('addBatch', 0):.1f} | {r['state_update_s']:.1f} | "
                     f"{r['state_removal_s']:.1f} | {r['state_commit_s']:.1f} | {other:.1f} |")
     ratio = runs["ours"]["rate"] / runs["native"]["rate"]
+    per_poll = int(KAFKA_POLL["max.poll.records"])
     return (
         f"Backlog catch-up: {n:,} readings already in the topics ({BACKLOG_DEVICES} devices per "
         "sensor taking turns in random order), each pipeline in a fresh process with the same "
@@ -213,8 +215,8 @@ def backlog(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         "the last. native = Kafka source -> `from_json` -> watermark -> "
         "`dropDuplicatesWithinWatermark` (sensor, device, seq) -> per-sensor window aggregates "
         "collected in `foreachBatch`; ours = the stream job (per-sensor branches, each message "
-        "decoded by the wire module in an Arrow UDF, counters, 20,000 records per Kafka poll "
-        "where native keeps the default 500). Time columns are Spark's "
+        f"decoded by the wire module in an Arrow UDF, counters, {per_poll:,} records per Kafka "
+        "poll where native keeps the default 500). Time columns are Spark's "
         "progress metrics summed over the batches "
         "(state update, removal of expired keys and commit summed over the state operators' "
         "tasks).\n\n"
