@@ -50,7 +50,7 @@ class Dataset:
     values: dict[str, array[int]] = field(default_factory=dict)
 
     def readings(self, sensor: str) -> Iterator[wire.Reading]:
-        """rotation: devices take turns, 10 ms apart, as the simulator sends them. Otherwise a
+        """rotation: devices take turns in a fixed order, 10 ms apart. Otherwise a
         fleet of devices sending independently: each once per period (100 readings/s per
         sensor in all) from its own phase, with +-50 ms jitter, in the order of their stamps."""
         if self.rotation:
@@ -306,8 +306,8 @@ def run(bootstrap: str, workdir: Path, log: Log) -> str:
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     return (
         "## Query service: 3 sensors x 4 metrics, data shaped like fleets\n\n"
-        "Data: *rotation* = 10 devices per sensor taking turns, 10 ms apart (as the simulator "
-        "sends them); *fleet* = 100 devices per sensor each sending once a second from its own "
+        "Data: *rotation* = 10 devices per sensor taking turns in a fixed order, 10 ms apart; "
+        "*fleet* = 100 devices per sensor each sending once a second from its own "
         "phase with +-50 ms jitter, so the devices come in a random order; *N devices* = the "
         "same fleet shape, 10^6 readings per sensor from N devices. (a) this service over HTTP "
         "(gunicorn, 1 worker, 2 reader processes, window cache off: every request reads the "

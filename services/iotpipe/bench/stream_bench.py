@@ -32,6 +32,7 @@ from iotpipe.stream.job import KAFKA_POLL
 RATES = (20_000, 40_000, 50_000, 60_000, 80_000)
 BACKLOG_PER_SENSOR = 600_000
 BACKLOG_DEVICES = 200
+SUSTAINED_DEVICES = 100_000  # per sensor: each sends every few seconds, in random order
 HOLD_S = 60
 CATCHUP_S = 120
 CAUGHT_UP_S = 5  # lag within this much input: past Spark's start-up backlog
@@ -102,7 +103,8 @@ def sustained(bootstrap: str, rate: int, tmp: Path, log: Callable[[str], None]) 
         _wait_until("the stream's metrics", lambda: scrape(stream_url))
         sensors = start_service("sensors", tmp / f"sensors-{rate}.log", {
             "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": prefix,
-            "IOTPIPE_DEVICES_PER_SENSOR": "1000", "IOTPIPE_SENSOR_RATE_HZ": str(rate / 3000),
+            "IOTPIPE_DEVICES_PER_SENSOR": str(SUSTAINED_DEVICES),
+            "IOTPIPE_SENSOR_RATE_HZ": str(rate / (3 * SUSTAINED_DEVICES)),
             "IOTPIPE_SENSORS_METRICS_PORT": str(free_port()), "IOTPIPE_LOG_LEVEL": "WARNING"})
         _wait_until(f"the stream's first readings at {rate}/s", lambda: _counted(stream_url), 180)
         t = time.monotonic()
@@ -253,7 +255,8 @@ def run(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         f"Produce -> gauge latency at the default rate (1 reading/s per sensor, {len(lat)} "
         f"samples): p50 {percentile(lat, 50):.2f} s, p99 {percentile(lat, 99):.2f} s "
         "(target p50 <= 2 s).\n\n"
-        "Sustained ingest, simulator (1,000 devices per sensor) on the same 2 cores. Lag = "
+        f"Sustained ingest, simulator ({SUSTAINED_DEVICES:,} devices per sensor, all "
+        "sending once a round, every round in a new random order) on the same 2 cores. Lag = "
         "readings in the topics (their end offsets) minus readings counted by the stream, "
         "sampled about every 0.5 s. After Spark's start-up the stream first catches up with "
         f"what piled up meanwhile (caught up = lag within {CAUGHT_UP_S} s of input; at most "

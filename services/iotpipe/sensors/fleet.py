@@ -1,10 +1,12 @@
 """A fleet of simulated devices writing readings to Kafka in the documented wire format.
 
-One process simulates any number of devices: readings are generated round-robin at the
-configured per-device rate and produced with an idempotent, acks=all producer. While the
-broker is down the producer keeps readings buffered and retries them for
-IOTPIPE_PRODUCER_BUFFER_SECONDS; readings it finally gives up on are logged and counted as
-failed (`iotpipe_sensor_readings_failed_total`), never dropped silently.
+One process simulates any number of devices, each sending at the configured rate. Like the
+devices of a real fleet, which send independently, they take turns in a new random order every
+round, not in a fixed rotation that readers of the topics could come to rely on. Readings are
+produced with an idempotent, acks=all producer. While the broker is down the producer keeps
+readings buffered and retries them for IOTPIPE_PRODUCER_BUFFER_SECONDS; readings it finally
+gives up on are logged and counted as failed (`iotpipe_sensor_readings_failed_total`), never
+dropped silently.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class SensorFleet:
             log.warning("kafka client error: %s", err.str())
 
     def emit(self, count: int, now_ms: int | None = None) -> None:
-        """Produce the next `count` readings, round-robin over the devices."""
+        """Produce the next `count` readings: each device once per round, every round in a new
+        random order."""
         s = self.settings
         devices, n_dev = self.devices, len(self.devices)
         produce, poll = self.producer.produce, self.producer.poll
@@ -115,6 +118,8 @@ class SensorFleet:
         dup, late = s.duplicate_rate, s.late_rate
         ts = now_ms if now_ms is not None else int(time.time() * 1000)
         for _ in range(count):
+            if self._next == 0:
+                self.rng.shuffle(devices)
             d = devices[self._next]
             self._next = (self._next + 1) % n_dev
             raw = encode(Reading(d.name, d.sensor, d.seq, ts, d.model(d.index, ts)))
