@@ -32,7 +32,7 @@ from iotpipe.stream.job import KAFKA_POLL
 RATES = (20_000, 40_000, 50_000, 60_000, 80_000)
 BACKLOG_PER_SENSOR = 600_000
 BACKLOG_DEVICES = 200
-SUSTAINED_DEVICES = 100_000  # per sensor: each sends every few seconds, in random order
+SUSTAINED_DEVICES = 100_000  # per sensor: a fleet, not a handful of fast devices
 HOLD_S = 60
 CATCHUP_S = 120
 CAUGHT_UP_S = 5  # lag within this much input: past Spark's start-up backlog

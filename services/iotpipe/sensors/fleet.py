@@ -61,7 +61,7 @@ class SensorFleet:
     def __init__(self, settings: Settings, seed: int | None = None,
                  first_seq: int | None = None) -> None:
         """`first_seq` defaults to now x rate: a restarted fleet never reuses a seq, because a
-        device never emits faster than its rate."""
+        device sends once a round, and rounds never run ahead of now x rate."""
         self.settings = settings
         if first_seq is None:
             first_seq = int(time.time() * settings.sensor_rate_hz) + 1
