@@ -104,7 +104,7 @@ def sustained(bootstrap: str, rate: int, tmp: Path, log: Callable[[str], None]) 
         sensors = start_service("sensors", tmp / f"sensors-{rate}.log", {
             "IOTPIPE_KAFKA_BOOTSTRAP": bootstrap, "IOTPIPE_TOPIC_PREFIX": prefix,
             "IOTPIPE_DEVICES_PER_SENSOR": str(SUSTAINED_DEVICES),
-            "IOTPIPE_SENSOR_RATE_HZ": str(rate / (3 * SUSTAINED_DEVICES)),
+            "IOTPIPE_SENSOR_RATE_HZ": str(rate / (len(settings.sensors) * SUSTAINED_DEVICES)),
             "IOTPIPE_SENSORS_METRICS_PORT": str(free_port()), "IOTPIPE_LOG_LEVEL": "WARNING"})
         _wait_until(f"the stream's first readings at {rate}/s", lambda: _counted(stream_url), 180)
         t = time.monotonic()
