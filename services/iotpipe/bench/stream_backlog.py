@@ -9,6 +9,7 @@ planning before the first batch are left out, the first batch's own work is in.
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -30,7 +31,7 @@ NATIVE_SCHEMA = "device string, sensor string, seq long, ts long, value double"
 
 
 def fill(settings: Settings, per_sensor: int, devices: int, seed: int = 12) -> int:
-    """`per_sensor` readings on each topic from `devices` devices taking turns in random order
+    """`per_sensor` readings on each topic, each from one of `devices` devices drawn at random
     (each device's seq goes on by one), 5 ms of event time apart, the last one now (older
     readings would be deleted by the topics' retention)."""
     ensure_topics(settings)
@@ -87,7 +88,9 @@ def _ours(spark: SparkSession, settings: Settings) -> StreamingQuery:
 
 
 def summary(progress: list[dict[str, Any]]) -> dict[str, Any]:
-    """Readings/s from the first batch, and where the batches' time went (Spark's progress)."""
+    """Readings/s from the first batch, the same after it (the first batch also pays the
+    engine's warm-up: code generation, the JIT, the Python workers), and where the batches'
+    time went (Spark's progress)."""
     from datetime import datetime
 
     def at(p: dict[str, Any]) -> float:
@@ -97,8 +100,13 @@ def summary(progress: list[dict[str, Any]]) -> dict[str, Any]:
     if not batches:
         raise RuntimeError(f"no batch read anything: {progress}")
     rows = sum(p["numInputRows"] for p in batches)
-    seconds = (at(batches[-1]) + batches[-1]["durationMs"]["triggerExecution"] / 1000
-               - at(batches[0]))
+
+    def end(p: dict[str, Any]) -> float:
+        return at(p) + p["durationMs"]["triggerExecution"] / 1000
+
+    seconds = end(batches[-1]) - at(batches[0])
+    first_s = end(batches[0]) - at(batches[0])
+    later_rows = rows - batches[0]["numInputRows"]
     phases: dict[str, float] = {}
     for p in batches:
         for phase, ms in p["durationMs"].items():
@@ -109,6 +117,8 @@ def summary(progress: list[dict[str, Any]]) -> dict[str, Any]:
         return sum(op.get(metric, 0) for op in ops) / 1000
 
     return {"rows": rows, "seconds": seconds, "rate": rows / seconds, "batches": len(batches),
+            "first_batch_s": first_s,
+            "later_rate": later_rows / (seconds - first_s) if later_rows else math.nan,
             "phases_s": phases, "state_update_s": state_s("allUpdatesTimeMs"),
             "state_removal_s": state_s("allRemovalsTimeMs"),
             "state_commit_s": state_s("commitTimeMs")}

@@ -27,11 +27,11 @@ from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from iotpipe.localstack.topics import ensure_topics
-from iotpipe.stream.job import KAFKA_POLL
+from iotpipe.stream.job import KAFKA_POLL, MAX_OFFSETS_PER_TRIGGER
 
 RATES = (20_000, 40_000, 50_000, 60_000, 80_000)
-BACKLOG_PER_SENSOR = 600_000
-BACKLOG_DEVICES = 200
+BACKLOG_PER_SENSOR = 2_000_000  # ten micro-batches, so the first one's warm-up is a small part
+BACKLOG_DEVICES = 100_000
 SUSTAINED_DEVICES = 100_000  # per sensor: a fleet, not a handful of fast devices
 HOLD_S = 60
 CATCHUP_S = 120
@@ -206,15 +206,18 @@ def backlog(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         ph = r["phases_s"]
         other = sum(v for k, v in ph.items() if k not in ("addBatch", "triggerExecution"))
         rows.append(f"| {name} | {r['rate']:,.0f} | {r['seconds']:.1f} | {r['batches']} | "
+                    f"{r['first_batch_s']:.1f} | {r['later_rate']:,.0f} | "
                     f"{ph.get('addBatch', 0):.1f} | {r['state_update_s']:.1f} | "
                     f"{r['state_removal_s']:.1f} | {r['state_commit_s']:.1f} | {other:.1f} |")
     ratio = runs["ours"]["rate"] / runs["native"]["rate"]
     per_poll = int(KAFKA_POLL["max.poll.records"])
     return (
-        f"Backlog catch-up: {n:,} readings already in the topics ({BACKLOG_DEVICES} devices per "
-        "sensor taking turns in random order), each pipeline in a fresh process with the same "
+        f"Backlog catch-up: {n:,} readings already in the topics ({BACKLOG_DEVICES:,} devices "
+        "per sensor sending in random order), each pipeline in a fresh process with the same "
         "session settings; readings/s from the start of the first micro-batch to the end of "
-        "the last. native = Kafka source -> `from_json` -> watermark -> "
+        f"the last (batches of up to {MAX_OFFSETS_PER_TRIGGER:,} readings per sensor), and "
+        "after the first one, which also pays the engine's warm-up. native = Kafka source -> "
+        "`from_json` -> watermark -> "
         "`dropDuplicatesWithinWatermark` (sensor, device, seq) -> per-sensor window aggregates "
         "collected in `foreachBatch`; ours = the stream job (per-sensor branches, each message "
         f"decoded by the wire module in an Arrow UDF, counters, {per_poll:,} records per Kafka "
@@ -222,9 +225,10 @@ def backlog(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
         "progress metrics summed over the batches "
         "(state update, removal of expired keys and commit summed over the state operators' "
         "tasks).\n\n"
-        "| pipeline | readings/s | s | batches | addBatch s | state update s | "
-        "state removal s | state commit s | other phases s |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(rows)
+        "| pipeline | readings/s | s | batches | first batch s | readings/s after it | "
+        "addBatch s | state update s | state removal s | state commit s | other phases s |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        + "\n".join(rows)
         + f"\n\nOurs / native: {ratio:.0%} (target >= 90 %); ours "
         f"{runs['ours']['rate']:,.0f} readings/s (target >= 75,000).")
 
