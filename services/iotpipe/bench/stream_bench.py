@@ -30,7 +30,7 @@ from iotpipe.localstack.topics import ensure_topics
 from iotpipe.stream.job import KAFKA_POLL, MAX_OFFSETS_PER_TRIGGER
 
 RATES = (20_000, 40_000, 50_000, 60_000, 80_000)
-BACKLOG_PER_SENSOR = 2_000_000  # ten micro-batches, so the first one's warm-up is a small part
+BACKLOG_PER_SENSOR = 2_000_000  # ten full micro-batches: the first one's warm-up is a small part
 BACKLOG_DEVICES = 100_000
 SUSTAINED_DEVICES = 100_000  # per sensor: a fleet, not a handful of fast devices
 HOLD_S = 60
