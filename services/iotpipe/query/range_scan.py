@@ -2,7 +2,9 @@
 
 Each message is decoded once; readings inside the window are folded into one aggregate per
 sensor, each (device, seq) once. In record mode the decoded messages are kept instead, for the
-window cache to answer this and later windows from.
+window cache to answer this and later windows from. A large scan de-duplicates each partition on
+its own and reads its partitions a few at a time, so that it holds the devices of those
+partitions, not of the whole window (see `ScanJob.per_partition`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
 from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 
 BATCH = 1000  # messages per consume(): a batch and its decoded readings stay in the CPU caches
+PARTITIONS_AT_ONCE = 2  # of a per-partition scan: one read while the next one's fetch starts
 POLL_S = 0.5
 # a consumed message that is not an error event always has these (the stubs say "or None")
 _topic = cast(Callable[[Message], str], Message.topic)
@@ -57,31 +60,42 @@ class ScanJob:
     deadline: float  # time.time() after which the scan gives up
     lateness_ms: int  # a reading this far behind its partition is late (see LateFilter)
     record: bool = False  # keep every decoded message (for the window cache), not a total
+    # each partition de-duplicated on its own and read PARTITIONS_AT_ONCE at a time: right
+    # when no device writes to two partitions, which the caller checks from the fingerprints
+    per_partition: bool = False
 
 
 @dataclass
 class SensorScan:
     """What one scan read of one sensor: the aggregate, and a fingerprint (hash) of each device
-    it counted, so that scans of the same sensor can be checked for a device both counted
-    (then a reading may have been counted twice: see the service)."""
+    it counted, one array per de-duplication state (the scan's, or each partition's), so that
+    they can be checked for a device two of them counted (then a reading may have been counted
+    twice: see the service)."""
 
     agg: WindowAggregate
-    devices: array[int]
+    devices: list[array[int]]
+
+
+def _fingerprints(seen: SeenReadings) -> array[int]:
+    return array("q", map(hash, seen.devices()))
 
 
 class _Sensor:
-    __slots__ = ("agg", "seen")
+    __slots__ = ("agg", "devices", "seen")
 
     def __init__(self) -> None:
         self.agg, self.seen = WindowAggregate(), SeenReadings()
+        self.devices: list[array[int]] = []  # of its partitions' own states, once read
 
 
 class _Range:
-    __slots__ = ("agg", "end", "last", "late", "rows", "seen", "sensor")
+    __slots__ = ("agg", "end", "last", "late", "rows", "seen", "sensor", "tp")
 
     def __init__(self, r: PartitionRange, sensor: _Sensor, job: ScanJob) -> None:
         self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor
-        self.agg, self.seen, self.late = sensor.agg, sensor.seen, LateFilter(job.lateness_ms)
+        self.tp = TopicPartition(r.topic, r.partition, r.start)
+        self.agg, self.late = sensor.agg, LateFilter(job.lateness_ms)
+        self.seen = SeenReadings() if job.per_partition else sensor.seen
         self.rows: list[Row] | None = [] if job.record else None
 
 
@@ -98,21 +112,38 @@ class RangeScan:
             self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job)
 
     def run(self, c: Consumer) -> None:
-        open_ = set(self.ranges)
+        """Read the ranges: all assigned at once, or (`per_partition`) the largest first, then
+        the next as one finishes, PARTITIONS_AT_ONCE at a time. Unassigns all at the end."""
+        waiting = [(r.topic, r.partition)
+                   for r in sorted(self.job.ranges, key=lambda r: r.end - r.start)]
+        at_once = PARTITIONS_AT_ONCE if self.job.per_partition else len(waiting)
+        open_: set[tuple[str, int]] = set()
         pending = sum(r.end - r.start for r in self.job.ranges)
-        while open_:
-            remaining = self.job.deadline - time.time()
-            if remaining <= 0:
-                raise ScanTimeout(f"{len(open_)} partitions not read before the deadline")
-            # consume() returns early only once it has as many messages as asked for
-            batch = c.consume(max(1, min(BATCH, pending)), min(POLL_S, remaining))
-            if not batch:
-                self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
-                continue
-            pending -= self._fold(c, batch, open_)
+        try:
+            while open_ or waiting:
+                if waiting and len(open_) < at_once:
+                    keys = [waiting.pop() for _ in range(min(len(waiting), at_once - len(open_)))]
+                    c.incremental_assign([self.ranges[key].tp for key in keys])
+                    open_.update(keys)
+                pending -= self._consume(c, open_, pending)
+        finally:
+            c.unassign()
+
+    def _consume(self, c: Consumer, open_: set[tuple[str, int]], pending: int) -> int:
+        """Fold one consume() batch; returns how many messages were inside the ranges."""
+        remaining = self.job.deadline - time.time()
+        if remaining <= 0:
+            raise ScanTimeout(f"{len(open_)} partitions not read before the deadline")
+        # consume() returns early only once it has as many messages as asked for
+        batch = c.consume(max(1, min(BATCH, pending)), min(POLL_S, remaining))
+        if batch:
+            return self._fold(c, batch, open_)
+        self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
+        return 0
 
     def results(self) -> dict[str, SensorScan]:
-        return {name: SensorScan(s.agg, array("q", map(hash, s.seen.devices())))
+        return {name: SensorScan(s.agg, s.devices if self.job.per_partition
+                                 else [_fingerprints(s.seen)])
                 for name, s in self.sensors.items()}
 
     def rows(self) -> dict[tuple[str, int], list[Row]]:
@@ -137,8 +168,18 @@ class RangeScan:
                 used += j - i
                 self._fold_run(r, batch[i:j])
         if finished:  # stop prefetching what lies past the range
-            c.incremental_unassign(finished)
+            self._finish(c, finished)
         return used
+
+    def _finish(self, c: Consumer, finished: list[TopicPartition]) -> None:
+        """Let go of ranges read to their end; in a per-partition scan, keep only their
+        devices' fingerprints."""
+        c.incremental_unassign(finished)
+        if self.job.per_partition:
+            for tp in finished:
+                r = self.ranges[(tp.topic, tp.partition)]
+                self.sensors[r.sensor].devices.append(_fingerprints(r.seen))
+                r.seen = SeenReadings()
 
     def _fold_run(self, r: _Range, msgs: list[Message]) -> None:
         """Messages of one partition inside its range: decoded together, each malformed one
@@ -167,9 +208,11 @@ class RangeScan:
                 rows.append((offset, stamp, None, 0, 0, reason))
 
     def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
-        for tp in c.position([TopicPartition(t, p) for t, p in open_]):
-            if tp.offset >= self.ranges[(tp.topic, tp.partition)].end:
-                open_.discard((tp.topic, tp.partition))
+        finished = [tp for tp in c.position([TopicPartition(t, p) for t, p in open_])
+                    if tp.offset >= self.ranges[(tp.topic, tp.partition)].end]
+        if finished:
+            open_.difference_update((tp.topic, tp.partition) for tp in finished)
+            self._finish(c, [TopicPartition(tp.topic, tp.partition) for tp in finished])
 
 
 def _runs(topics: list[str], partitions: list[int]

@@ -303,11 +303,6 @@ class KafkaWindowReader:
 
     def _run(self, job: ScanJob) -> RangeScan:
         with self._consumer(self._fetch_for(job)) as c:
-            tps = [TopicPartition(r.topic, r.partition, r.start) for r in job.ranges]
-            c.assign(tps)
-            try:
-                scan = RangeScan(job)
-                scan.run(c)
-                return scan
-            finally:
-                c.unassign()
+            scan = RangeScan(job)
+            scan.run(c)
+            return scan

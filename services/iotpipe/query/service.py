@@ -145,8 +145,9 @@ class _Part:
     deadline: float
     lateness_ms: int
 
-    def job(self, ranges: Iterable[PartitionRange]) -> ScanJob:
-        return ScanJob(tuple(ranges), self.lo, self.hi, self.deadline, self.lateness_ms)
+    def job(self, ranges: Iterable[PartitionRange], per_partition: bool = False) -> ScanJob:
+        return ScanJob(tuple(ranges), self.lo, self.hi, self.deadline, self.lateness_ms,
+                       per_partition=per_partition)
 
 
 class WindowMetricsService:
@@ -238,17 +239,19 @@ class WindowMetricsService:
     def _fold_scanned(self, ranges: list[PartitionRange], messages: int,
                       part: _Part, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges in parallel scans of whole partitions. Each scan counts a
-        (device, seq) once; a device found by two scans (its readings written to two
-        partitions) could have a reading counted by both, so then that sensor is read again in
-        one scan."""
+        (device, seq) once, a large one each partition on its own (its memory then holds one
+        partition's devices at a time); a device found by two scans or partitions (its readings
+        written to two partitions) could have a reading counted by both, so then that sensor is
+        read again in one scan."""
         deadline = part.deadline
         jobs = split(ranges, self.scans.groups(messages, len(totals)))
-        futures = [self.scans.submit(part.job(job), messages) for job in jobs]
+        large = messages >= SMALL_SCAN
+        futures = [self.scans.submit(part.job(job, large), messages) for job in jobs]
         devices: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
         for future in futures:
             for sensor, scan in self._wait(future, deadline).items():
                 totals[sensor].merge(scan.agg)
-                devices[sensor].append(scan.devices)
+                devices[sensor] += scan.devices
         for sensor in [s for s, parts in devices.items() if _shared(parts)]:
             mine = tuple(r for r in ranges if r.sensor == sensor)
             job = part.job(mine)
