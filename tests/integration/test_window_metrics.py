@@ -10,6 +10,7 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from iotpipe.core.wire import Reading
+from iotpipe.query import service as service_module
 from iotpipe.query.api import RECEIVED
 from iotpipe.query.app import create_app
 from iotpipe.query.timestamps import format_ms
@@ -160,9 +161,14 @@ def test_many_partitions_many_devices(bootstrap: str, readers: str) -> None:
         app.extensions["iotpipe.service"].close()
 
 
-def test_repeats_read_by_two_scans_count_once(bootstrap: str) -> None:
+@pytest.mark.parametrize("per_partition", [True, False])
+def test_repeats_read_by_two_scans_count_once(bootstrap: str, per_partition: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A large window is read by two reader processes, cut at equal message counts; readings
-    repeated into a partition the other scan reads are found and still count once."""
+    repeated into a partition the other scan (or, de-duplicating per partition, any other
+    partition) reads are found and still count once."""
+    if per_partition:  # as a window of at least that many messages is read
+        monkeypatch.setattr(service_module, "PER_PARTITION_SCAN", 0)
     settings = settings_for(bootstrap, unique_prefix(), sensors="pressure", query_readers="2",
                             query_cache_messages="0")
     create_topics(settings, partitions=4)

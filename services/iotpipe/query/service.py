@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SMALL_SCAN = 20_000  # messages; below this a window is read in threads of the worker
+# messages; from here a scan de-duplicates each partition on its own, holding a few
+# partitions' devices at a time (below, it holds at most this many devices in all)
+PER_PARTITION_SCAN = 100_000
 # a scan allocates millions of short-lived objects and no reference cycles: the default
 # collector (every 700 allocations) only costs time in reader processes (measured: ~15% of a
 # scan), so they collect far less often
@@ -239,14 +242,14 @@ class WindowMetricsService:
     def _fold_scanned(self, ranges: list[PartitionRange], messages: int,
                       part: _Part, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges in parallel scans of whole partitions. Each scan counts a
-        (device, seq) once, a large one each partition on its own (its memory then holds one
-        partition's devices at a time); a device found by two scans or partitions (its readings
-        written to two partitions) could have a reading counted by both, so then that sensor is
-        read again in one scan."""
+        (device, seq) once, a large one in each partition on its own (then it holds a few
+        partitions' devices at a time); a device found by two scans or partitions (its
+        readings written to two partitions) could have a reading counted by both, so then that
+        sensor is read again in one scan."""
         deadline = part.deadline
         jobs = split(ranges, self.scans.groups(messages, len(totals)))
-        large = messages >= SMALL_SCAN
-        futures = [self.scans.submit(part.job(job, large), messages) for job in jobs]
+        per_partition = messages >= PER_PARTITION_SCAN
+        futures = [self.scans.submit(part.job(job, per_partition), messages) for job in jobs]
         devices: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
         for future in futures:
             for sensor, scan in self._wait(future, deadline).items():
