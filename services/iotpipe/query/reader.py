@@ -75,7 +75,9 @@ def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
         "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
         "max.partition.fetch.bytes": fetch.kib * 1024,
-        "fetch.max.bytes": max(2 * fetch.kib, 1024) * 1024,  # >= message.max.bytes
+        # one response may carry 16 partitions' fetches, so that a scan's partitions arrive in
+        # one round trip, not one per MiB (>= message.max.bytes)
+        "fetch.max.bytes": max(16 * fetch.kib, 1024) * 1024,
         "queued.max.messages.kbytes": max(2 * fetch.kib, 512),
         "queued.min.messages": fetch.queued_messages,
         "fetch.queue.backoff.ms": 10,  # the default 1 s would stall a scan whose queue filled
