@@ -63,7 +63,9 @@ class Fetch:
 # ahead of the decoding. Chosen per scan by the length of its ranges (benchmarks.md, Load).
 SHORT = Fetch(16, BATCH)  # a range of about one consume() batch: a small window
 WINDOW = Fetch(64, 10_000)
-LARGE = Fetch(512, 10_000)  # the reader processes' large windows
+# the reader processes' windows: 16 partitions' fetches (4 MiB) per response; more per
+# partition only reads further past the ranges' ends (trial: cold 1-minute windows slower)
+LARGE = Fetch(256, 10_000)
 
 
 def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
