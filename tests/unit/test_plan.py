@@ -86,7 +86,8 @@ def test_end_offset_timeout_is_broker_unavailable(
     (False, [300, 1000, 12], reader_module.SHORT),  # ranges within one consume() batch
     (False, [300, 1001], reader_module.WINDOW),
     (False, [50_000], reader_module.WINDOW),  # the largest kind a worker's threads have
-    (True, [300], reader_module.LARGE),  # reader processes fetch large, whatever the range
+    (True, [300, 10_000], reader_module.MEDIUM),  # reader processes fetch more
+    (True, [300, 10_001], reader_module.LARGE),
 ])
 def test_scans_fetch_in_sizes_matched_to_their_longest_range(
         large: bool, lengths: list[int], want: reader_module.Fetch) -> None:

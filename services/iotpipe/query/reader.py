@@ -63,9 +63,10 @@ class Fetch:
 # ahead of the decoding. Chosen per scan by the length of its ranges (benchmarks.md, Load).
 SHORT = Fetch(16, BATCH)  # a range of about one consume() batch: a small window
 WINDOW = Fetch(64, 10_000)
-# the reader processes' windows: 16 partitions' fetches (4 MiB) per response; more per
-# partition only reads further past the ranges' ends (trial: cold 1-minute windows slower)
-LARGE = Fetch(256, 10_000)
+# the reader processes' windows: ranges of a few minutes fetch less per partition, as more
+# would only be read past their ends; longer ones fetch more (trials: benchmarks.md, Query)
+MEDIUM = Fetch(256, 10_000)
+LARGE = Fetch(512, 10_000)
 
 
 def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
@@ -121,7 +122,7 @@ class KafkaWindowReader:
     """Owns consumers, reused across requests; every broker call has a timeout."""
 
     def __init__(self, kafka: KafkaSettings, large: bool = False) -> None:
-        self._fetches = (LARGE,) if large else (SHORT, WINDOW)
+        self._fetches = (MEDIUM, LARGE) if large else (SHORT, WINDOW)
         self._configs = {f: consumer_config(kafka, f) for f in self._fetches}
         self._timeout = kafka.timeout_s
         self._idle: dict[Fetch, queue.SimpleQueue[Consumer]] = {

@@ -32,7 +32,7 @@ from iotpipe.query import metrics as prom
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
-from iotpipe.query.reader import LARGE, SHORT, WINDOW, KafkaWindowReader, split
+from iotpipe.query.reader import LARGE, MEDIUM, SHORT, WINDOW, KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
 from iotpipe.query.retention import Retention, retention_note
 from iotpipe.query.rollups import RollupIndex, RollupPlan
@@ -56,7 +56,7 @@ _process_reader: KafkaWindowReader | None = None
 def _init_reader_process(kafka: KafkaSettings, topics: list[str]) -> None:
     global _process_reader
     _process_reader = KafkaWindowReader(kafka, large=True)
-    _process_reader.warm_up(topics, {LARGE: 1})  # one scan at a time
+    _process_reader.warm_up(topics, {MEDIUM: 1, LARGE: 1})  # one scan at a time
     gc.freeze()
     gc.set_threshold(*READER_GC_THRESHOLDS)
 
