@@ -86,8 +86,8 @@ def test_scans_count_each_reading_once_either_way(scanned: Any, per_partition: b
     assert result.agg.duplicates > 0
     devices = {hash(r.device) for r in readings if lo <= r.ts <= hi}
     if per_partition:  # one state per partition, no more than PARTITIONS_AT_ONCE at a time
-        assert len(result.devices) == PARTITIONS and consumer.most == PARTITIONS_AT_ONCE
-        assert [len(set(d)) for d in result.devices] == [40] * PARTITIONS
+        assert len(result.fingerprints) == PARTITIONS and consumer.most == PARTITIONS_AT_ONCE
+        assert [len(set(d)) for d in result.fingerprints] == [40] * PARTITIONS
     else:
-        assert len(result.devices) == 1 and consumer.most == PARTITIONS
-    assert set().union(*map(set, result.devices)) == devices
+        assert len(result.fingerprints) == 1 and consumer.most == PARTITIONS
+    assert set().union(*map(set, result.fingerprints)) == devices

@@ -23,7 +23,7 @@ from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
 from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 
 BATCH = 1000  # messages per consume(): a batch and its decoded readings stay in the CPU caches
-PARTITIONS_AT_ONCE = 2  # of a per-partition scan: one read while the next one's fetch starts
+PARTITIONS_AT_ONCE = 2  # of a per-partition scan: while one ends and the next starts, one reads
 POLL_S = 0.5
 # a consumed message that is not an error event always has these (the stubs say "or None")
 _topic = cast(Callable[[Message], str], Message.topic)
@@ -73,7 +73,7 @@ class SensorScan:
     twice: see the service)."""
 
     agg: WindowAggregate
-    devices: list[array[int]]
+    fingerprints: list[array[int]]
 
 
 def _fingerprints(seen: SeenReadings) -> array[int]:
@@ -81,19 +81,21 @@ def _fingerprints(seen: SeenReadings) -> array[int]:
 
 
 class _Sensor:
-    __slots__ = ("agg", "devices", "seen")
+    __slots__ = ("agg", "fingerprints", "seen")
 
     def __init__(self) -> None:
-        self.agg, self.seen = WindowAggregate(), SeenReadings()
-        self.devices: list[array[int]] = []  # of its partitions' own states, once read
+        self.agg = WindowAggregate()
+        self.seen = SeenReadings()  # the scan's state, unless it has one per partition
+        self.fingerprints: list[array[int]] = []  # of its partitions' own states, once read
 
 
 class _Range:
-    __slots__ = ("agg", "end", "last", "late", "rows", "seen", "sensor", "tp")
+    __slots__ = ("agg", "end", "last", "late", "left", "rows", "seen", "sensor", "start")
 
     def __init__(self, r: PartitionRange, sensor: _Sensor, job: ScanJob) -> None:
         self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor
-        self.tp = TopicPartition(r.topic, r.partition, r.start)
+        self.start = TopicPartition(r.topic, r.partition, r.start)
+        self.left = r.end - r.start  # offsets not read yet (a transaction marker holds one too)
         self.agg, self.late = sensor.agg, LateFilter(job.lateness_ms)
         self.seen = SeenReadings() if job.per_partition else sensor.seen
         self.rows: list[Row] | None = [] if job.record else None
@@ -110,75 +112,81 @@ class RangeScan:
             sensor = self.sensors.setdefault(r.sensor, _Sensor())
             sensor.agg.scanned += r.end - r.start
             self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job)
+        # the largest last in the list, so read first: the end of a per-partition scan, with
+        # fewer than PARTITIONS_AT_ONCE left to read, is then short
+        self.waiting = [(r.topic, r.partition)
+                        for r in sorted(job.ranges, key=lambda r: r.end - r.start)]
+        self.open: set[tuple[str, int]] = set()
 
     def run(self, c: Consumer) -> None:
-        """Read the ranges: all assigned at once, or (`per_partition`) the largest first, then
-        the next as one finishes, PARTITIONS_AT_ONCE at a time. Unassigns all at the end."""
-        waiting = [(r.topic, r.partition)
-                   for r in sorted(self.job.ranges, key=lambda r: r.end - r.start)]
-        at_once = PARTITIONS_AT_ONCE if self.job.per_partition else len(waiting)
-        open_: set[tuple[str, int]] = set()
-        pending = sum(r.end - r.start for r in self.job.ranges)
+        """Read the ranges: all assigned at once, or (`per_partition`) PARTITIONS_AT_ONCE at a
+        time, the next assigned as one finishes. Leaves the consumer unassigned."""
+        at_once = PARTITIONS_AT_ONCE if self.job.per_partition else len(self.waiting)
         try:
-            while open_ or waiting:
-                if waiting and len(open_) < at_once:
-                    keys = [waiting.pop() for _ in range(min(len(waiting), at_once - len(open_)))]
-                    c.incremental_assign([self.ranges[key].tp for key in keys])
-                    open_.update(keys)
-                pending -= self._consume(c, open_, pending)
+            c.assign(self._next(at_once))  # whatever the consumer had assigned is replaced
+            while self.open:
+                self._consume(c)
+                if self.waiting and len(self.open) < at_once:
+                    c.incremental_assign(self._next(at_once))
         finally:
             c.unassign()
 
-    def _consume(self, c: Consumer, open_: set[tuple[str, int]], pending: int) -> int:
-        """Fold one consume() batch; returns how many messages were inside the ranges."""
+    def _next(self, at_once: int) -> list[TopicPartition]:
+        """Open the next waiting ranges, up to `at_once` open; returns where each starts."""
+        keys = [self.waiting.pop() for _ in range(min(len(self.waiting),
+                                                      at_once - len(self.open)))]
+        self.open.update(keys)
+        return [self.ranges[key].start for key in keys]
+
+    def _consume(self, c: Consumer) -> None:
+        """Fold one consume() batch."""
         remaining = self.job.deadline - time.time()
         if remaining <= 0:
-            raise ScanTimeout(f"{len(open_)} partitions not read before the deadline")
+            unread = len(self.open) + len(self.waiting)
+            raise ScanTimeout(f"{unread} partitions not read before the deadline")
         # consume() returns early only once it has as many messages as asked for
-        batch = c.consume(max(1, min(BATCH, pending)), min(POLL_S, remaining))
+        asked = max(1, min(BATCH, sum(self.ranges[key].left for key in self.open)))
+        batch = c.consume(asked, min(POLL_S, remaining))
         if batch:
-            return self._fold(c, batch, open_)
-        self._close_finished(c, open_)  # e.g. ranges ending in transaction markers
-        return 0
+            self._fold(c, batch)
+        if self.open and (len(batch) < asked or asked < BATCH):  # some may end in markers
+            self._close_finished(c)
 
     def results(self) -> dict[str, SensorScan]:
-        return {name: SensorScan(s.agg, s.devices if self.job.per_partition
+        return {name: SensorScan(s.agg, s.fingerprints if self.job.per_partition
                                  else [_fingerprints(s.seen)])
                 for name, s in self.sensors.items()}
 
     def rows(self) -> dict[tuple[str, int], list[Row]]:
         return {key: r.rows for key, r in self.ranges.items() if r.rows is not None}
 
-    def _fold(self, c: Consumer, batch: list[Message], open_: set[tuple[str, int]]) -> int:
-        """Fold one consumed batch, a run of messages of one partition at a time; returns how
-        many messages were inside the ranges."""
+    def _fold(self, c: Consumer, batch: list[Message]) -> None:
+        """Fold one consumed batch, a run of messages of one partition at a time."""
         for err in filter(None, map(Message.error, batch)):
             raise BrokerUnavailable(f"fetching: {err.str()}")
-        used = 0
         finished: list[TopicPartition] = []
         topics, partitions = list(map(_topic, batch)), list(map(_partition, batch))
         for key, i, j in _runs(topics, partitions):
             r = self.ranges[key]
             if _offset(batch[j - 1]) >= r.last:  # the run reaches the range's last offset
-                if key in open_:
-                    open_.discard(key)
+                if key in self.open:
+                    self.open.discard(key)
                     finished.append(TopicPartition(*key))
                 j = bisect_left(batch, r.end, i, j, key=_offset)
             if i < j:
-                used += j - i
+                r.left -= j - i
                 self._fold_run(r, batch[i:j])
         if finished:  # stop prefetching what lies past the range
             self._finish(c, finished)
-        return used
 
     def _finish(self, c: Consumer, finished: list[TopicPartition]) -> None:
         """Let go of ranges read to their end; in a per-partition scan, keep only their
-        devices' fingerprints."""
+        devices' fingerprints (their states are what it frees to hold a few at a time)."""
         c.incremental_unassign(finished)
         if self.job.per_partition:
             for tp in finished:
                 r = self.ranges[(tp.topic, tp.partition)]
-                self.sensors[r.sensor].devices.append(_fingerprints(r.seen))
+                self.sensors[r.sensor].fingerprints.append(_fingerprints(r.seen))
                 r.seen = SeenReadings()
 
     def _fold_run(self, r: _Range, msgs: list[Message]) -> None:
@@ -207,11 +215,13 @@ class RangeScan:
             else:
                 rows.append((offset, stamp, None, 0, 0, reason))
 
-    def _close_finished(self, c: Consumer, open_: set[tuple[str, int]]) -> None:
-        finished = [tp for tp in c.position([TopicPartition(t, p) for t, p in open_])
+    def _close_finished(self, c: Consumer) -> None:
+        """Finish the open ranges whose consumer position passed their end without a message
+        at their last offset (e.g. ranges ending in transaction markers)."""
+        finished = [tp for tp in c.position([TopicPartition(t, p) for t, p in self.open])
                     if tp.offset >= self.ranges[(tp.topic, tp.partition)].end]
         if finished:
-            open_.difference_update((tp.topic, tp.partition) for tp in finished)
+            self.open.difference_update((tp.topic, tp.partition) for tp in finished)
             self._finish(c, [TopicPartition(tp.topic, tp.partition) for tp in finished])
 
 

@@ -57,14 +57,16 @@ class Fetch:
     queued_messages: int  # per partition, before it stops fetching ahead
 
 
-# librdkafka prefetches each assigned partition until the scan lets go of it, so these bound
-# what is read past a range's end (by the broker, then decompressed and parsed here: CPU both
-# take from these shared cores) and a reader process's memory; a large fetch only has to stay
-# ahead of the decoding. Chosen per scan by the length of its ranges (benchmarks.md, Load).
+# librdkafka prefetches each assigned partition until the scan lets go of it, so these (and
+# the response size, in consumer_config) bound what is read past a range's end (by the broker,
+# then decompressed and parsed here: CPU both take from these shared cores) and a reader
+# process's memory; a large fetch only has to stay ahead of the decoding. Chosen per scan by
+# the length of its ranges (benchmarks.md, Load).
 SHORT = Fetch(16, BATCH)  # a range of about one consume() batch: a small window
 WINDOW = Fetch(64, 10_000)
-# the reader processes' windows: ranges of a few minutes fetch less per partition, as more
-# would only be read past their ends; longer ones fetch more (trials: benchmarks.md, Query)
+# the reader processes': ranges of up to 10,000 messages fetch less per partition, as more
+# would only be read past their ends; longer ones fetch more (`_fetch_for` falls back to the
+# last kind). Trials: benchmarks.md, "fetch sizes of the reader processes".
 MEDIUM = Fetch(256, 10_000)
 LARGE = Fetch(512, 10_000)
 
@@ -78,8 +80,8 @@ def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
         "auto.offset.reset": "earliest",  # retention removed the start: read what is left
         "fetch.wait.max.ms": 10,  # a long-poll on an idle partition would delay the next scan
         "max.partition.fetch.bytes": fetch.kib * 1024,
-        # one response may carry 16 partitions' fetches, so that a scan's partitions arrive in
-        # one round trip, not one per MiB (>= message.max.bytes)
+        # one response may carry 16 partitions' fetches, so that the partitions a scan has
+        # assigned arrive in one round trip, not one per MiB (>= message.max.bytes)
         "fetch.max.bytes": max(16 * fetch.kib, 1024) * 1024,
         "queued.max.messages.kbytes": max(2 * fetch.kib, 512),
         "queued.min.messages": fetch.queued_messages,

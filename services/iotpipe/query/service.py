@@ -134,6 +134,7 @@ class ScanPool:
         A request reads its window's two edges at the same time; each edge first looks up its
         start and end offsets at once (two consumers of the lookup kind), then scans (one)."""
         self._reader.warm_up(self._topics, {SHORT: 4, WINDOW: 2})
+        _shared([array("q"), array("q")])  # imports numpy now, not in a request
         if self.processes:
             pool = self._process_pool()
             assert all(pool.map(_reader_ready, range(self.processes))), "reader not ready"
@@ -245,20 +246,23 @@ class WindowMetricsService:
         (device, seq) once, a large one in each partition on its own (then it holds a few
         partitions' devices at a time); a device found by two scans or partitions (its
         readings written to two partitions) could have a reading counted by both, so then that
-        sensor is read again in one scan."""
+        sensor is read again in one scan (holding all its devices at once)."""
         deadline = part.deadline
         jobs = split(ranges, self.scans.groups(messages, len(totals)))
         per_partition = messages >= PER_PARTITION_SCAN
         futures = [self.scans.submit(part.job(job, per_partition), messages) for job in jobs]
-        devices: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
+        fingerprints: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
         for future in futures:
             for sensor, scan in self._wait(future, deadline).items():
                 totals[sensor].merge(scan.agg)
-                devices[sensor] += scan.devices
-        for sensor in [s for s, parts in devices.items() if _shared(parts)]:
+                fingerprints[sensor] += scan.fingerprints
+        rereads: dict[str, cf.Future[dict[str, SensorScan]]] = {}
+        for sensor in [s for s, parts in fingerprints.items() if _shared(parts)]:
+            log.info("a device of %s was read from two partitions: reading it again in one "
+                     "scan", sensor)
             mine = tuple(r for r in ranges if r.sensor == sensor)
-            job = part.job(mine)
-            future = self.scans.submit(job, sum(r.end - r.start for r in mine))
+            rereads[sensor] = self.scans.submit(part.job(mine), sum(r.end - r.start for r in mine))
+        for sensor, future in rereads.items():
             totals[sensor] = self._wait(future, deadline)[sensor].agg
 
     def _fold_cached(self, cache: WindowCache, ranges: list[PartitionRange],
@@ -314,9 +318,10 @@ class WindowMetricsService:
 
 def _shared(parts: list[array[int]]) -> bool:
     """Whether two parts' device fingerprints meet (a shared device, or a hash collision: then
-    the sensor is read again needlessly, never wrongly): a fingerprint found twice once all
-    are sorted together, in numpy (imported here: only the worker asks, and only of windows read
-    in several parts; a set of millions of ints in Python would cost many times longer)."""
+    the sensor is read again needlessly, never wrongly), each part's fingerprints being
+    distinct: a fingerprint found twice once all are sorted together, in numpy (a set of
+    millions of Python ints takes many times longer). Imported here, so that the reader
+    processes, which import this module, do not load it."""
     if len(parts) < 2:
         return False
     import numpy as np
