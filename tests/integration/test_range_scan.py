@@ -17,6 +17,7 @@ from kafka_helpers import create_topics, produce, reference, settings_for, uniqu
 from query_dataset import BASE_MS
 
 PARTITIONS = 5
+LO, HI = BASE_MS + 2_500, BASE_MS + 50_000  # the window scanned
 
 
 class CountingConsumer(Consumer):
@@ -57,8 +58,7 @@ def scanned(bootstrap: str) -> tuple[Any, list[Reading], list[PartitionRange], i
         produce(bootstrap, settings.topic("pressure"), mine, partition=p)
         readings += mine
     reader = KafkaWindowReader(settings.kafka, large=True)
-    lo, hi = BASE_MS + 2_500, BASE_MS + 50_000
-    plan = reader.plan({settings.topic("pressure"): "pressure"}, lo, hi,
+    plan = reader.plan({settings.topic("pressure"): "pressure"}, LO, HI,
                        settings.allowed_lateness_ms)["pressure"]
     reader.close()
     assert isinstance(plan, list) and len(plan) == PARTITIONS
@@ -68,7 +68,7 @@ def scanned(bootstrap: str) -> tuple[Any, list[Reading], list[PartitionRange], i
 @pytest.mark.parametrize("per_partition", [True, False])
 def test_scans_count_each_reading_once_either_way(scanned: Any, per_partition: bool) -> None:
     settings, readings, plan, lateness = scanned
-    lo, hi = BASE_MS + 2_500, BASE_MS + 50_000
+    lo, hi = LO, HI
     job = ScanJob(tuple(plan), lo, hi, time.time() + 30, lateness, per_partition=per_partition)
     consumer = CountingConsumer(consumer_config(settings.kafka, LARGE))
     try:
