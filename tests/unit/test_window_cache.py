@@ -136,12 +136,15 @@ def test_sliding_window_reads_only_new_messages() -> None:
 
 
 def test_old_segments_are_dropped() -> None:
+    """Every expired segment of a partition goes, also two next to each other."""
     rows: list[Row] = [(o, 1000 + o, "d", o, 1000 + o, 1) for o in range(10)]
     cache = WindowCache(1000, 0.05, NEVER_LATE)
-    read_window(cache, rows, 1000, 1009)
-    assert cache.bounds(TOPIC, PART, 1000, 1010) is not None
+    read_window(cache, rows, 1000, 1002)
+    read_window(cache, rows, 1006, 1008)
+    assert cache.bounds(TOPIC, PART, 1006, 1009) is not None
+    assert cache.messages() == 6
     time.sleep(0.1)
-    assert cache.bounds(TOPIC, PART, 1000, 1010) is None
+    assert cache.bounds(TOPIC, PART, 1006, 1009) is None
     assert cache.messages() == 0
 
 

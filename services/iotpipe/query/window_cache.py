@@ -87,14 +87,10 @@ class WindowCache:
         return self._size
 
     def _live(self, key: tuple[str, int]) -> list[Segment]:
-        segs = self._segments.get(key, [])
         old = time.monotonic() - self.max_age_s
-        if any(s.born < old for s in segs):
-            for s in segs:
-                if s.born < old:
-                    self._drop(key, s)
-            segs = self._segments.get(key, [])
-        return segs
+        for s in [s for s in self._segments.get(key, []) if s.born < old]:
+            self._drop(key, s)
+        return self._segments.get(key, [])
 
     def admits(self, ranges: Iterable[PartitionRange]) -> bool:
         """Whether to read these ranges through memory: it holds or touches one of them, or a
