@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import functools
 import logging
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import TopicMetadata
@@ -32,8 +30,7 @@ from iotpipe.query.window_cache import Bounds, WindowCache
 
 log = logging.getLogger(__name__)
 WARM_UP_S = 5.0  # a worker starting while the broker is away or slow waits no longer
-P = ParamSpec("P")
-T = TypeVar("T")
+PARTITIONS_MAX_AGE_S = 30.0  # a topic's partitions are listed again after this
 
 
 def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRange, ...]]:
@@ -92,32 +89,20 @@ def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
     }
 
 
-def _kafka_call(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """Turn librdkafka errors of a lookup into UnknownTopic or BrokerUnavailable."""
-
-    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
-        @functools.wraps(fn)
-        def inner(*args: P.args, **kwargs: P.kwargs) -> T:
-            try:
-                return fn(*args, **kwargs)
-            except KafkaException as e:
-                raise _as_error(e.args[0] if e.args else None, what) from None
-        return inner
-    return wrap
+@contextmanager
+def _kafka_call(what: str) -> Iterator[None]:
+    """Turn librdkafka errors of a lookup into UnknownTopic or BrokerUnavailable (also as a
+    decorator)."""
+    try:
+        yield
+    except KafkaException as e:
+        raise _as_error(e.args[0] if e.args else None, what) from None
 
 
 def _as_error(err: object, what: str) -> UnknownTopic | BrokerUnavailable:
     if is_missing(err):
         return UnknownTopic(str(err))
     return BrokerUnavailable(f"{what}: {err}")
-
-
-def _stop(to_ms: int, lateness_ms: int) -> tuple[int, bool]:
-    """The first time past the window and its lateness, and whether it has passed: a window
-    still open to late readings ends at the partition's end (no message can be stamped after
-    it yet), so the (costly, for the broker) timestamp lookup is skipped."""
-    stop_ms = to_ms + lateness_ms + 1
-    return stop_ms, stop_ms <= time.time() * 1000
 
 
 class KafkaWindowReader:
@@ -140,7 +125,7 @@ class KafkaWindowReader:
             while True:
                 try:
                     idle.get_nowait().close()
-                except queue.Empty:
+                except queue.Empty:  # (a request may take one meanwhile)
                     break
 
     @contextmanager
@@ -163,9 +148,9 @@ class KafkaWindowReader:
                     self._fetches[-1])
 
     @_kafka_call("reading topic metadata")
-    def partitions(self, topic: str, max_age_s: float = 30.0) -> list[int]:
+    def partitions(self, topic: str) -> list[int]:
         cached = self._partitions.get(topic)
-        if cached and time.monotonic() - cached[0] < max_age_s:
+        if cached and time.monotonic() - cached[0] < PARTITIONS_MAX_AGE_S:
             return cached[1]
         with self._consumer() as c:
             meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
@@ -244,10 +229,14 @@ class KafkaWindowReader:
                 parts += [(topic, p) for p in self.partitions(topic)]
             except UnknownTopic as e:
                 plans[sensor] = e
-        stop_ms, closed = _stop(to_ms, lateness_ms)
+        # the first time past the window and its lateness, if it has passed: a window still
+        # open to late readings ends at the partition's end (no message can be stamped after
+        # it yet), so the (costly, for the broker) timestamp lookup is skipped
+        past = to_ms + lateness_ms + 1
+        stop = past if past <= time.time() * 1000 else None
         known = {(t, p): b for t, p in parts if cache is not None
-                 and (b := cache.bounds(t, p, from_ms, stop_ms if closed else None)) is not None}
-        starts, ends = self._offsets(parts, known, from_ms, stop_ms if closed else None)
+                 and (b := cache.bounds(t, p, from_ms, stop)) is not None}
+        starts, ends = self._offsets(parts, known, from_ms, stop)
         live = [tp for tp in parts if starts[tp] >= 0]  # -1: nothing stamped at/after `from`
         # -1 or not looked up (an open window): the partition's end, whatever comes until then
         open_ended = [tp for tp in live if ends.get(tp, -1) < 0]
@@ -260,7 +249,7 @@ class KafkaWindowReader:
             if sensor not in plans:
                 plans[sensor] = [
                     PartitionRange(t, sensor, p, starts[(t, p)], ends[(t, p)],
-                                   None if (t, p) in open_ended else stop_ms)
+                                   None if (t, p) in open_ended else stop)
                     for t, p in live if t == topic and ends[(t, p)] > starts[(t, p)]]
         return plans
 

@@ -22,9 +22,8 @@ import random
 import threading
 import time
 from array import array
-from collections.abc import Iterable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TypeVar
 
 from iotpipe.core.settings import KafkaSettings, Settings
@@ -140,20 +139,6 @@ class ScanPool:
             assert all(pool.map(_reader_ready, range(self.processes))), "reader not ready"
 
 
-@dataclass(frozen=True)
-class _Part:
-    """One part of a window read from the readings: [lo, hi], and how."""
-
-    lo: int
-    hi: int
-    deadline: float
-    lateness_ms: int
-
-    def job(self, ranges: Iterable[PartitionRange], per_partition: bool = False) -> ScanJob:
-        return ScanJob(tuple(ranges), self.lo, self.hi, self.deadline, self.lateness_ms,
-                       per_partition=per_partition)
-
-
 class WindowMetricsService:
     def __init__(self, settings: Settings, reader: KafkaWindowReader | None = None) -> None:
         self.settings = settings
@@ -233,24 +218,25 @@ class WindowMetricsService:
                 ranges += plan
                 totals[sensor] = WindowAggregate()
         messages = sum(r.end - r.start for r in ranges)
-        part = _Part(lo, hi, deadline, s.allowed_lateness_ms)
+        job = ScanJob((), lo, hi, deadline, s.allowed_lateness_ms)  # without its ranges
         if cache is not None and messages < SMALL_SCAN and cache.admits(ranges):
-            self._fold_cached(cache, ranges, part, totals)
+            self._fold_cached(cache, ranges, job, totals)
         else:
-            self._fold_scanned(ranges, messages, part, totals)
+            self._fold_scanned(ranges, messages, job, totals)
         return totals, unknown
 
     def _fold_scanned(self, ranges: list[PartitionRange], messages: int,
-                      part: _Part, totals: dict[str, WindowAggregate]) -> None:
+                      job: ScanJob, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges in parallel scans of whole partitions. Each scan counts a
         (device, seq) once, a large one in each partition on its own (then it holds a few
         partitions' devices at a time); a device found by two scans or partitions (its
         readings written to two partitions) could have a reading counted by both, so then that
         sensor is read again in one scan (holding all its devices at once)."""
-        deadline = part.deadline
-        jobs = split(ranges, self.scans.groups(messages, len(totals)))
+        deadline = job.deadline
+        groups = split(ranges, self.scans.groups(messages, len(totals)))
         per_partition = messages >= PER_PARTITION_SCAN
-        futures = [self.scans.submit(part.job(job, per_partition), messages) for job in jobs]
+        futures = [self.scans.submit(replace(job, ranges=group, per_partition=per_partition),
+                                     messages) for group in groups]
         fingerprints: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
         for future in futures:
             for sensor, scan in self._wait(future, deadline).items():
@@ -261,35 +247,34 @@ class WindowMetricsService:
             log.info("a device of %s was read from two partitions: reading it again in one "
                      "scan", sensor)
             mine = tuple(r for r in ranges if r.sensor == sensor)
-            rereads[sensor] = self.scans.submit(part.job(mine), sum(r.end - r.start for r in mine))
+            rereads[sensor] = self.scans.submit(replace(job, ranges=mine),
+                                                sum(r.end - r.start for r in mine))
         for sensor, future in rereads.items():
             totals[sensor] = self._wait(future, deadline)[sensor].agg
 
     def _fold_cached(self, cache: WindowCache, ranges: list[PartitionRange],
-                     part: _Part, totals: dict[str, WindowAggregate]) -> None:
+                     job: ScanJob, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges from memory, reading from the broker only the parts not held
         yet (and keeping them)."""
-        deadline = part.deadline
         reads = [(r, cache.read(r.topic, r.partition, r.start, r.end)) for r in ranges]
         gaps = [(PartitionRange(r.topic, r.sensor, r.partition, *read.gap, r.end_stamp), read)
                 for r, read in reads if read.gap is not None]
         if gaps:
             messages = sum(g.end - g.start for g, _ in gaps)
             groups = split([g for g, _ in gaps], self.scans.groups(messages, len(totals)))
-            futures = [self.scans.submit_rows(part.job(group))
-                       for group in groups]
             rows: dict[tuple[str, int], list[Row]] = {}
-            for future in futures:
-                part_rows: dict[tuple[str, int], list[Row]] = self._wait(future, deadline)
-                rows.update(part_rows)
+            for future in [self.scans.submit_rows(replace(job, ranges=group))
+                           for group in groups]:
+                read_rows: dict[tuple[str, int], list[Row]] = self._wait(future, job.deadline)
+                rows |= read_rows
             for g, read in gaps:
-                read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)], part.lo,
+                read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)], job.from_ms,
                           g.end_stamp)
         for sensor, total in totals.items():
-            mine = [read for r, read in reads if r.sensor == sensor]
             seen = SeenReadings()  # one per sensor: a repeat in another partition counts once
-            for read in mine:
-                read.fold(total, seen, part.lo, part.hi)
+            for r, read in reads:
+                if r.sensor == sensor:
+                    read.fold(total, seen, job.from_ms, job.to_ms)
 
     def _wait(self, future: cf.Future[T], deadline: float) -> T:
         try:
