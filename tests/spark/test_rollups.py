@@ -123,7 +123,7 @@ def _wait_for_rollups(app: Flask, rolled: Rolled) -> None:
     """What a gunicorn worker waits for before it takes requests: then the index holds every
     rollup the stream wrote, not some of them."""
     index = _index(app)
-    assert index.wait_loaded(60), "the rollup topic was not read within 60 s"
+    assert index.loaded.wait(60), "the rollup topic was not read within 60 s"
     final = rolled.end_ms - rolled.settings.allowed_lateness_ms
     assert index.progress is not None and index.progress.final >= final, index.progress
 
@@ -258,7 +258,7 @@ def test_without_the_rollup_topic_windows_are_read_raw(rolled: Rolled,
     assert index.plan(list(s.sensors), lo, hi).raw == [(lo, hi)]
     fresh = RollupIndex(s).start()  # a worker starting now has no topic to wait for
     try:
-        assert fresh.wait_loaded(30) and fresh.progress is None
+        assert fresh.loaded.wait(30) and fresh.progress is None
     finally:
         fresh.close()
     got = _ask(on, s.sensors, lo, hi)

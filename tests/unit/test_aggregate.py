@@ -55,8 +55,7 @@ def test_merged_partials_equal_the_reference(xs: list[float], parts: int, rnd) -
     total = WindowAggregate()
     for chunk in chunks:
         partial = WindowAggregate()
-        for x in chunk:
-            partial.add(x)
+        partial.add_many(chunk)
         total.merge(partial)
     assert total.metric("count") == len(xs)
     assert total.metric("min") == min(xs)
@@ -71,8 +70,7 @@ def test_merged_partials_equal_the_reference(xs: list[float], parts: int, rnd) -
 @given(st.lists(st.integers(-1000, 1000), min_size=1, max_size=100))
 def test_integer_average_is_exact_like_statistics_mean(xs: list[int]) -> None:
     agg = WindowAggregate()
-    for x in xs:
-        agg.add(x)
+    agg.add_many(xs)
     assert agg.metric("average") == statistics.mean(xs)
     assert type(agg.metric("average")) is type(statistics.mean(xs))
     assert agg.metric("sum") == sum(xs)
@@ -82,7 +80,7 @@ def test_variance_is_stable_for_large_offsets() -> None:
     agg = WindowAggregate()
     xs = [1e9 + v for v in (0.1, 0.2, 0.3, 0.4)] * 1000
     for x in xs:
-        agg.add(x)
+        agg.add_many([x])
     assert math.isclose(agg.metric("stddev"), statistics.pstdev(xs), rel_tol=1e-6)
 
 
@@ -104,6 +102,17 @@ def test_split_balances_ranges_by_size() -> None:
     assert split([], 3) == []
 
 
+def add_one(agg: WindowAggregate, value: int | float) -> None:
+    """The reference: one value, step by step."""
+    if agg.count == 0:
+        agg.shift = value
+    agg.minimum, agg.maximum = min(agg.minimum, value), max(agg.maximum, value)
+    agg.count += 1
+    agg.total += value
+    agg.s1 += value - agg.shift
+    agg.s2 += (value - agg.shift) ** 2
+
+
 @given(st.lists(st.lists(st.one_of(st.integers(-10**6, 10**6),
                                    st.floats(-1e6, 1e6, allow_nan=False)), max_size=30),
                 max_size=5))
@@ -111,7 +120,7 @@ def test_add_many_equals_adding_one_by_one(chunks: list[list[int | float]]) -> N
     one, many = WindowAggregate(), WindowAggregate()
     for chunk in chunks:
         for v in chunk:
-            one.add(v)
+            add_one(one, v)
         many.add_many(chunk)
     assert (many.count, many.minimum, many.maximum) == (one.count, one.minimum, one.maximum)
     for name in ("sum", "average", "stddev"):
@@ -178,7 +187,7 @@ def _check_against_a_set(batches: list[list[tuple[str, int, int, int]]], lo: int
                 want.duplicates += 1
             else:
                 counted.add((device, seq))
-                want.add(v)
+                add_one(want, v)
     assert ((agg.count, agg.duplicates, agg.late, agg.total)
             == (want.count, want.duplicates, want.late, want.total))
     assert (agg.minimum, agg.maximum) == (want.minimum, want.maximum)

@@ -67,7 +67,7 @@ def reference(rows: list[Row], start: int, end: int, lo: int, hi: int,
                 agg.duplicates += 1
             else:
                 seen.add((device, seq))
-                agg.add(value)  # type: ignore[arg-type]
+                agg.add_many([value])  # type: ignore[list-item]
     return agg
 
 

@@ -1,17 +1,15 @@
 """Streaming aggregation of readings: constant memory per device, mergeable across partitions.
 
-`SeenReadings` remembers which (device, seq) were counted: per device one int while its
-seqs form one run, a `SeqSet` of runs otherwise, so memory grows with the number of devices
-and gaps, not with the number of readings.
-`WindowAggregate` keeps count, exact sum (Python ints stay exact), min, max and shifted sums
-for a numerically stable variance; partials from partitions merge with `merge`.
+`SeenReadings` remembers which (device, seq) were counted, its memory growing with devices and
+gaps, not readings; `WindowAggregate` keeps an exact sum (Python ints) and shifted sums for a
+numerically stable variance.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress, count
 from operator import mul
@@ -79,10 +77,6 @@ class SeenReadings:
     def __len__(self) -> int:
         """How many devices."""
         return len(self.runs) + len(self.sets)
-
-    def devices(self) -> Iterator[str]:
-        yield from self.runs
-        yield from self.sets
 
     def add_all(self, devices: Sequence[str], seqs: Sequence[int]) -> list[int]:
         """Note each reading; return the indices of those noted before (repeats)."""
@@ -171,25 +165,12 @@ class WindowAggregate:
     late: int = 0
     malformed_reasons: dict[str, int] = field(default_factory=dict)
 
-    def add(self, value: int | float) -> None:
-        if self.count == 0:
-            self.shift = value
-        if value < self.minimum:
-            self.minimum = value
-        if value > self.maximum:
-            self.maximum = value
-        self.count += 1
-        self.total += value
-        d = value - self.shift
-        self.s1 += d
-        self.s2 += d * d
-
     def count_malformed(self, reason: str) -> None:
         self.malformed += 1
         self.malformed_reasons[reason] = self.malformed_reasons.get(reason, 0) + 1
 
     def add_many(self, values: Sequence[int | float]) -> None:
-        """`add` of each value in turn, with the loops in C (sum, min, max)."""
+        """Count the values, with the loops in C (sum, min, max)."""
         if not values:
             return
         if self.count == 0:

@@ -81,14 +81,14 @@ def post_worker_init(worker: Any) -> None:
                      daemon=True).start()
     rollups = service.rollups
     worker.loop.run_until_complete(_ready(worker, lambda: warm_up.done() and (
-        rollups is None or rollups.loaded())))
+        rollups is None or rollups.loaded.is_set())))
     if not worker.alive:
         return
     if warm_up.done():
         warm_up.result()  # a reader process that could not start fails the worker, as before
     else:
         worker.log.warning("consumers and reader processes not ready within %gs", READY_S)
-    if rollups is not None and not rollups.loaded():
+    if rollups is not None and not rollups.loaded.is_set():
         worker.log.warning("rollup topic not read within %gs: windows are read from the "
                            "readings until it is", READY_S)
 

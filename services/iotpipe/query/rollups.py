@@ -106,7 +106,10 @@ class RollupIndex:
         self.bucket_ms = settings.rollup_s * 1000
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._loaded = threading.Event()  # read up to the topic's end as of the start (or none)
+        # set once the topic was read up to where it ended when first found, or found missing:
+        # a worker waits for it before it takes requests (see gunicorn_conf), which it would
+        # otherwise read from the readings, slowly for long windows
+        self.loaded = threading.Event()
         self._clear()
         self._thread = threading.Thread(target=self._follow, name="rollups", daemon=True)
 
@@ -117,16 +120,6 @@ class RollupIndex:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-
-    def loaded(self) -> bool:
-        """Whether the topic was read up to where it ended when it was first found, or found
-        missing: a worker waits for this before it takes requests (see gunicorn_conf), which
-        it would otherwise read from the readings, slowly for long windows."""
-        return self._loaded.is_set()
-
-    def wait_loaded(self, timeout_s: float) -> bool:
-        """`loaded()`, waiting for it at most `timeout_s`."""
-        return self._loaded.wait(timeout_s)
 
     def _clear(self) -> None:
         with self._lock:
@@ -198,9 +191,9 @@ class RollupIndex:
                 checked = 0.0
                 while not self._stop.is_set():
                     self._apply(consumer.consume(1000, 0.5))
-                    if not self._loaded.is_set() and (end <= low or consumer.position(
+                    if not self.loaded.is_set() and (end <= low or consumer.position(
                             [TopicPartition(topic, 0)])[0].offset >= end):
-                        self._loaded.set()  # (an empty topic: nothing to read)
+                        self.loaded.set()  # (an empty topic: nothing to read)
                     if time.monotonic() - checked > CHECK_S:
                         self._check(consumer, topic)
                         checked = time.monotonic()
@@ -211,7 +204,7 @@ class RollupIndex:
                         prom.ROLLUP_LAG.set(lag)
             except KafkaException as e:
                 if is_missing(e):  # no topic to read (yet): nothing to wait for
-                    self._loaded.set()
+                    self.loaded.set()
                 if not lost:
                     log.warning("rollup topic %s lost (%s): windows are read from the "
                                 "readings until it is back", topic, e.args[0].str())
