@@ -25,7 +25,7 @@ class FakeBroker:
     def __init__(self) -> None:
         self.deleted = False
 
-    def partitions(self, topic: str, max_age_s: float = 30.0) -> list[int]:
+    def partitions(self, topic: str) -> list[int]:
         if topic == "t-b" and self.deleted:
             raise UnknownTopic(topic)
         return [0, 1]
@@ -42,7 +42,7 @@ def reader(monkeypatch: pytest.MonkeyPatch) -> tuple[KafkaWindowReader, FakeBrok
     r = KafkaWindowReader(Settings.from_env({}).kafka)
     listed: dict[str, list[int]] = {}
 
-    def partitions(topic: str, max_age_s: float = 30.0) -> list[int]:
+    def partitions(topic: str) -> list[int]:
         if topic not in r._partitions:  # listed once, kept until cleared
             listed[topic] = broker.partitions(topic)
             r._partitions[topic] = (0.0, listed[topic])

@@ -138,12 +138,12 @@ def test_sliding_window_reads_only_new_messages() -> None:
 def test_old_segments_are_dropped() -> None:
     """Every expired segment of a partition goes, also two next to each other."""
     rows: list[Row] = [(o, 1000 + o, "d", o, 1000 + o, 1) for o in range(10)]
-    cache = WindowCache(1000, 0.05, NEVER_LATE)
+    cache = WindowCache(1000, 0.5, NEVER_LATE)
     read_window(cache, rows, 1000, 1002)
     read_window(cache, rows, 1006, 1008)
     assert cache.bounds(TOPIC, PART, 1006, 1009) is not None
     assert cache.messages() == 6
-    time.sleep(0.1)
+    time.sleep(0.6)
     assert cache.bounds(TOPIC, PART, 1006, 1009) is None
     assert cache.messages() == 0
 
