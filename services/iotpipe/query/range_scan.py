@@ -223,7 +223,7 @@ class RangeScan:
                     if tp.offset >= self.ranges[(tp.topic, tp.partition)].end]
         if finished:
             self.open.difference_update((tp.topic, tp.partition) for tp in finished)
-            self._finish(c, [TopicPartition(tp.topic, tp.partition) for tp in finished])
+            self._finish(c, finished)
 
 
 def _runs(topics: list[str], partitions: list[int]
