@@ -195,7 +195,7 @@ def test_an_unreadable_rollup_is_read_from_the_readings(rolled: Rolled,
     assert p.flush(30) == 0
     index = _index(on)
     deadline = time.monotonic() + 30
-    while bucket // BUCKET_MS not in index.unreadable:
+    while ("temperature", bucket // BUCKET_MS) not in index.unreadable:
         assert time.monotonic() < deadline, "the bad record was not read"
         time.sleep(0.1)
     assert prom.ROLLUP_MALFORMED._value.get() == before + 1

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotpipe.query.aggregate import (
+    METRICS,
     LateFilter,
     SeenReadings,
     SeqSet,
@@ -228,3 +229,36 @@ def test_a_run_grows_either_way_from_one_reading() -> None:
     assert not seen.sets
     assert {d: run_ends(r) for d, r in seen.runs.items()} == {
         "a": (3, 6), "b": (0, 1), "c": (2**63 - 1, 2**63 - 1)}
+
+
+def test_integers_past_a_doubles_range_with_floats_never_raise() -> None:
+    """Valid integers reach a double's range (about 1.8e308): their exact sums pass it, and
+    Python raises when such an int meets a float. Sums and averages are then rounded from the
+    exact value; a sum or variance past a double's range is infinite (the API's "overflowed")."""
+    from fractions import Fraction
+
+    huge = 10**308
+    values: list[int | float] = [huge, huge, -1.7e308, 5, huge, 0.5]
+    exact = sum(map(Fraction, values))
+    for split in range(1, len(values)):
+        a, b = WindowAggregate(), WindowAggregate()
+        a.add_many(values[:split])
+        b.add_many(values[split:])
+        whole = WindowAggregate()
+        whole.add_many(values)
+        merged = WindowAggregate()
+        merged.merge(a)
+        merged.merge(b)
+        for agg in (a, whole, merged):
+            for metric in METRICS:
+                agg.metric(metric)  # none raises
+        for agg in (whole, merged):
+            assert agg.count == len(values)
+            assert agg.metric("sum") == pytest.approx(float(exact), rel=1e-9)
+            assert agg.metric("average") == pytest.approx(float(exact / len(values)), rel=1e-9)
+            assert (agg.metric("min"), agg.metric("max")) == (-1.7e308, huge)
+            assert not math.isfinite(agg.metric("stddev"))  # its sums of squares overflow
+    ints = WindowAggregate()
+    ints.add_many([huge, huge])
+    ints.add_many([1.5])
+    assert ints.metric("sum") == math.inf  # 2e308 + 1.5 is past a double's range

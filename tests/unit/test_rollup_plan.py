@@ -89,7 +89,7 @@ def test_plan_cuts_a_window_into_final_buckets_and_raw_edges() -> None:
     buckets = [_record("t", n * R, _stats(vs)) for n, vs in readings.items()]
     rng.shuffle(buckets)  # any order of records
     index = _index([*buckets, wire.Progress(min(readings) * R, final, R)])
-    index.unreadable.add(200)
+    index.unreadable.add(("t", 200))
     for _ in range(300):
         lo = rng.randrange(50 * R, 420 * R)
         hi = lo + rng.randrange(0, 200 * R)
@@ -135,3 +135,29 @@ def test_edges_past_the_readings_retention_are_answered_at_bucket_precision() ->
     half = index.plan(["t"], lo, hi, expired=25 * R)  # only the start's readings may be gone
     assert half.raw == [(30 * R, hi)] and half.first == 20 and len(half.notes) == 1
     assert index.plan(["t"], lo, hi, expired=10 * R).notes == []
+
+
+def test_an_unreadable_record_stays_unreadable_when_another_sensor_rolls_that_bucket() -> None:
+    """The bucket's older, readable record of `t` must not answer once its latest could not be
+    read, whatever the records of other sensors for the same bucket say."""
+    index = _index([_record("t", 200 * R, _stats([1, 2])), wire.Progress(100 * R, 300 * R, R)])
+    index._unreadable(wire.bucket_key("t", 200 * R), "a test")
+    index.add(_record("u", 200 * R, _stats([5])))
+    plan = index.plan(["t", "u"], 200 * R, 201 * R - 1)
+    assert plan.raw == [(200 * R, 201 * R - 1)]
+    assert plan.rolled["t"].count == 0 and plan.rolled["u"].count == 0  # both read raw there
+    index.add(_record("t", 200 * R, _stats([1, 2, 3])))  # a readable latest record again
+    plan = index.plan(["t", "u"], 200 * R, 201 * R - 1)
+    assert plan.raw == [] and plan.rolled["t"].count == 3 and plan.rolled["u"].total == 5
+
+
+def test_integers_past_a_doubles_exact_range_are_summed_exactly_or_read_raw() -> None:
+    big = 2**52 + 1  # a bucket of one: exact in a double; its sum with the others is not
+    values = {100: [big], 101: [big], 102: [big + 2], 103: [2**53 + 1, 7]}
+    index = _index([*(_record("t", n * R, _stats(vs)) for n, vs in values.items()),
+                    wire.Progress(100 * R, 300 * R, R)])
+    plan = index.plan(["t"], 100 * R, 104 * R - 1)
+    assert plan.raw == [(103 * R, 104 * R - 1)]  # its sums may have been rounded: readings
+    agg = plan.rolled["t"]
+    assert (agg.count, agg.total, agg.minimum, agg.maximum) == (3, 3 * big + 2, big, big + 2)
+    assert type(agg.total) is int

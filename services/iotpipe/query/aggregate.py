@@ -11,6 +11,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from itertools import compress, count
 from operator import mul
 
@@ -148,6 +149,29 @@ class LateFilter:
 RUN = 64  # readings checked at once by LateFilter
 
 
+def _finite(x: int | float) -> bool:
+    return type(x) is int or math.isfinite(x)
+
+
+def _rounded(x: Fraction) -> float:
+    """The double nearest to `x`, or an infinity past a double's range."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
+
+
+def _plus(a: int | float, b: int | float) -> int | float:
+    """a + b, also when an int past a double's range meets a float (Python then raises):
+    summed exactly and rounded."""
+    try:
+        return a + b
+    except OverflowError:
+        if not (_finite(a) and _finite(b)):
+            return b if _finite(a) else a  # the infinity (or nan) stays
+        return _rounded(Fraction(a) + Fraction(b))
+
+
 @dataclass
 class WindowAggregate:
     """Count, sum, min, max and variance of the readings of one sensor in one window."""
@@ -177,16 +201,25 @@ class WindowAggregate:
             self.shift = values[0]
         self.minimum = min(self.minimum, min(values))
         self.maximum = max(self.maximum, max(values))
-        shift, n, total = self.shift, len(values), sum(values)
+        shift, n = self.shift, len(values)
+        try:
+            total = sum(values)
+        except OverflowError:  # ints past a double's range met floats: exactly, then rounded
+            total = _rounded(sum(map(Fraction, values), Fraction(0)))
         self.count += n
-        self.total += total
+        self.total = _plus(self.total, total)
         if type(total) is int and type(shift) is int:  # all ints: the same sums, exactly
             self.s1 += total - n * shift
             self.s2 += sum(map(mul, values, values)) - 2 * shift * total + n * shift * shift
             return
-        deltas = [v - shift for v in values]
-        self.s1 += sum(deltas)
-        self.s2 += sum([d * d for d in deltas])
+        try:
+            deltas = [v - shift for v in values]
+            s1, s2 = sum(deltas), sum([d * d for d in deltas])
+        except OverflowError:  # as above: in doubles (a valid int is within their range)
+            float_shift = float(shift)
+            deltas = [float(v) - float_shift for v in values]
+            s1, s2 = sum(deltas), sum([d * d for d in deltas])
+        self.s1, self.s2 = _plus(self.s1, s1), _plus(self.s2, s2)
 
     def add_readings(self, seen: SeenReadings, late: LateFilter | None, lo: int, hi: int,
                      devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int],
@@ -216,8 +249,14 @@ class WindowAggregate:
     def _moments(self) -> tuple[float, float]:
         """Mean and sum of squared deviations (M2)."""
         n = self.count
-        mean = self.shift + self.s1 / n
-        m2 = self.s2 - self.s1 * self.s1 / n
+        try:
+            mean = self.shift + self.s1 / n
+            m2 = self.s2 - self.s1 * self.s1 / n
+        except OverflowError:  # integer sums past a double's range: exactly, then rounded
+            if not all(map(_finite, (self.shift, self.s1, self.s2))):
+                return math.nan, math.inf  # a sum overflowed already: so does the variance
+            mean = _rounded(Fraction(self.shift) + Fraction(self.s1) / n)
+            m2 = _rounded(Fraction(self.s2) - Fraction(self.s1) ** 2 / n)
         return mean, max(m2, 0.0)
 
     def merge(self, other: WindowAggregate) -> None:
@@ -241,7 +280,7 @@ class WindowAggregate:
         n = n_a + n_b
         mean = mean_a + (mean_b - mean_a) * n_b / n
         m2 = merged_m2(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
-        self.count, self.total = n, self.total + other.total
+        self.count, self.total = n, _plus(self.total, other.total)
         self.minimum = min(self.minimum, other.minimum)
         self.maximum = max(self.maximum, other.maximum)
         # re-express as shifted sums around the merged mean: s1 = 0, s2 = M2

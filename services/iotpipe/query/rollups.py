@@ -89,11 +89,13 @@ class _Columns:
         n = sum(self.count[i:j])
         if n == 0:
             return WindowAggregate()
-        total: int | float = sum(self.total[i:j])
+        total: int | float
         lo: int | float = min(self.lo[i:j])
         hi: int | float = max(self.hi[i:j])
-        if not any(self.inexact[i:j]) and max(abs(total), abs(lo), abs(hi)) < EXACT:
-            total, lo, hi = int(total), int(lo), int(hi)
+        if not any(self.inexact[i:j]):  # every bucket's integer sum is exact (see `add`)
+            total, lo, hi = sum(map(int, self.total[i:j])), int(lo), int(hi)
+        else:
+            total = sum(self.total[i:j])
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=self.shift,
                                s1=total - n * self.shift, s2=sum(self.s2[i:j]))
 
@@ -125,7 +127,9 @@ class RollupIndex:
         with self._lock:
             self.sensors: dict[str, _Columns] = {}
             self.progress: wire.Progress | None = None
-            self.unreadable: set[int] = set()  # bucket numbers whose record could not be read
+            # (sensor, bucket number) whose latest record could not be read, or holds integers
+            # a double cannot sum exactly: read from the readings
+            self.unreadable: set[tuple[str, int]] = set()
 
     def lag_s(self) -> float | None:
         """How far behind now the final buckets end; None while nothing is final."""
@@ -162,7 +166,8 @@ class RollupIndex:
                     f"of the rollup bucket holding its end ({r // 1000}-second precision)"))
             if first >= last:
                 return RollupPlan([(lo, hi)])
-            holes = sorted(n for n in self.unreadable if first <= n < last)
+            holes = sorted({n for sensor, n in self.unreadable
+                            if first <= n < last and sensor in sensors})
             runs = list(zip([first] + [n + 1 for n in holes], [*holes, last], strict=True))
             rolled = {}
             for sensor in sensors:
@@ -255,18 +260,23 @@ class RollupIndex:
                               "says %d ms: rollups unused", record.bucket_ms, self.bucket_ms)
                 return
             n = record.start // self.bucket_ms
+            if record.ints and record.count * max(abs(record.minimum),
+                                                  abs(record.maximum)) >= EXACT:
+                self.unreadable.add((record.sensor, n))  # its sums may have been rounded
+                return
             columns = self.sensors.get(record.sensor)
             if columns is None:
                 columns = self.sensors[record.sensor] = _Columns(n, record.total / record.count)
             columns.put(n, record)
-            self.unreadable.discard(n)
+            self.unreadable.discard((record.sensor, n))
 
     def _unreadable(self, key: bytes | None, why: str) -> None:
         prom.ROLLUP_MALFORMED.inc()
         log.warning("unreadable rollup record %r: %s", key, why)
         try:
-            start = int((key or b"").rsplit(b"|", 1)[1])
-        except (IndexError, ValueError):
+            sensor, start = (key or b"").decode().rsplit("|", 1)
+            n = int(start) // self.bucket_ms
+        except ValueError:  # (also not UTF-8, or no "|")
             return  # no bucket named: nothing to read raw instead
         with self._lock:
-            self.unreadable.add(start // self.bucket_ms)
+            self.unreadable.add((sensor, n))
