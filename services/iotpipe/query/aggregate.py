@@ -212,14 +212,11 @@ class WindowAggregate:
             self.s1 += total - n * shift
             self.s2 += sum(map(mul, values, values)) - 2 * shift * total + n * shift * shift
             return
-        try:
-            deltas = [v - shift for v in values]
-            s1, s2 = sum(deltas), sum([d * d for d in deltas])
-        except OverflowError:  # as above: in doubles (a valid int is within their range)
-            float_shift = float(shift)
-            deltas = [float(v) - float_shift for v in values]
-            s1, s2 = sum(deltas), sum([d * d for d in deltas])
-        self.s1, self.s2 = _plus(self.s1, s1), _plus(self.s2, s2)
+        # in doubles: an int delta of two large ints would make the sums raise, as above
+        float_shift = float(shift)  # (a valid int is within a double's range)
+        deltas = [v - float_shift for v in values]
+        self.s1 = _plus(self.s1, sum(deltas))
+        self.s2 = _plus(self.s2, sum([d * d for d in deltas]))
 
     def add_readings(self, seen: SeenReadings, late: LateFilter | None, lo: int, hi: int,
                      devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int],

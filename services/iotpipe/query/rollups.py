@@ -11,6 +11,7 @@ not be read. Every reading falls in exactly one part, so none is counted twice o
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from array import array
@@ -92,10 +93,13 @@ class _Columns:
         total: int | float
         lo: int | float = min(self.lo[i:j])
         hi: int | float = max(self.hi[i:j])
-        if not any(self.inexact[i:j]):  # every bucket's integer sum is exact (see `add`)
-            total, lo, hi = sum(map(int, self.total[i:j])), int(lo), int(hi)
-        else:
+        if any(self.inexact[i:j]):
             total = sum(self.total[i:j])
+        else:  # every bucket's integer sum is exact (see `add`); fsum rounds theirs once,
+            # so below EXACT it is the sum itself
+            rounded = math.fsum(self.total[i:j])
+            total = int(rounded) if abs(rounded) < EXACT else sum(map(int, self.total[i:j]))
+            lo, hi = int(lo), int(hi)
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=self.shift,
                                s1=total - n * self.shift, s2=sum(self.s2[i:j]))
 

@@ -293,10 +293,7 @@ class WindowMetricsService:
                  req: MetricsRequest) -> dict[str, object]:
         out: dict[str, object] = {}
         for metric in req.operations[sensor]:
-            try:
-                value = total.metric(metric)
-            except OverflowError:  # (an average of integers past a double's range)
-                value = math.inf
+            value = total.metric(metric)
             if isinstance(value, float) and not math.isfinite(value):
                 req.errors.append(f"Metric {metric} of the sensor {sensor} overflowed")
                 value = None
