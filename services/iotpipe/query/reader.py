@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import TopicMetadata
 
 from iotpipe.core.settings import KafkaSettings
@@ -31,6 +31,10 @@ from iotpipe.query.window_cache import Bounds, WindowCache
 log = logging.getLogger(__name__)
 WARM_UP_S = 5.0  # a worker starting while the broker is away or slow waits no longer
 PARTITIONS_MAX_AGE_S = 30.0  # a topic's partitions are listed again after this
+# a partition's leader has just changed (a broker restarted, leadership moved): the error makes
+# librdkafka refresh its metadata, so the same lookup asked again a moment later is answered
+LEADER_MOVED = frozenset({KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
+                          KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 
 
 def split(ranges: list[PartitionRange], groups: int) -> list[tuple[PartitionRange, ...]]:
@@ -97,6 +101,10 @@ def _kafka_call(what: str) -> Iterator[None]:
         yield
     except KafkaException as e:
         raise _as_error(e.args[0] if e.args else None, what) from None
+
+
+def _leader_moved(err: object) -> bool:
+    return isinstance(err, KafkaError) and err.code() in LEADER_MOVED
 
 
 def _as_error(err: object, what: str) -> UnknownTopic | BrokerUnavailable:
@@ -197,13 +205,34 @@ class KafkaWindowReader:
         in one request."""
         if not partitions:
             return {}
-        with self._consumer() as c:
-            found = c.offsets_for_times([TopicPartition(t, p, ts_ms) for t, p in partitions],
-                                        timeout=self._timeout)
+        found = self._offsets_for_times([TopicPartition(t, p, ts_ms) for t, p in partitions])
         for tp in found:
             if tp.error is not None:
                 raise KafkaException(tp.error)
         return {(tp.topic, tp.partition): tp.offset for tp in found}
+
+    def _offsets_for_times(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """librdkafka's lookup, asked again while a partition's leader has just moved, until
+        the timeout."""
+        deadline = time.monotonic() + self._timeout
+        pause = 0.05
+        while True:
+            with self._consumer() as c:
+                try:
+                    found = c.offsets_for_times(
+                        partitions, timeout=max(0.1, deadline - time.monotonic()))
+                    moved = any(_leader_moved(tp.error) for tp in found)
+                except KafkaException as e:
+                    if not _leader_moved(e.args[0] if e.args else None):
+                        raise
+                    found, moved = [], True
+            if not moved:
+                return found
+            if time.monotonic() + pause >= deadline:
+                raise BrokerUnavailable("a partition's leader moved and was not found again "
+                                        "within the timeout")
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
 
     def plan(self, topics: dict[str, str], from_ms: int, to_ms: int, lateness_ms: int,
              cache: WindowCache | None = None) -> dict[str, list[PartitionRange] | UnknownTopic]:
@@ -281,9 +310,7 @@ class KafkaWindowReader:
                      ) -> dict[tuple[str, int], int | Exception]:
         """End offsets of partitions of several topics in one call; an error of one partition
         (e.g. its topic was deleted) is that partition's answer only."""
-        with self._consumer() as c:
-            found = c.offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in partitions],
-                                        timeout=self._timeout)
+        found = self._offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in partitions])
         return {(tp.topic, tp.partition): tp.offset if tp.error is None
                 else _as_error(tp.error, "looking up end offsets") for tp in found}
 

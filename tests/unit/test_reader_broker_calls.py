@@ -1,8 +1,9 @@
-"""What a reader's warm-up asks of the broker, with librdkafka's Consumer replaced."""
+"""What a reader asks of the broker (warm-up, offset lookups), librdkafka's Consumer replaced."""
 
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
 from typing import ClassVar
 
@@ -11,6 +12,7 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException
 
 from iotpipe.core.settings import Settings
 from iotpipe.query import reader as reader_module
+from iotpipe.query.errors import BrokerUnavailable
 from iotpipe.query.reader import SHORT, WINDOW, KafkaWindowReader
 
 
@@ -22,7 +24,7 @@ class FakeConsumer:
         self.config, self.listed, self.looked_up = config, 0, []
         FakeConsumer.made.append(self)
 
-    def list_topics(self, timeout: float) -> SimpleNamespace:
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
         self.listed += 1
         part = SimpleNamespace(error=None, partitions={0: None, 1: None})
         return SimpleNamespace(topics={"t-a": part, "t-b": part, "other": part})
@@ -72,3 +74,49 @@ def test_a_topic_not_created_yet_stops_the_warm_up(
     assert "consumers not warmed up" in caplog.text
     assert [c.looked_up for c in FakeConsumer.made] == [[]]
     assert reader._idle[SHORT].qsize() == 1
+
+
+class MovedLeaderConsumer(FakeConsumer):
+    """Answers the first `moved` lookups (of all consumers) with a leader-epoch error, as a
+    broker does for a client whose metadata predates its restart: as the call's error or as
+    one partition's."""
+
+    moved = 0
+
+    def offsets_for_times(self, partitions: list, timeout: float) -> list:
+        if MovedLeaderConsumer.moved > 0:
+            MovedLeaderConsumer.moved -= 1
+            fenced = KafkaError(KafkaError.FENCED_LEADER_EPOCH)
+            if MovedLeaderConsumer.moved % 2:
+                raise KafkaException(fenced)
+            return [SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=-1,
+                                    error=fenced if i == 0 else None)
+                    for i, tp in enumerate(partitions)]
+        return [SimpleNamespace(topic=tp.topic, partition=tp.partition, error=None,
+                                offset=10 * tp.partition + (1 if tp.offset == 0 else 5))
+                for tp in partitions]
+
+
+@pytest.fixture
+def moved_reader(monkeypatch: pytest.MonkeyPatch) -> KafkaWindowReader:
+    monkeypatch.setattr(reader_module, "Consumer", MovedLeaderConsumer)
+    return KafkaWindowReader(Settings.from_env({"IOTPIPE_KAFKA_TIMEOUT_SECONDS": "2"}).kafka)
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_lookups_are_asked_again_after_a_leader_moved(moved_reader: KafkaWindowReader,
+                                                     closed: bool) -> None:
+    MovedLeaderConsumer.moved = 4
+    to_ms = 1_000 if closed else 10**14  # closed: ends by time (from 0: starts by time 0)
+    plans = moved_reader.plan({"t-a": "a"}, 0, to_ms, 0)
+    assert MovedLeaderConsumer.moved == 0
+    assert [(r.partition, r.start, r.end) for r in plans["a"]] == [(0, 1, 5), (1, 11, 15)]
+
+
+def test_a_leader_not_found_again_is_a_broker_error_within_the_timeout(
+        moved_reader: KafkaWindowReader) -> None:
+    MovedLeaderConsumer.moved = 10**6
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="leader moved"):
+        moved_reader.plan({"t-a": "a"}, 0, 1_000, 0)
+    assert 1.5 < time.monotonic() - started < 2.5
