@@ -1,6 +1,6 @@
-"""How far back the sensor topics still hold readings: their `retention.ms`, looked up now and
-then, so that a window reaching further back is answered from the rollups at bucket precision
-and says so, never as a silent 0."""
+"""How far back the sensor topics still hold readings: their `retention.ms`, looked up in the
+background now and then, so that a window reaching further back is answered from the rollups
+at bucket precision and says so, never as a silent 0."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from iotpipe.query.timestamps import format_ms
 
 log = logging.getLogger(__name__)
 REFRESH_S = 300.0
+RETRY_S = 15.0  # after a failed lookup (the broker away): the known values stay meanwhile
 
 
 def retention_note(expired_ms: int, how: str) -> str:
@@ -26,35 +27,58 @@ def retention_note(expired_ms: int, how: str) -> str:
 
 
 class Retention:
+    """Requests never wait for a lookup but the first: a request finding the values old starts
+    a lookup in a thread and answers with what is known."""
+
     def __init__(self, settings: Settings) -> None:
         self._admin = AdminClient(settings.kafka.client_config() | {"log_level": 0})
         self._timeout = settings.kafka.timeout_s
+        self._topics = [settings.topic(sensor) for sensor in settings.sensors]
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[float, int]] = {}  # topic -> (looked up at, ms; -1: all)
+        self._known: dict[str, int] = {}  # topic -> retention ms (-1: keeps everything)
+        self._next = 0.0  # time.monotonic() of the next lookup
+        self._running = False
+        self._first = threading.Event()  # the first lookup has finished (or failed)
+        self._refresh()
 
     def horizon_ms(self, topics: list[str]) -> int | None:
         """Readings stamped before this may have been deleted (the shortest retention of the
         topics, counted back from now); None if they keep everything or nobody knows."""
-        now = time.monotonic()
+        self._first.wait(2 * self._timeout + 1)
+        if time.monotonic() >= self._next:
+            self._refresh()
         with self._lock:
-            stale = [t for t in topics if now - self._known.get(t, (-REFRESH_S, 0))[0]
-                     >= REFRESH_S]
-        if stale:
-            self._look_up(stale, now)
-        with self._lock:
-            kept = [self._known[t][1] for t in topics if t in self._known]
-        kept = [ms for ms in kept if ms >= 0]
+            kept = [ms for t in topics if (ms := self._known.get(t, -1)) >= 0]
         return int(time.time() * 1000) - min(kept) if kept else None
 
-    def _look_up(self, topics: list[str], now: float) -> None:
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+    def _refresh(self) -> None:
+        with self._lock:
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._look_up, name="retention", daemon=True).start()
+
+    def _look_up(self) -> None:
+        """Each topic's retention; a topic not answered (not created yet, the broker away)
+        keeps its last known value and all are asked again sooner."""
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in self._topics]
+        deadline = time.monotonic() + self._timeout
+        found: dict[str, int] = {}
+        missed: list[str] = []
         try:
             futures = self._admin.describe_configs(resources, request_timeout=self._timeout)
-            found = {r.name: int(f.result(self._timeout)["retention.ms"].value)
-                     for r, f in futures.items()}
-        except (KafkaException, KeyError, ValueError, cf.TimeoutError) as e:
-            log.warning("topic retention not known (%s): windows are not checked against it "
-                        "for %.0f s", e, REFRESH_S)
-            found = {t: self._known.get(t, (0.0, -1))[1] for t in topics}  # ask again later
-        with self._lock:
-            self._known |= {t: (now, ms) for t, ms in found.items()}
+            for r, f in futures.items():
+                try:
+                    left = max(0.0, deadline - time.monotonic())
+                    found[r.name] = int(f.result(left)["retention.ms"].value)
+                except (KafkaException, KeyError, ValueError, cf.TimeoutError) as e:
+                    missed.append(f"{r.name}: {str(e) or 'timed out'}")
+        finally:  # even if librdkafka raised otherwise: the next request asks again
+            with self._lock:
+                self._known |= found
+                self._next = time.monotonic() + (RETRY_S if missed else REFRESH_S)
+                self._running = False
+            self._first.set()
+        if missed:
+            log.warning("topic retention not known (%s): windows are checked against the last "
+                        "values known; asked again in %.0f s", "; ".join(missed), RETRY_S)

@@ -1,0 +1,105 @@
+"""The topics' retention is looked up in the background: only a service's first requests wait
+for it; AdminClient replaced."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import ClassVar
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from iotpipe.core.settings import Settings
+from iotpipe.query import retention as retention_module
+from iotpipe.query.retention import Retention
+
+SETTINGS = Settings.from_env({"IOTPIPE_SENSORS": "temperature,humidity",
+                              "IOTPIPE_KAFKA_TIMEOUT_SECONDS": "1"})
+TOPICS = [SETTINGS.topic(s) for s in SETTINGS.sensors]
+
+
+class FakeAdmin:
+    """Answers each topic's retention from `answers` (an int: ms; an exception: its error),
+    after `release` is set."""
+
+    answers: ClassVar[dict[str, int | Exception]] = {}
+    release = threading.Event()
+    asked = 0
+
+    def __init__(self, config: dict) -> None:
+        pass
+
+    def describe_configs(self, resources: list, request_timeout: float) -> dict:
+        FakeAdmin.asked += 1
+        FakeAdmin.release.wait(5)
+        futures = {}
+        for r in resources:
+            futures[r] = f = cf.Future()
+            answer = FakeAdmin.answers.get(r.name, KafkaException(KafkaError(
+                KafkaError.UNKNOWN_TOPIC_OR_PART)))
+            if isinstance(answer, Exception):
+                f.set_exception(answer)
+            else:
+                f.set_result({"retention.ms": SimpleNamespace(value=str(answer))})
+        return futures
+
+
+@pytest.fixture(autouse=True)
+def admin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention_module, "AdminClient", FakeAdmin)
+    FakeAdmin.answers, FakeAdmin.asked = {t: 60_000 for t in TOPICS}, 0
+    FakeAdmin.release = threading.Event()
+    FakeAdmin.release.set()
+
+
+def _wait_until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not done():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_the_shortest_retention_counts_back_from_now() -> None:
+    FakeAdmin.answers[TOPICS[1]] = 30_000
+    retention = Retention(SETTINGS)
+    now = int(time.time() * 1000)
+    assert now - 30_000 <= retention.horizon_ms(TOPICS) <= now - 30_000 + 1000
+    assert now - 60_000 <= retention.horizon_ms(TOPICS[:1]) <= now - 60_000 + 1000
+    FakeAdmin.answers = dict.fromkeys(TOPICS, -1)  # kept for ever: nothing to check
+    assert Retention(SETTINGS).horizon_ms(TOPICS) is None
+
+
+def test_old_values_answer_at_once_while_a_lookup_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    retention = Retention(SETTINGS)
+    assert retention.horizon_ms(TOPICS) is not None and FakeAdmin.asked == 1
+    FakeAdmin.release.clear()  # the next lookup hangs until released
+    FakeAdmin.answers = dict.fromkeys(TOPICS, 10_000)
+    monkeypatch.setattr(retention, "_next", 0.0)  # the values are old now
+    started = time.monotonic()
+    horizons = [retention.horizon_ms(TOPICS) for _ in range(3)]
+    assert time.monotonic() - started < 0.5
+    assert all(h is not None and h < time.time() * 1000 - 59_000 for h in horizons)
+    FakeAdmin.release.set()
+    _wait_until(lambda: not retention._running)
+    assert FakeAdmin.asked == 2  # one lookup for the three requests
+    assert retention.horizon_ms(TOPICS) > time.time() * 1000 - 11_000
+
+
+def test_a_topic_not_answered_keeps_its_value_and_is_asked_again_soon(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention_module, "RETRY_S", 0.2)
+    retention = Retention(SETTINGS)
+    horizon = retention.horizon_ms(TOPICS)
+    assert horizon is not None
+    monkeypatch.setattr(retention, "_next", 0.0)
+    del FakeAdmin.answers[TOPICS[0]]  # its topic deleted
+    retention.horizon_ms(TOPICS)
+    _wait_until(lambda: FakeAdmin.asked == 2 and not retention._running)
+    assert abs(retention.horizon_ms(TOPICS[:1]) - horizon) < 1000  # the last value known
+    time.sleep(0.3)
+    retention.horizon_ms(TOPICS)
+    _wait_until(lambda: FakeAdmin.asked == 3)  # asked again after RETRY_S, not REFRESH_S
