@@ -79,17 +79,18 @@ def console_table(state: StreamState, sensors: tuple[str, ...], batch_id: int) -
     lines = [rule, f"Batch: {batch_id}   watermark {watermark}"
              f" UTC   rollups final to {rollups}   late {sum(state.late.values())}"
              f"   duplicates {sum(state.duplicates.values())}", rule,
-             f"{'sensor':<14}{'count':>9}{'min':>10}{'max':>10}{'mean':>12}"
-             f"{'window':>11}{'w.count':>8}{'w.mean':>10}"]
+             f"{'sensor':<14}{'count':>9} {'min':>10} {'max':>10} {'mean':>10}"
+             f" {'window':>8} {'w.count':>7} {'w.mean':>10}"]
     for sensor in sensors:
         t = state.totals.get(sensor) or Stats()
         wins = state.current_and_closed(sensor)
         start, w = wins.get("current") or wins.get("closed") or (0, Stats())
-        lines.append(f"{sensor:<14}{t.count:>9}{_num(t.minimum):>10}{_num(t.maximum):>10}"
-                     f"{_num(t.mean):>12}{_clock(start, '%H:%M:%S'):>11}{w.count:>8}"
-                     f"{_num(w.mean):>10}")
+        lines.append(f"{sensor:<13} {t.count:>9} {_num(t.minimum):>10} {_num(t.maximum):>10}"
+                     f" {_num(t.mean):>10} {_clock(start, '%H:%M:%S'):>8} {w.count:>7}"
+                     f" {_num(w.mean):>10}")
     return "\n".join(lines)
 
 
 def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+    """Two decimals, or as a power of ten where those would not fit a column."""
+    return "-" if x is None else f"{x:.2f}" if abs(x) < 1e6 else f"{x:.3e}"
