@@ -20,11 +20,11 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert [line.split("#")[0].strip() for line in block] == ["make run", "make test"]
 
 
-def test_readme_documents_every_setting_with_its_default() -> None:
+def test_readme_documents_every_setting_with_its_default_and_help() -> None:
     readme = (ROOT / "README.md").read_text()
     for var in ENV_VARS.values():
         default = f"`{var.default}`" if var.default else "(empty)"
-        assert f"| `{var.name}` | {default} |" in readme, var.name
+        assert f"| `{var.name}` | {default} | {var.help} |" in readme, var.name
 
 
 def test_spark_connector_version_equals_the_pyspark_pin() -> None:

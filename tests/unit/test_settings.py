@@ -35,6 +35,14 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
     assert message in str(e.value)
 
 
+def test_the_build_tools_variables_are_not_taken_for_typos() -> None:
+    """`IOTPIPE_DOCKER_CACHE=... make test` starts services that inherit the variable."""
+    tools = {"IOTPIPE_DOCKER_CACHE": "/c", "IOTPIPE_CRD_DIR": "/d", "IOTPIPE_CRD_MIRROR": "file:///m"}
+    assert Settings.from_env(tools) == Settings.from_env({})
+    with pytest.raises(SettingsError, match="unknown setting"):
+        Settings.from_env(tools | {"IOTPIPE_CRD_DIRS": "/d"})
+
+
 def test_sasl_ssl_maps_to_both_client_kinds(tmp_path) -> None:
     (tmp_path / "pw").write_text("s3cr\"et\n")
     (tmp_path / "ca.crt").write_text("PEM")

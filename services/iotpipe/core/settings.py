@@ -32,6 +32,10 @@ def _vars(*rows: tuple[str, str, str]) -> dict[str, EnvVar]:
     return {name: EnvVar(name, default, help_) for name, default, help_ in rows}
 
 
+# read by the build and check tools (docker/images.py, k8s/crd_files.py), not the services;
+# they may be set for `make test` or `make images`, whose services inherit the environment
+TOOL_VARS = frozenset({"IOTPIPE_DOCKER_CACHE", "IOTPIPE_CRD_DIR", "IOTPIPE_CRD_MIRROR"})
+
 ENV_VARS: dict[str, EnvVar] = _vars(
     # Kafka connection, shared by every client (confluent-kafka and Spark's Kafka source)
     ("IOTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)"),
@@ -79,11 +83,13 @@ ENV_VARS: dict[str, EnvVar] = _vars(
      "answer the whole buckets inside a window from the rollup topic (false: scan readings)"),
     ("IOTPIPE_MAX_WINDOW_SECONDS", "2678400", "longest window a request may ask for"),
     ("IOTPIPE_MAX_BODY_BYTES", "65536", "largest request body accepted"),
-    ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token; when set, the API requires it"),
+    ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token (16 characters or more); when set, "
+     "the API requires it"),
     ("IOTPIPE_LOG_FORMAT", "text", "text or json"),
     ("IOTPIPE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     # Sensor simulator
-    ("IOTPIPE_DEVICES_PER_SENSOR", "1", "simulated devices per sensor type"),
+    ("IOTPIPE_DEVICES_PER_SENSOR", "1", "simulated devices per sensor type (each sends once a "
+     "round, every round in a new random order)"),
     ("IOTPIPE_SENSOR_RATE_HZ", "1", "readings per second of each device"),
     ("IOTPIPE_VALUE_MODEL", "uniform", "uniform (integers 0..100) or daily (cycle + noise)"),
     ("IOTPIPE_DUPLICATE_RATE", "0", "fraction of readings sent twice (testing)"),
@@ -285,7 +291,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every IOTPIPE_* variable; raise SettingsError on the first bad one."""
         env = os.environ if env is None else env
-        unknown = sorted(k for k in env if k.startswith("IOTPIPE_") and k not in ENV_VARS)
+        unknown = sorted(k for k in env if k.startswith("IOTPIPE_")
+                         and k not in ENV_VARS and k not in TOOL_VARS)
         if unknown:
             raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (see README)")
         n = _number
