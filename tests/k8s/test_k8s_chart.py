@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,6 +44,32 @@ def test_helm_lint_strict(value_set: str) -> None:
 def test_values_schema_rejects_bad_values(typo: str) -> None:
     result = run([tool("helm"), "lint", "--strict", CHART, "--set", typo])
     assert result.returncode != 0, f"values.schema.json accepted {typo}"
+
+
+def _sensor(devices: int, rate_hz: float) -> str:
+    return json.dumps([{"type": "temperature", "devices": devices, "rateHz": rate_hz}])
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [  # each at the edge of the range settings.py accepts, then just past it
+        ("common.allowedLatenessSeconds=86400", True),
+        ("common.allowedLatenessSeconds=86400.5", False),
+        ("stream.windowSeconds=86400", True),
+        ("stream.windowSeconds=86401", False),
+        ("stream.triggerSeconds=0.1", True),
+        ("stream.triggerSeconds=0.09", False),
+        ("stream.triggerSeconds=3601", False),
+        (f"sensors={_sensor(1_000_000, 0.001)}", True),
+        (f"sensors={_sensor(1_000_001, 1)}", False),
+        (f"sensors={_sensor(1, 0.0009)}", False),
+        (f"sensors={_sensor(1, 1_000_001)}", False),
+    ],
+)
+def test_values_schema_keeps_the_services_ranges(value: str, ok: bool) -> None:
+    """A value the services refuse at start (a pod in a crash loop) fails `helm install`."""
+    result = run([tool("helm"), "lint", "--strict", CHART, "--set-json", value])
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("name, ok", [("wind", True), ("rollups", False), ("from", False)])
