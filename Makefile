@@ -47,8 +47,8 @@ stop: down
 status: install
 	$(PY) -m iotpipe status
 
-clean: down
-	rm -rf $(VENV) .cache .data .tools .pytest_cache .ruff_cache .hypothesis .schemathesis services/*.egg-info
+clean: down images-down
+	rm -rf $(VENV) .cache .data .tools .pytest_cache .ruff_cache .mypy_cache .hypothesis .schemathesis services/*.egg-info
 
 lint: install
 	$(VENV)/bin/ruff check services tests charts docker

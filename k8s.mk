@@ -83,7 +83,7 @@ $(TOOLS)/.etcd.stamp:
 
 # Offline checks of every Kubernetes artifact (chart, CRs, dashboards, alerts, Dockerfiles).
 # The tests run with the app venv; they call the binaries in $(TOOLS) (K8S_TOOLS tells them where).
-k8s-check: tools
+k8s-check: install tools
 	K8S_TOOLS=$(abspath $(TOOLS)) $(PY) -m pytest tests/k8s -q
 
 # The three images, as skaffold builds them (same names, same Dockerfiles).
