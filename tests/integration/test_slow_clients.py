@@ -1,5 +1,6 @@
 """Slow and stalled clients against the real gunicorn server: they cost a connection, not a
-request thread; they end with 408 after the read deadline; excess connections get 503 at once."""
+request thread; they end with 408 after the read deadline; excess connections get 503 at once.
+Requests the server cannot parse get their error in the API's JSON envelope too."""
 
 from __future__ import annotations
 
@@ -124,3 +125,20 @@ def test_connections_past_the_limit_are_refused_at_once(server: tuple[str, int])
         # (a few of the last held ones may have been refused if the server still counted a
         # connection of an earlier test that it had not yet seen closed)
         assert all(nothing_received_yet(s) for s in held[:-5])
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "error"), [
+    (b"garbage\r\n\r\n", 400, "Invalid request line"),
+    (b"POST /compute/metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n{", 400,
+     "Content-Length"),
+    (b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", 431,
+     "header field is too large"),
+    (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "line is too large"),
+])
+def test_unparsable_requests_get_the_json_envelope(server: tuple[str, int], request_bytes: bytes,
+                                                   status: int, error: str) -> None:
+    _, port = server
+    with ExitStack() as stack:
+        got, body, rest = read_response(connect(stack, port, request_bytes), 30)
+    assert (got, rest, body["result"]) == (status, b"", {})
+    assert len(body["errors"]) == 1 and error in body["errors"][0], body

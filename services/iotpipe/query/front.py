@@ -17,8 +17,9 @@ import io
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import Any, cast
 
 from a2wsgi.wsgi import build_environ
@@ -133,7 +134,7 @@ class BoundedProtocol(ASGIProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.worker.nr_conns > self.cfg.worker_connections:
-            self._refuse(503, "Service Unavailable", "Too many open connections, try again later")
+            self._refuse(503, "Too many open connections, try again later")
             return
         seconds = self.app.settings.query_read_deadline_s
         self._deadline = self.worker.loop.call_later(seconds, self._headers_late, seconds)
@@ -156,18 +157,29 @@ class BoundedProtocol(ASGIProtocol):
         if self._closed or self._current_request is not None:
             return
         log.debug("headers not complete within %gs; closing", seconds)
-        self._refuse(408, "Request Timeout",
-                     f"Request Timeout: the headers did not arrive within {seconds:g} seconds")
+        self._refuse(408, f"Request Timeout: the headers did not arrive within {seconds:g} "
+                          "seconds")
 
-    def _refuse(self, status: int, reason: str, error: str) -> None:
+    def _refuse(self, status: int, error: str) -> None:
         """Answer with the JSON envelope and close, whatever the client has sent so far."""
-        body = _error_body(error)
-        self._safe_write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                         + body)
+        self._send_error_response(status, error)
         self._close_transport()
         if self._request_ready is not None:
             self._request_ready.set()  # the connection's task sees it is closed and ends
+
+    def _send_error_response(self, status: int, message: str,
+                             extra_headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Also gunicorn's answer to a request it cannot parse (bad framing, a line or headers
+        too long): in the API's JSON envelope, not plain text."""
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:  # (gunicorn sends only standard codes)
+            reason = "Error"
+        body = _error_body(message)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+        self._safe_write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+                         .encode("latin-1") + body)
 
 
 class QueryWorker(gasgi.ASGIWorker):
