@@ -46,13 +46,15 @@ class Rolled:
 
 def _readings(sensor: str, rng: random.Random, lo: int, hi: int, seq0: int
               ) -> list[wire.Reading]:
-    """4 devices sending every ~2.5 s with jitter; integers for temperature (exact sums)."""
+    """4 devices sending every ~2.5 s with jitter; integers for temperature (exact sums),
+    integers and decimals mixed for humidity (extremes of either kind)."""
     out = []
     for d in range(4):
         t, seq = lo + d * 300, seq0
         while t < hi:
-            value: int | float = (rng.randrange(-40, 60) if sensor == "temperature"
-                                  else round(rng.uniform(900, 1100), 3))
+            whole = sensor == "temperature" or (sensor == "humidity" and rng.random() < 0.5)
+            value: int | float = (rng.randrange(-40, 60) if whole
+                                  else round(rng.uniform(-40.5, 59.5), 3))
             out.append(wire.Reading(f"{sensor}-{d}", sensor, seq, t, value))
             t, seq = t + 2500 + rng.randrange(-400, 400), seq + 1
     return sorted(out, key=lambda r: r.ts)
@@ -145,7 +147,9 @@ def _ask(app: Flask, sensors: tuple[str, ...], lo: int, hi: int, errors: int = 0
 
 def _same(got: dict, want: dict, where: str) -> None:
     for k, v in want.items():
-        if isinstance(v, float) or isinstance(got[k], float):
+        if k in ("min", "max"):  # an integer stays one, a decimal stays one
+            assert (got[k], type(got[k])) == (v, type(v)), (where, k)
+        elif isinstance(v, float) or isinstance(got[k], float):
             assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-9), (where, k)
         else:
             assert got[k] == v, (where, k)

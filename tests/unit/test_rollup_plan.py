@@ -21,8 +21,10 @@ LATENESS = 30_000
 
 def _stats(values: list[float]) -> BucketStats:
     mean = sum(values) / len(values)
+    lo, hi = min(values), max(values)
     return BucketStats(len(values), float(sum(values)), sum((v - mean) ** 2 for v in values),
-                       min(values), max(values), all(type(v) is int for v in values))
+                       lo, hi, all(type(v) is int for v in values), type(lo) is int,
+                       type(hi) is int)
 
 
 def _row(sensor: str, ts: list[int], values: list[float]) -> list[BatchRow]:
@@ -68,7 +70,8 @@ def test_stream_state_publishes_full_buckets_and_forgets_final_ones() -> None:
 
 
 def _record(sensor: str, start: int, b: BucketStats) -> wire.Bucket:
-    return wire.Bucket(sensor, start, b.count, b.total, b.m2, b.minimum, b.maximum, b.ints)
+    return wire.Bucket(sensor, start, b.count, b.total, b.m2, b.minimum, b.maximum, b.ints,
+                       b.min_int, b.max_int)
 
 
 def _index(records: list[wire.Bucket | wire.Progress]) -> RollupIndex:
@@ -83,8 +86,9 @@ def test_plan_cuts_a_window_into_final_buckets_and_raw_edges() -> None:
     readings: dict[int, list[int | float]] = {}
     for n in range(100, 400):
         if rng.random() < 0.8:  # some buckets have no readings: no record
-            readings[n] = ([rng.randrange(-9, 9) for _ in range(5)] if n % 3 else
-                           [rng.uniform(0, 1) for _ in range(4)])
+            ints, floats = [rng.randrange(-9, 9) for _ in range(5)], [rng.uniform(-9, 9)
+                                                                      for _ in range(4)]
+            readings[n] = [ints, floats, ints[:2] + floats[:2]][n % 3]  # some buckets mixed
     final = 350 * R + 12_345
     buckets = [_record("t", n * R, _stats(vs)) for n, vs in readings.items()]
     rng.shuffle(buckets)  # any order of records
@@ -112,8 +116,26 @@ def test_plan_cuts_a_window_into_final_buckets_and_raw_edges() -> None:
             assert agg.metric("sum") == pytest.approx(math.fsum(values), rel=1e-12, abs=1e-12)
             assert agg.metric("stddev") == pytest.approx(statistics.pstdev(values), rel=1e-9)
             assert (agg.metric("min"), agg.metric("max")) == (min(values), max(values))
+            # an extreme that was an integer stays one, in mixed windows too
+            assert (type(agg.metric("min")), type(agg.metric("max"))) == (
+                type(min(values)), type(max(values)))
             if all(type(v) is int for v in values):
                 assert type(agg.metric("sum")) is int and agg.metric("sum") == sum(values)
+
+
+def test_merged_buckets_keep_which_extreme_was_an_integer() -> None:
+    parts = [[3, 7.5], [2.5, 7], [2, 7.0], [-1.5, 2.0]]
+    for order in itertools.permutations(parts):
+        merged = _stats(list(order[0]))
+        for part in order[1:]:
+            merged.merge(_stats(list(part)))
+        assert (merged.minimum, merged.min_int) == (-1.5, False)
+        assert (merged.maximum, merged.max_int) == (7.5, False)
+    tie = _stats([2, 7.0])
+    tie.merge(_stats([2.0, 7]))  # equal extremes, one an integer: answered as the integer
+    assert (tie.min_int, tie.max_int, tie.ints) == (True, True, False)
+    old = wire.Bucket("t", 0, 2, 3.5, 1.0, 1.0, 2.5, False)  # written before the flags
+    assert (old.min_int, old.max_int) == (False, False)
 
 
 def test_no_progress_or_another_bucket_length_means_readings_only() -> None:
@@ -153,11 +175,13 @@ def test_an_unreadable_record_stays_unreadable_when_another_sensor_rolls_that_bu
 
 def test_integers_past_a_doubles_exact_range_are_summed_exactly_or_read_raw() -> None:
     big = 2**52 + 1  # a bucket of one: exact in a double; its sum with the others is not
-    values = {100: [big], 101: [big], 102: [big + 2], 103: [2**53 + 1, 7]}
+    values = {100: [big], 101: [big], 102: [big + 2], 103: [2**53 + 1, 7],
+              104: [2**53 + 1, 0.5], 105: [-(2**53) - 1, 0.5]}  # mixed: an extreme rounded
     index = _index([*(_record("t", n * R, _stats(vs)) for n, vs in values.items()),
                     wire.Progress(100 * R, 300 * R, R)])
-    plan = index.plan(["t"], 100 * R, 104 * R - 1)
-    assert plan.raw == [(103 * R, 104 * R - 1)]  # its sums may have been rounded: readings
+    plan = index.plan(["t"], 100 * R, 106 * R - 1)
+    # sums or extremes may have been rounded: from the readings
+    assert plan.raw == [(n * R, n * R + R - 1) for n in (103, 104, 105)]
     agg = plan.rolled["t"]
     assert (agg.count, agg.total, agg.minimum, agg.maximum) == (3, 3 * big + 2, big, big + 2)
     assert type(agg.total) is int

@@ -153,6 +153,10 @@ class Bucket(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="bucke
     minimum: float
     maximum: float
     ints: bool  # every value was a JSON integer: sums and extremes are answered as integers
+    # the minimum (maximum) was a JSON integer, in a bucket that also holds other numbers
+    # (records written before these fields read as False: such extremes answer as floats)
+    min_int: bool = False
+    max_int: bool = False
 
 
 class Progress(msgspec.Struct, frozen=True, gc=False, tag_field="kind", tag="progress"):

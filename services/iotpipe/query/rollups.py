@@ -61,6 +61,7 @@ class _Columns:
         self.total, self.s2 = array("d"), array("d")
         self.lo, self.hi = array("d"), array("d")
         self.inexact = array("b")  # 1: a value was not a JSON integer
+        self.lo_int, self.hi_int = array("b"), array("b")  # 1: that extreme was an integer
 
     def put(self, n: int, b: wire.Bucket) -> None:
         if n < self.base:  # older than anything held: rare (a stream rebuilt from scratch)
@@ -72,11 +73,12 @@ class _Columns:
         d = b.total / b.count - self.shift
         self.count[i], self.total[i], self.s2[i] = b.count, b.total, b.m2 + b.count * d * d
         self.lo[i], self.hi[i], self.inexact[i] = b.minimum, b.maximum, not b.ints
+        self.lo_int[i], self.hi_int[i] = b.ints or b.min_int, b.ints or b.max_int
 
     def _grow(self, k: int, front: bool) -> None:
         empty: list[tuple[array[Any], float]] = [
             (self.count, 0), (self.total, 0.0), (self.s2, 0.0), (self.lo, float("inf")),
-            (self.hi, float("-inf")), (self.inexact, 0)]
+            (self.hi, float("-inf")), (self.inexact, 0), (self.lo_int, 0), (self.hi_int, 0)]
         for col, v in empty:
             pad = array(col.typecode, [v]) * k
             if front:
@@ -95,6 +97,9 @@ class _Columns:
         hi: int | float = max(self.hi[i:j])
         if any(self.inexact[i:j]):
             total = sum(self.total[i:j])
+            # an extreme that was an integer stays one, as the readings would give it
+            lo = int(lo) if self.lo_int[self.lo.index(lo, i, j)] else lo
+            hi = int(hi) if self.hi_int[self.hi.index(hi, i, j)] else hi
         else:  # every bucket's integer sum is exact (see `add`); fsum rounds theirs once,
             # so below EXACT it is the sum itself
             rounded = math.fsum(self.total[i:j])
@@ -102,6 +107,14 @@ class _Columns:
             lo, hi = int(lo), int(hi)
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=self.shift,
                                s1=total - n * self.shift, s2=sum(self.s2[i:j]))
+
+
+def _rounded_integers(b: wire.Bucket) -> bool:
+    """Whether a double of the record may have rounded an integer answer (its sum, when every
+    value is one, or an extreme that was one): then the bucket is read from the readings."""
+    if b.ints:
+        return b.count * max(abs(b.minimum), abs(b.maximum)) >= EXACT
+    return (b.min_int and abs(b.minimum) >= EXACT) or (b.max_int and abs(b.maximum) >= EXACT)
 
 
 class RollupIndex:
@@ -264,9 +277,8 @@ class RollupIndex:
                               "says %d ms: rollups unused", record.bucket_ms, self.bucket_ms)
                 return
             n = record.start // self.bucket_ms
-            if record.ints and record.count * max(abs(record.minimum),
-                                                  abs(record.maximum)) >= EXACT:
-                self.unreadable.add((record.sensor, n))  # its sums may have been rounded
+            if _rounded_integers(record):
+                self.unreadable.add((record.sensor, n))
                 return
             columns = self.sensors.get(record.sensor)
             if columns is None:

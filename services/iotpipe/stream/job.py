@@ -115,9 +115,13 @@ def batch_rows(df: DataFrame, window_ms: int, rollup_ms: int) -> list[BatchRow]:
             .agg(F.count("*").alias("n"), F.sum("value").alias("total"),
                  (F.var_pop("value") * F.count("*")).alias("m2"),
                  F.min("value").alias("lo"), F.max("value").alias("hi"),
-                 F.bool_and("exact").alias("ints"), F.max("ts").alias("last")).collect())
+                 F.bool_and("exact").alias("ints"), F.max("ts").alias("last"),
+                 # the extremes among the JSON integers: an extreme equal to one was an integer
+                 F.min(F.when(F.col("exact"), F.col("value"))).alias("lo_int"),
+                 F.max(F.when(F.col("exact"), F.col("value"))).alias("hi_int")).collect())
     return [BatchRow(r["sensor"], r["ws"], r["bs"],
-                     BucketStats(r["n"], r["total"], r["m2"], r["lo"], r["hi"], r["ints"]),
+                     BucketStats(r["n"], r["total"], r["m2"], r["lo"], r["hi"], r["ints"],
+                                 r["lo_int"] == r["lo"], r["hi_int"] == r["hi"]),
                      r["last"]) for r in rows]
 
 

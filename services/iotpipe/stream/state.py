@@ -50,12 +50,17 @@ class BucketStats:
     minimum: float
     maximum: float
     ints: bool
+    min_int: bool = False  # the minimum was a JSON integer (on a tie: one of them was)
+    max_int: bool = False
 
     def merge(self, o: BucketStats) -> None:
         self.m2 = merged_m2(self.count, self.total / self.count, self.m2,
                             o.count, o.total / o.count, o.m2)
         self.count, self.total = self.count + o.count, self.total + o.total
-        self.minimum, self.maximum = min(self.minimum, o.minimum), max(self.maximum, o.maximum)
+        lo, hi = min(self.minimum, o.minimum), max(self.maximum, o.maximum)
+        self.min_int = (self.min_int and self.minimum == lo) or (o.min_int and o.minimum == lo)
+        self.max_int = (self.max_int and self.maximum == hi) or (o.max_int and o.maximum == hi)
+        self.minimum, self.maximum = lo, hi
         self.ints = self.ints and o.ints
 
 
@@ -120,7 +125,8 @@ class StreamState:
         self.batch_id = batch_id
         self._prune()
         records: list[wire.Bucket | wire.Progress] = [
-            wire.Bucket(sensor, start, b.count, b.total, b.m2, b.minimum, b.maximum, b.ints)
+            wire.Bucket(sensor, start, b.count, b.total, b.m2, b.minimum, b.maximum, b.ints,
+                        b.min_int, b.max_int)
             for (sensor, start), b in sorted(touched.items())]
         if self.rollups_since is not None:
             records.append(wire.Progress(self.rollups_since, self.rollups_final_ms,
