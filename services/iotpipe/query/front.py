@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,7 +27,7 @@ from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
 from iotpipe.core.settings import Settings
-from iotpipe.query.api import RECEIVED
+from iotpipe.query.api import RECEIVED, envelope
 from iotpipe.query.app import create_app
 
 log = logging.getLogger(__name__)
@@ -37,11 +36,6 @@ Message = dict[str, Any]
 _environ = cast(Callable[..., dict[str, Any]], build_environ)
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-def _error_body(error: str) -> bytes:
-    """The API's JSON envelope (as Flask's `envelope`) for a request Flask never sees."""
-    return json.dumps({"result": {}, "errors": [error]}).encode()
 
 
 class BufferedApp:
@@ -114,7 +108,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 
 
 async def _send_408(send: Send, deadline_s: float) -> None:
-    body = _error_body(f"Request Timeout: the body did not arrive within {deadline_s:g} seconds")
+    error = f"Request Timeout: the body did not arrive within {deadline_s:g} seconds"
+    body = envelope({}, [error], 408).get_data()  # the API's envelope, as Flask would send
     await send({"type": "http.response.start", "status": 408,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
@@ -175,7 +170,7 @@ class BoundedProtocol(ASGIProtocol):
             reason = HTTPStatus(status).phrase
         except ValueError:  # (gunicorn sends only standard codes)
             reason = "Error"
-        body = _error_body(message)
+        body = envelope({}, [message], status).get_data()
         extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
         self._safe_write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"

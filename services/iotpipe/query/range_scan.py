@@ -2,9 +2,7 @@
 
 Each message is decoded once; readings inside the window are folded into one aggregate per
 sensor, each (device, seq) once. In record mode the decoded messages are kept instead, for the
-window cache to answer this and later windows from. A large scan de-duplicates each partition on
-its own and reads its partitions a few at a time, so that it holds the devices of those
-partitions, not of the whole window (see `ScanJob.per_partition`).
+window cache to answer this and later windows from. See `ScanJob.per_partition` for large scans.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import logging
 import queue
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
@@ -130,11 +130,9 @@ class KafkaWindowReader:
     def close(self) -> None:
         self._lookups.shutdown(wait=False, cancel_futures=True)
         for idle in self._idle.values():
-            while True:
-                try:
+            with suppress(queue.Empty):  # (a request may take one meanwhile)
+                while True:
                     idle.get_nowait().close()
-                except queue.Empty:  # (a request may take one meanwhile)
-                    break
 
     @contextmanager
     def _consumer(self, fetch: Fetch | None = None) -> Iterator[Consumer]:

@@ -80,11 +80,8 @@ class _Columns:
             (self.count, 0), (self.total, 0.0), (self.s2, 0.0), (self.lo, float("inf")),
             (self.hi, float("-inf")), (self.inexact, 0), (self.lo_int, 0), (self.hi_int, 0)]
         for col, v in empty:
-            pad = array(col.typecode, [v]) * k
-            if front:
-                col[:0] = pad
-            else:
-                col.extend(pad)
+            at = 0 if front else len(col)
+            col[at:at] = array(col.typecode, [v]) * k
 
     def aggregate(self, first: int, last: int) -> WindowAggregate:
         """The buckets [first, last) merged, as the raw path would have counted them."""

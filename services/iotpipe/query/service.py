@@ -42,8 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SMALL_SCAN = 20_000  # messages; below this a window is read in threads of the worker
-# messages; from here a scan de-duplicates each partition on its own, holding a few
-# partitions' devices at a time (below, it holds at most this many devices in all)
+# messages; from here a scan de-duplicates each partition on its own (see `_fold_scanned`)
 PER_PARTITION_SCAN = 100_000
 # a scan allocates millions of short-lived objects and no reference cycles: the default
 # collector (every 700 allocations) only costs time in reader processes (measured: ~15% of a
@@ -70,10 +69,8 @@ def _scan_in_reader_process(job: ScanJob) -> dict[str, SensorScan]:
 
 
 class ScanPool:
-    """Where scans run: threads for small windows (their time is network latency, and threads
-    of one worker share its consumers), reader processes for large ones (their time is
-    decoding, which threads of one process cannot spread over cores). Rebuilt if a reader
-    process dies."""
+    """Where scans run (see the module's doc; threads of one worker share its consumers).
+    Rebuilt if a reader process dies."""
 
     def __init__(self, settings: Settings, reader: KafkaWindowReader) -> None:
         self._kafka = settings.kafka

@@ -113,12 +113,9 @@ class WindowCache:
                stop_ms: int | None) -> Bounds | None:
         """Start (and, if `stop_ms` is given, end) offsets of a window from memory, or None."""
         with self._lock:
-            segs = [s for s in self._live((topic, partition)) if s.anchor <= from_ms]
-            if not segs:
-                return None
-            seg = max(segs, key=lambda s: s.start)  # anchors grow with start offsets
-            start = seg.first_stamped(from_ms)
-            if start is None:
+            seg = max((s for s in self._live((topic, partition)) if s.anchor <= from_ms),
+                      key=lambda s: s.start, default=None)  # anchors grow with start offsets
+            if seg is None or (start := seg.first_stamped(from_ms)) is None:
                 return None
             seg.used = time.monotonic()
             end = seg.first_stamped(stop_ms, seg.index(start)) if stop_ms is not None else None
@@ -165,7 +162,7 @@ class WindowCache:
                 merged = Segment(start, start, 0, 0.0, self.lateness_ms)
                 merged.append(rows, end, after)
             else:
-                merged = self._merge(touching, start, end, anchor, rows, after)
+                merged = self._merge(touching, left, start, end, anchor, rows, after)
                 for s in touching:
                     self._drop(key, s)
                 self._segments.setdefault(key, []).append(merged)
@@ -174,14 +171,13 @@ class WindowCache:
             self._evict()
             return merged
 
-    def _merge(self, touching: list[Segment], start: int, end: int, anchor: int | None,
-               rows: list[Row], after: int | None) -> Segment:
+    def _merge(self, touching: list[Segment], left: Segment | None, start: int, end: int,
+               anchor: int | None, rows: list[Row], after: int | None) -> Segment:
         lo = min([start, *(s.start for s in touching)])
         hi = max([end, *(s.end for s in touching)])
-        first = touching[0] if touching and touching[0].start < start else None
         # the leftmost part's anchor; at an equal start either holds, the later one says more
-        if first is not None:
-            anchor = first.anchor
+        if left is not None:
+            anchor = left.anchor
         else:
             assert anchor is not None
             anchor = max([anchor, *(s.anchor for s in touching if s.start == start)])
