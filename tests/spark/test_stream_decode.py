@@ -4,12 +4,17 @@ malformed, in the real Spark session."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from pyspark.sql import SparkSession
 
 from iotpipe.core import wire
 from iotpipe.stream.decode import decode
 from wire_messages import SENSOR, messages
+
+LATENESS_MS = 30_000
+T0 = 1_700_000_000_000
 
 
 def _reference(raw: bytes | None) -> tuple | None:
@@ -25,8 +30,9 @@ def _reference(raw: bytes | None) -> tuple | None:
 @pytest.mark.spark
 def test_stream_decoding_agrees_with_wire(spark: SparkSession) -> None:
     raws = messages(seed=12, n=6000)
-    df = spark.createDataFrame([(i, raw) for i, raw in enumerate(raws)], "i long, value binary")
-    rows = decode(df, SENSOR).select("i", "r.*").orderBy("i").collect()
+    df = spark.createDataFrame([(i, raw, 0) for i, raw in enumerate(raws)],
+                               "i long, value binary, partition int")
+    rows = decode(df, SENSOR, LATENESS_MS).select("i", "r.*").orderBy("i").collect()
     assert [row["i"] for row in rows] == list(range(len(raws)))
     want = [_reference(raw) for raw in raws]
     valid = sum(w is not None for w in want)
@@ -46,9 +52,42 @@ def test_a_batch_of_valid_readings_only(spark: SparkSession) -> None:
     path) comes back exactly, integers marked exact."""
     readings = [wire.Reading(f"d{i}", SENSOR, i, 1_700_000_000_000 + i, i / 4 if i % 2 else i)
                 for i in range(200)]
-    df = spark.createDataFrame([(i, wire.encode(r)) for i, r in enumerate(readings)],
-                               "i long, value binary")
-    rows = decode(df.coalesce(1), SENSOR).select("i", "r.*").orderBy("i").collect()
+    df = spark.createDataFrame([(i, wire.encode(r), 0) for i, r in enumerate(readings)],
+                               "i long, value binary, partition int")
+    rows = decode(df.coalesce(1), SENSOR, LATENESS_MS).select("i", "r.*").orderBy("i").collect()
     got = [(r["device"], r["seq"], r["ts"], r["value"], r["exact"], r["valid"]) for r in rows]
     assert got == [(r.device, r.seq, r.ts, float(r.value), type(r.value) is int, True)
                    for r in readings]
+
+
+@pytest.mark.spark
+def test_late_within_a_batch_as_the_query_judges_it(spark: SparkSession) -> None:
+    """Readings of three partitions interleaved in one task: a reading is late when one stamped
+    the lateness after it came before it in its own partition (rule 3, as the query's
+    LateFilter), whatever the other partitions hold; malformed messages move nothing; Arrow
+    batches of the task carry it on."""
+    rng = random.Random(5)
+    newest = {p: 0 for p in range(3)}
+    rows, want = [], []
+    for i in range(3000):
+        p = rng.randrange(3)
+        if rng.random() < 0.05:
+            rows.append((i, b"not json", p))
+            want.append(None)
+            continue
+        # partition 2 runs a minute behind the others: late only against its own readings
+        ts = T0 + i * 100 - (60_000 if p == 2 else 0) - rng.choice([0, 0, 0, 29_000, 31_000])
+        rows.append((i, wire.encode(wire.Reading("d", SENSOR, i, ts, 1)), p))
+        want.append(ts <= newest[p] - LATENESS_MS)
+        newest[p] = max(newest[p], ts)
+    assert 50 < sum(w is True for w in want) < 600  # the data has late readings, not many
+    df = spark.createDataFrame(rows, "i long, value binary, partition int").coalesce(1)
+    batch_rows = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(batch_rows)
+    spark.conf.set(batch_rows, "500")  # what a partition's earlier batches left counts too
+    try:
+        got = [r["late"] for r in decode(df, SENSOR, LATENESS_MS).select("i", "r.late")
+               .orderBy("i").collect()]
+    finally:
+        spark.conf.set(batch_rows, before)
+    assert got == want

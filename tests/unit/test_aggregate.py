@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iotpipe.core.lateness import LateFilter
 from iotpipe.query.aggregate import (
     METRICS,
-    LateFilter,
     SeenReadings,
     SeqSet,
     WindowAggregate,

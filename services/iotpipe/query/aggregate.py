@@ -15,6 +15,7 @@ from fractions import Fraction
 from itertools import compress, count
 from operator import mul
 
+from iotpipe.core.lateness import LateFilter
 from iotpipe.core.moments import merged_m2
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
@@ -107,46 +108,6 @@ class SeenReadings:
         del self.runs[device]
         seqs = self.sets[device] = SeqSet(first, last)
         return seqs.add(seq)
-
-
-class LateFilter:
-    """Which readings of one partition, read in offset order, reached it within the allowed
-    lateness: a reading stamped at or before the newest stamp read before it, minus the
-    lateness, came after the pipeline moved past its time - the stream's watermark rule, kept
-    per partition, so a late reading is left out whichever window or part of one is read."""
-
-    __slots__ = ("lateness", "newest")
-
-    def __init__(self, lateness_ms: int) -> None:
-        self.lateness, self.newest = lateness_ms, -(2**63)
-
-    def on_time(self, ts: Sequence[int]) -> list[bool] | None:
-        """One flag per reading; None when all are on time (the common case, no list made).
-        Checked a run at a time with C's min and max: a run whose oldest reading is within the
-        lateness of everything read before it (and of itself) is on time; only other runs are
-        walked reading by reading."""
-        lateness, newest = self.lateness, self.newest
-        flags: list[bool] | None = None
-        for k in range(0, len(ts), RUN):
-            run = ts[k:k + RUN]
-            top = max(run)
-            if top < newest:
-                top = newest
-            if min(run) > top - lateness:
-                newest = top
-                continue
-            for i, t in enumerate(run, k):
-                if t > newest:
-                    newest = t
-                elif t <= newest - lateness:
-                    if flags is None:
-                        flags = [True] * len(ts)
-                    flags[i] = False
-        self.newest = newest
-        return flags
-
-
-RUN = 64  # readings checked at once by LateFilter
 
 
 def _finite(x: int | float) -> bool:

@@ -18,7 +18,8 @@ from typing import cast
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from iotpipe.core import wire
-from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
+from iotpipe.core.lateness import LateFilter
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 
 BATCH = 1000  # messages per consume(): a batch and its decoded readings stay in the CPU caches

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from itertools import compress
 from typing import cast
 
-from iotpipe.query.aggregate import LateFilter, SeenReadings, WindowAggregate
+from iotpipe.core.lateness import LateFilter
+from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import Row
 
 NO_TS = -(2**63)

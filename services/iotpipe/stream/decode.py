@@ -4,11 +4,17 @@ Every message goes to `wire.decode_many` (msgspec's compiled decoder) in an Arro
 the stream and the query service run the same code, so they give the same verdict and values on
 every message, and the stream needs no second copy of the wire format's rules. One call per
 Arrow batch, not per row (tests/spark/test_stream_decode.py compares the verdicts).
+
+The same pass judges rule 3 within the micro-batch: a task reads each of its Kafka partitions in
+offset order, so the query service's `LateFilter` marks a reading written after one stamped the
+lateness later in the same batch, as the query service does. Spark's watermark cannot: it only
+moves between micro-batches, so a backlog's batch (or the first after a restart) would keep it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import groupby
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame
@@ -17,6 +23,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_type
 
 from iotpipe.core import wire
+from iotpipe.core.lateness import LateFilter
 
 # exact: the value was a JSON integer (the rollups answer integer sums as integers, like the
 # query service)
@@ -24,39 +31,58 @@ DECODED = T.StructType([T.StructField("device", T.StringType()),
                         T.StructField("seq", T.LongType()), T.StructField("ts", T.LongType()),
                         T.StructField("value", T.DoubleType()),
                         T.StructField("valid", T.BooleanType()),
-                        T.StructField("exact", T.BooleanType())])
+                        T.StructField("exact", T.BooleanType()),
+                        T.StructField("late", T.BooleanType())])
 _ARROW = to_arrow_type(DECODED)
 
 
-def decoded_batch(raws: pa.Array, sensor: str) -> pa.StructArray:
-    """One Arrow batch of a topic's message values -> one `DECODED` struct per message (a
-    malformed one: valid false, the other fields null)."""
+def decoded_batch(raws: pa.Array, partitions: pa.Array, sensor: str,
+                  late_filters: dict[int, LateFilter], lateness_ms: int) -> pa.StructArray:
+    """One Arrow batch of a topic's message values and partitions, in the order the task read
+    them -> one `DECODED` struct per message (a malformed one: valid false, the other fields
+    null). `late_filters`: per partition, what the task's earlier batches left."""
     readings, malformed = wire.decode_many(raws.to_pylist(), sensor)
     rows: Sequence[wire.Reading | None] = readings
     if malformed:
         found = iter(readings)
         rows = [None if i in malformed else next(found) for i in range(len(raws))]
+    late: list[bool | None] = [None if r is None else False for r in rows]
+    at = 0
+    for partition, run in groupby(partitions.to_pylist()):
+        end = at + sum(1 for _ in run)
+        judged = [i for i in range(at, end) if rows[i] is not None]
+        judge = late_filters.setdefault(partition, LateFilter(lateness_ms))
+        on_time = judge.on_time([r.ts for r in rows[at:end] if r is not None])
+        if on_time is not None:
+            for i, ok in zip(judged, on_time, strict=True):
+                late[i] = not ok
+        at = end
     columns = [[None if r is None else r.device for r in rows],
                [None if r is None else r.seq for r in rows],
                [None if r is None else r.ts for r in rows],
                # wire: an integer value is within a double's range
                [None if r is None else float(r.value) for r in rows],
                [r is not None for r in rows],
-               [None if r is None else type(r.value) is int for r in rows]]
+               [None if r is None else type(r.value) is int for r in rows],
+               late]
     return pa.StructArray.from_arrays([pa.array(c, f.type) for c, f in zip(columns, _ARROW,
                                                                            strict=True)],
                                       fields=list(_ARROW))
 
 
-def _decoder(sensor: str) -> Callable[[Column], Column]:
-    def decode_values(raws: pa.Array) -> pa.Array:  # the hints make it a scalar UDF
-        return decoded_batch(raws, sensor)
+def _decoder(sensor: str, lateness_ms: int) -> Callable[[Column, Column], Column]:
+    def decode_values(batches: Iterator[tuple[pa.Array, pa.Array]]
+                      ) -> Iterator[pa.Array]:  # the hints make it an iterator UDF: one task
+        late_filters: dict[int, LateFilter] = {}
+        for raws, partitions in batches:
+            yield decoded_batch(raws, partitions, sensor, late_filters, lateness_ms)
 
     return F.arrow_udf(decode_values, DECODED)  # type: ignore[call-overload]  # hints lag
 
 
-def decode(messages: DataFrame, sensor: str) -> DataFrame:
-    """Records of topic `sensor` -> their other columns and `r` (device, seq, ts, value, valid,
-    exact)."""
+def decode(messages: DataFrame, sensor: str, lateness_ms: int) -> DataFrame:
+    """Records of topic `sensor` (value, partition, in the order each task reads them) -> their
+    other columns and `r` (device, seq, ts, value, valid, exact, late)."""
     rest = [c for c in messages.columns if c != "value"]
-    return messages.select(*rest, _decoder(sensor)(F.col("value")).alias("r"))
+    udf = _decoder(sensor, lateness_ms)
+    return messages.select(*rest, udf(F.col("value"), F.col("partition")).alias("r"))

@@ -92,11 +92,12 @@ def readings(spark: SparkSession, settings: Settings) -> DataFrame:
     one watermark (the newest reading of any sensor, as before: policy max)."""
     branches = []
     for i, sensor in enumerate(settings.sensors):
-        decoded = decode(_messages(spark, settings, sensor), sensor)
-        ok = F.col("r.valid")
+        decoded = decode(_messages(spark, settings, sensor), sensor,
+                         settings.allowed_lateness_ms)
+        ok, late = F.col("r.valid"), F.col("r.late")  # late: within the batch (see decode)
         observed = decoded.observe(f"input_{i}", F.count_if(ok).alias("valid"),
-                                   F.count_if(~ok).alias("bad"))
-        valid = observed.where(ok).select(
+                                   F.count_if(~ok).alias("bad"), F.count_if(late).alias("late"))
+        valid = observed.where(ok & ~late).select(
             F.lit(sensor).alias("sensor"), "r.device", "r.seq", "r.ts", "r.value", "r.exact",
             F.timestamp_millis(F.col("r.ts")).alias("event_time"))
         branches.append(
@@ -133,8 +134,10 @@ def progress_counters(progress: dict[str, Any], sensors: tuple[str, ...]) -> dic
     operators = progress.get("stateOperators", [])
     malformed = {s: int(m.get("bad", 0)) for s, m in zip(sensors, inputs, strict=True)}
     valid = {s: int(m.get("valid", 0)) for s, m in zip(sensors, inputs, strict=True)}
-    late = {s: int(op.get("numRowsDroppedByWatermark", 0))
-            for s, op in zip(sensors, operators, strict=False)}
+    # late against an earlier batch (Spark's watermark) or within this one (the decoder)
+    late = {s: int(m.get("late", 0)) for s, m in zip(sensors, inputs, strict=True)}
+    for s, op in zip(sensors, operators, strict=False):
+        late[s] += int(op.get("numRowsDroppedByWatermark", 0))
     behind: dict[str, int] = {}
     for source in progress.get("sources", []):
         latest, end = _offsets(source.get("latestOffset")), _offsets(source.get("endOffset"))
