@@ -156,8 +156,8 @@ def test_stream_image_exports_the_counts(
     readings = {s: [Reading(f"{s}-{i % 3}", s, i, t0 + i * 1000, (i * 7) % 50) for i in range(60)]
                 for s in settings.sensors}
     for sensor, rs in readings.items():
-        produce(bootstrap, settings.topic(sensor), [*rs, rs[5], (b"not json", t0)])
-    expected.batch([r for rs in readings.values() for r in [*rs, rs[5]]])
+        produce(bootstrap, settings.topic(sensor), [*rs, rs[-1], (b"not json", t0)])
+    expected.batch([r for rs in readings.values() for r in [*rs, rs[-1]]])  # the newest: not late
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
     os.chown(checkpoints, int(spec.pod_security["runAsUser"]), int(spec.pod_security["fsGroup"]))
