@@ -183,8 +183,7 @@ def bucket_key(sensor: str, start: int) -> bytes:
 
 def encode_rollup(record: Bucket | Progress) -> tuple[bytes, bytes]:
     """Key and value of a rollup record."""
-    key = PROGRESS_KEY if isinstance(record, Progress) else bucket_key(record.sensor,
-                                                                       record.start)
+    key = PROGRESS_KEY if isinstance(record, Progress) else bucket_key(record.sensor, record.start)
     return key, _encode(record)
 
 

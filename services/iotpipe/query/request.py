@@ -90,8 +90,7 @@ def validate(body: object, sensors: tuple[str, ...], max_window_s: float) -> Met
         if key not in sensors:
             req.errors.append(f"Unexpected key {key} in the request body")
             continue
-        metrics = _metrics(key, value, req.errors)
-        if metrics:
+        if metrics := _metrics(key, value, req.errors):
             req.operations[key] = metrics
     if not req.operations and not req.errors:
         req.errors.append(f"No sensor requested; valid sensors: {', '.join(sensors)}")

@@ -201,7 +201,7 @@ class WindowMetricsService:
               ) -> tuple[dict[str, WindowAggregate], set[str]]:
         """The readings of the window [lo, hi] per sensor, and the sensors without a topic."""
         s = self.settings
-        cache = self.cache if self.cache.enabled else None
+        cache = self.cache if self.cache.max_messages > 0 else None
         topics = {s.topic(sensor): sensor for sensor in sensors}
         plans = self.reader.plan(topics, lo, hi, s.allowed_lateness_ms, cache)
         ranges: list[PartitionRange] = []

@@ -30,10 +30,10 @@ from iotpipe.query.segment import Segment
 class RangeRead:
     """One partition range of a request: the part memory holds, and the gap to fetch."""
 
-    def __init__(self, start: int, end: int, found: tuple[Segment, int] | None) -> None:
+    def __init__(self, start: int, end: int, seg: Segment | None) -> None:
         self.start = start
-        held_to = start if found is None else min(found[1], end)
-        self.pieces = [] if found is None else [(found[0], start, held_to)]
+        held_to = start if seg is None else min(seg.end, end)
+        self.pieces = [] if seg is None else [(seg, start, held_to)]
         self.gap = (held_to, end) if held_to < end else None
 
     def fill(self, cache: WindowCache, topic: str, partition: int, rows: list[Row],
@@ -78,10 +78,6 @@ class WindowCache:
         self._names: dict[str, str] = {}  # one str object per device name
         self._asked: dict[tuple[str, int], deque[tuple[int, int]]] = {}
         self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self.max_messages > 0
 
     def messages(self) -> int:
         return self._size
@@ -128,7 +124,7 @@ class WindowCache:
             for s in self._live((topic, partition)):
                 if s.start <= start <= s.end:
                     s.used = time.monotonic()
-                    return RangeRead(start, end, (s, s.end))
+                    return RangeRead(start, end, s)
             return RangeRead(start, end, None)
 
     def add(self, topic: str, partition: int, start: int, end: int, anchor: int | None,
