@@ -61,7 +61,7 @@ class Segment:
             self.devices.append(device)
             self.values.append(value)
         valid = [k for k in range(first, len(self.offsets)) if self.devices[k] is not None]
-        on_time = self.arrival.on_time([self.ts[k] for k in valid]) if valid else None
+        on_time = self.arrival.on_time([self.ts[k] for k in valid])
         if on_time is not None:
             self.late.extend(k for k, ok in zip(valid, on_time, strict=True) if not ok)
         self.end, self.after = end, after

@@ -144,7 +144,7 @@ class WindowCache:
             touching = sorted((s for s in segs if s.start <= end and start <= s.end),
                               key=lambda s: s.start)
             left = touching[0] if touching and touching[0].start < start else None
-            if left is not None and len(touching) == 1 and left.end >= start:
+            if left is not None and len(touching) == 1:
                 # the common case, a window sliding forward: extend in place
                 if end > left.end:
                     new = [r for r in rows if r[0] >= left.end]
