@@ -6,12 +6,11 @@ partition. Value = compact JSON object
 extra fields are allowed and ignored. The message timestamp (CreateTime) equals ``ts``.
 (``device``, ``seq``) identifies a reading: ``seq`` grows by one per reading of a device.
 
-Encoding and decoding are msgspec's compiled JSON codec over one typed `Reading`: the type
-holds every rule (field types, ranges, a non-empty device), so no code here walks the JSON.
-The rules at the edges of JSON, as msgspec applies them: the whole message is UTF-8 (checked
-here, as msgspec skips the text of fields it ignores) without lone surrogate escapes; a field
-given twice counts once, the last copy, and every copy must be valid; an integer is at most
-4300 characters long, its sign included; nesting deeper than the decoder's limit is malformed.
+msgspec's JSON codec over the typed `Reading` applies every rule. At the edges of JSON: the
+whole message is UTF-8 (checked here, as msgspec skips the text of fields it ignores) without
+lone surrogate escapes; a field given twice counts once, the last copy, and every copy must be
+valid; an integer is at most 4300 characters long, its sign included; nesting deeper than the
+decoder's limit is malformed.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""Why a window could not be read; the API maps each to its status (503, 504, an error line).
-`is_missing` tells which librdkafka errors mean that a topic is not there."""
+"""Why a window could not be read; the API maps each to its status (503, 504, an error line)."""
 
 from confluent_kafka import KafkaError, KafkaException
 

@@ -2,11 +2,8 @@
 
 gunicorn's thread worker hands a connection to a thread at its first byte and the thread then
 blocks until the body is in, so a few stalled clients held every thread. gunicorn's asyncio
-worker reads requests in its event loop, where a slow client costs a connection only;
-`BufferedApp` waits there for the whole body (under the read deadline) before one of its
-threads runs the Flask app (on a WSGI environ built by a2wsgi). `BoundedProtocol` adds what
-that worker lacks: the read deadline for the headers and a connection limit past which
-clients are refused at once.
+worker reads requests in its event loop, where a slow client costs a connection only:
+`BufferedApp` runs Flask once a body is whole, `BoundedProtocol` adds what that worker lacks.
 """
 
 from __future__ import annotations

@@ -190,8 +190,7 @@ class RangeScan:
                 r.seen = SeenReadings()
 
     def _fold_run(self, r: _Range, msgs: list[Message]) -> None:
-        """Messages of one partition inside its range: decoded together, each malformed one
-        counted (with its reason) while the others still count."""
+        """One partition's messages inside its range, decoded together; malformed ones counted."""
         readings, malformed = wire.decode_many(list(map(Message.value, msgs)), r.sensor)
         if r.rows is not None:
             self._keep_rows(r.rows, msgs, readings, malformed)

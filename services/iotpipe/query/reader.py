@@ -95,8 +95,7 @@ def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
 
 @contextmanager
 def _kafka_call(what: str) -> Iterator[None]:
-    """Turn librdkafka errors of a lookup into UnknownTopic or BrokerUnavailable (also as a
-    decorator)."""
+    """librdkafka errors of a lookup as UnknownTopic or BrokerUnavailable (also a decorator)."""
     try:
         yield
     except KafkaException as e:

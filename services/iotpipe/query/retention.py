@@ -21,8 +21,7 @@ RETRY_S = 15.0  # after a failed lookup (the broker away): the known values stay
 
 
 def retention_note(expired_ms: int, how: str) -> str:
-    """The answer's note for a part of a window older than the horizon, saying `how` it was
-    answered."""
+    """The answer's note on a part of a window older than the horizon: `how` it was answered."""
     return f"Readings before {format_ms(expired_ms)} may have passed the topics' retention: {how}"
 
 

@@ -44,9 +44,8 @@ T = TypeVar("T")
 SMALL_SCAN = 20_000  # messages; below this a window is read in threads of the worker
 # messages; from here a scan de-duplicates each partition on its own (see `_fold_scanned`)
 PER_PARTITION_SCAN = 100_000
-# a scan allocates millions of short-lived objects and no reference cycles: the default
-# collector (every 700 allocations) only costs time in reader processes (measured: ~15% of a
-# scan), so they collect far less often
+# a scan allocates many short-lived objects and no reference cycles: the default collector
+# (every 700 allocations) only costs reader processes time, so they collect far less often
 READER_GC_THRESHOLDS = (50_000, 20, 100)
 _process_reader: KafkaWindowReader | None = None
 
@@ -157,13 +156,9 @@ class WindowMetricsService:
 
     def compute(self, req: MetricsRequest, received: float) -> dict[str, dict[str, object]]:
         """Result per sensor in request order; sensors that cannot be read go to req.errors.
-
-        parse (done) -> plan (rollups for the whole final buckets, readings for the rest) ->
-        read the raw parts in parallel -> merge the aggregates -> respond.
         The deadline counts from `received` (time.time() when the request arrived), so a
         request that waited that long for a thread is not started at all.
-        Raises BrokerUnavailable or ScanTimeout when the window cannot be read at all.
-        """
+        Raises BrokerUnavailable or ScanTimeout when the window cannot be read at all."""
         s = self.settings
         deadline = received + s.query_deadline_s
         if time.time() >= deadline:
@@ -251,8 +246,7 @@ class WindowMetricsService:
 
     def _fold_cached(self, cache: WindowCache, ranges: list[PartitionRange],
                      job: ScanJob, totals: dict[str, WindowAggregate]) -> None:
-        """Aggregate the ranges from memory, reading from the broker only the parts not held
-        yet (and keeping them)."""
+        """Aggregate the ranges from memory; parts not held yet are read from the broker, kept."""
         reads = [(r, cache.read(r.topic, r.partition, r.start, r.end)) for r in ranges]
         gaps = [(PartitionRange(r.topic, r.sensor, r.partition, *read.gap, r.end_stamp), read)
                 for r, read in reads if read.gap is not None]
