@@ -181,14 +181,15 @@ class WindowAggregate:
 
     def add_readings(self, seen: SeenReadings, late: LateFilter | None, lo: int, hi: int,
                      devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int],
-                     values: Sequence[int | float]) -> None:
-        """Add the readings stamped in [lo, hi] that arrived on time (`late`: the filter of
-        their partition; None: the caller left the late ones out) and whose (device, seq) is not
-        in `seen` yet, and note them there; the others inside the window count as late or
+                     values: Sequence[int | float], on_time: list[bool] | None = None) -> None:
+        """Add the readings stamped in [lo, hi] that arrived on time (by `late`, the filter of
+        their partition, else by the `on_time` flags; None: all did) and whose (device, seq) is
+        not in `seen` yet, and note them there; the others inside the window count as late or
         duplicates."""
         if not ts:
             return
-        on_time = late.on_time(ts) if late is not None else None
+        if late is not None:
+            on_time = late.on_time(ts)
         if on_time is not None:
             self.late += sum(lo <= t <= hi for t in compress(ts, [not x for x in on_time]))
             devices, seqs = list(compress(devices, on_time)), list(compress(seqs, on_time))

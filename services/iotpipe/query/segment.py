@@ -10,7 +10,6 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
-from itertools import compress
 from typing import cast
 
 from iotpipe.core.lateness import LateFilter
@@ -94,13 +93,7 @@ class Segment:
         values = cast(list[int | float], self.values)
         for k in self.bad[bisect_left(self.bad, i):bisect_left(self.bad, j)]:
             agg.count_malformed(str(values[k]))
-        devices, seqs, ts = cast(list[str], self.devices[i:j]), self.seqs[i:j], self.ts[i:j]
-        some = values[i:j]
-        late = self.late[bisect_left(self.late, i):bisect_left(self.late, j)]
-        if late:  # rare: leave the late readings out, count those inside the window
-            agg.late += sum(lo <= self.ts[k] <= hi for k in late)
-            skip = set(late)
-            keep = [k not in skip for k in range(i, j)]
-            devices, some = list(compress(devices, keep)), list(compress(some, keep))
-            seqs, ts = array("q", compress(seqs, keep)), array("q", compress(ts, keep))
-        agg.add_readings(seen, None, lo, hi, devices, seqs, ts, some)
+        late = set(self.late[bisect_left(self.late, i):bisect_left(self.late, j)])
+        on_time = [k not in late for k in range(i, j)] if late else None  # late: rare
+        agg.add_readings(seen, None, lo, hi, cast(list[str], self.devices[i:j]), self.seqs[i:j],
+                         self.ts[i:j], values[i:j], on_time)
