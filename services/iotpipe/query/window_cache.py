@@ -189,7 +189,7 @@ class WindowCache:
                 ordered += s.rows(s.index(end))
         known = [b for b in [after if end == hi else None, *(s.after for s in touching
                                                              if s.end == hi)] if b is not None]
-        merged.append(ordered, hi, max(known) if known else None)
+        merged.append(ordered, hi, max(known, default=None))
         return merged
 
     def _drop(self, key: tuple[str, int], seg: Segment) -> None:
