@@ -2,10 +2,8 @@
 
 The offsets bracket the window: a partition is read from the first message stamped at or after
 `from` (`offsets_for_times`) up to, not including, the first message stamped after
-`to + allowed lateness` (or its end). Between the two, only readings whose `ts` lies in
-[from, to] count; the aggregate streams over the messages, so memory does not grow with the
-window. One scan reads several partitions with one consumer (librdkafka fetches them in
-parallel); consumers are created once and reassigned for every scan.
+`to + allowed lateness` (or its end). One scan reads several partitions with one consumer
+(librdkafka fetches them in parallel).
 """
 
 from __future__ import annotations

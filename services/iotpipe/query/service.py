@@ -3,8 +3,7 @@
 
 The offset lookups of all the sensors asked are a few broker requests, made in the request's
 thread. Scans of small windows run in threads (their time is network latency); once a window
-is asked for again, what they decode is kept in the worker's WindowCache: a later window over
-the same offsets (a dashboard refreshing, a window sliding forward) reads only what is new.
+is asked for again, what they decode is kept in the worker's WindowCache (see its `admits`).
 Scans of large windows are CPU-bound (decoding JSON), so with `IOTPIPE_QUERY_READERS > 0` they
 run in that many reader processes, each keeping its own reused consumer, and are not cached
 (memory stays bounded by the fetch sizes).
