@@ -258,11 +258,9 @@ class RollupIndex:
                     continue  # the broker away for a while: what is held stays true
                 raise KafkaException(err)
             try:
-                record = wire.decode_rollup(m.value())
+                self.add(wire.decode_rollup(m.value()))
             except wire.MalformedRollup as e:
                 self._unreadable(m.key(), str(e))
-                continue
-            self.add(record)
 
     def add(self, record: wire.Bucket | wire.Progress) -> None:
         """Hold one record read from the topic (a bucket's latest value replaces the last)."""
