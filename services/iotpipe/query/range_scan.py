@@ -12,7 +12,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import chain, groupby
+from itertools import chain
 from typing import cast
 
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -232,8 +232,9 @@ def _runs(topics: list[str], partitions: list[int]
         yield (topics[0], partitions[0]), 0, n  # the common case: one partition's fetch
         return
     start = 0
-    for key, run in groupby(zip(topics, partitions, strict=True)):
-        end = start + len(list(run))
-        yield key, start, end
-        start = end
+    for i in range(1, n):
+        if partitions[i] != partitions[start] or topics[i] != topics[start]:
+            yield (topics[start], partitions[start]), start, i
+            start = i
+    yield (topics[start], partitions[start]), start, n
 

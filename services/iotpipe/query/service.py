@@ -154,7 +154,9 @@ class WindowMetricsService:
         self.reader.close()
 
     def compute(self, req: MetricsRequest, received: float) -> dict[str, dict[str, object]]:
-        """Result per sensor in request order; sensors that cannot be read go to req.errors.
+        """Result per sensor in request order; sensors that cannot be read go to req.errors:
+        parse (done) -> plan (rollups for the whole final buckets, readings for the rest) ->
+        read the raw parts in parallel -> merge the aggregates -> respond.
         The deadline counts from `received` (time.time() when the request arrived), so a
         request that waited that long for a thread is not started at all.
         Raises BrokerUnavailable or ScanTimeout when the window cannot be read at all."""
