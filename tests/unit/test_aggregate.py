@@ -176,7 +176,7 @@ def _check_against_a_set(batches: list[list[tuple[str, int, int, int]]], lo: int
     for batch in batches:
         devices, seqs, ts, vals = ([list(col) for col in zip(*batch, strict=True)]
                                    if batch else ([], [], [], []))
-        agg.add_readings(seen, late, lo, hi, devices, seqs, ts, vals)
+        agg.add_readings(seen, late.on_time(ts), lo, hi, devices, seqs, ts, vals)
         for device, seq, t, v in batch:
             on_time, newest = t > newest - lateness, max(newest, t)
             if not lo <= t <= hi:

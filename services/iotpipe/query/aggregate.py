@@ -15,7 +15,6 @@ from fractions import Fraction
 from itertools import compress, count
 from operator import mul
 
-from iotpipe.core.lateness import LateFilter
 from iotpipe.core.moments import merged_m2
 
 METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
@@ -179,17 +178,15 @@ class WindowAggregate:
         self.s1 = _plus(self.s1, sum(deltas))
         self.s2 = _plus(self.s2, sum([d * d for d in deltas]))
 
-    def add_readings(self, seen: SeenReadings, late: LateFilter | None, lo: int, hi: int,
+    def add_readings(self, seen: SeenReadings, on_time: list[bool] | None, lo: int, hi: int,
                      devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int],
-                     values: Sequence[int | float], on_time: list[bool] | None = None) -> None:
-        """Add the readings stamped in [lo, hi] that arrived on time (by `late`, the filter of
-        their partition, else by the `on_time` flags; None: all did) and whose (device, seq) is
+                     values: Sequence[int | float]) -> None:
+        """Add the readings stamped in [lo, hi] that arrived on time (`on_time`: a flag per
+        reading, as `LateFilter.on_time` gives them; None: all did) and whose (device, seq) is
         not in `seen` yet, and note them there; the others inside the window count as late or
         duplicates."""
         if not ts:
             return
-        if late is not None:
-            on_time = late.on_time(ts)
         if on_time is not None:
             self.late += sum(lo <= t <= hi for t in compress(ts, [not x for x in on_time]))
             devices, seqs = list(compress(devices, on_time)), list(compress(seqs, on_time))

@@ -197,9 +197,10 @@ class RangeScan:
             return
         for reason in malformed.values():
             r.agg.count_malformed(reason)
-        r.agg.add_readings(r.seen, r.late, self.job.from_ms, self.job.to_ms,
-                           [x.device for x in readings], [x.seq for x in readings],
-                           [x.ts for x in readings], [x.value for x in readings])
+        ts = [x.ts for x in readings]
+        r.agg.add_readings(r.seen, r.late.on_time(ts), self.job.from_ms, self.job.to_ms,
+                           [x.device for x in readings], [x.seq for x in readings], ts,
+                           [x.value for x in readings])
 
     @staticmethod
     def _keep_rows(rows: list[Row], msgs: list[Message], readings: list[wire.Reading],

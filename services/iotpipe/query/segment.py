@@ -95,5 +95,5 @@ class Segment:
             agg.count_malformed(str(values[k]))
         late = set(self.late[bisect_left(self.late, i):bisect_left(self.late, j)])
         on_time = [k not in late for k in range(i, j)] if late else None  # late: rare
-        agg.add_readings(seen, None, lo, hi, cast(list[str], self.devices[i:j]), self.seqs[i:j],
-                         self.ts[i:j], values[i:j], on_time)
+        agg.add_readings(seen, on_time, lo, hi, cast(list[str], self.devices[i:j]),
+                         self.seqs[i:j], self.ts[i:j], values[i:j])
