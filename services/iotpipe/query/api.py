@@ -10,7 +10,7 @@ from importlib import resources
 from flask import Blueprint, Response, current_app, g, request
 
 from iotpipe.query import metrics as prom
-from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
+from iotpipe.query.errors import BrokerUnavailable, ReaderLost, ScanTimeout
 from iotpipe.query.request import RequestError, parse_body, validate
 from iotpipe.query.service import WindowMetricsService
 
@@ -63,6 +63,9 @@ def compute_metrics() -> Response:
         log.warning("broker unavailable: %s", e)
         prom.BROKER_ERRORS.inc()
         return envelope({}, ["Kafka broker unavailable, try again later"], 503)
+    except ReaderLost as e:
+        log.error("%s", e)
+        return envelope({}, ["A reader process of the query service stopped, try again"], 503)
     except ScanTimeout as e:
         log.warning("query timed out: %s", e)
         return envelope({}, [f"The window could not be read within "

@@ -19,6 +19,10 @@ class BrokerUnavailable(RuntimeError):
     """The broker did not answer within the timeout."""
 
 
+class ReaderLost(RuntimeError):
+    """A reader process stopped during a scan (killed, e.g. for memory); new ones are started."""
+
+
 class ScanTimeout(RuntimeError):
     """The window could not be read before the request deadline."""
 

@@ -28,7 +28,7 @@ from typing import TypeVar
 from iotpipe.core.settings import KafkaSettings, Settings
 from iotpipe.query import metrics as prom
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
-from iotpipe.query.errors import BrokerUnavailable, ScanTimeout, UnknownTopic
+from iotpipe.query.errors import BrokerUnavailable, ReaderLost, ScanTimeout, UnknownTopic
 from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
 from iotpipe.query.reader import LARGE, MEDIUM, SHORT, WINDOW, KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
@@ -159,7 +159,8 @@ class WindowMetricsService:
         read the raw parts in parallel -> merge the aggregates -> respond.
         The deadline counts from `received` (time.time() when the request arrived), so a
         request that waited that long for a thread is not started at all.
-        Raises BrokerUnavailable or ScanTimeout when the window cannot be read at all."""
+        Raises BrokerUnavailable, ReaderLost or ScanTimeout when the window cannot be read at
+        all."""
         s = self.settings
         deadline = received + s.query_deadline_s
         if time.time() >= deadline:
@@ -276,7 +277,8 @@ class WindowMetricsService:
             raise ScanTimeout("partition scan did not finish before the deadline") from None
         except BrokenProcessPool:
             self.scans.reset()
-            raise BrokerUnavailable("a reader process died; restarted") from None
+            raise ReaderLost("a reader process stopped during the scan; new ones are started") \
+                from None
         except UnknownTopic as e:  # deleted while being read
             raise BrokerUnavailable(f"topic vanished during the scan: {e}") from None
 
