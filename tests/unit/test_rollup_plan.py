@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 import statistics
+from fractions import Fraction
 
 import pytest
 
@@ -122,6 +123,26 @@ def test_plan_cuts_a_window_into_final_buckets_and_raw_edges() -> None:
             if all(type(v) is int for v in values):
                 assert type(agg.metric("sum")) is int and agg.metric("sum") == sum(values)
 
+
+
+def test_stddev_of_buckets_far_from_the_sensors_first_level() -> None:
+    """A sensor's level moves far from where its first bucket was, relative to its spread (a
+    pressure sensor near 1013.25 hPa, a counter): the rolled stddev keeps the readings'
+    precision (computed the plain way here, exactly, with fractions)."""
+    rng = random.Random(5)
+    readings = {100: [0.25, 0.75]} | {n: [1e6 + rng.uniform(-1, 1) for _ in range(6)]
+                                      for n in range(101, 111)}
+    readings |= {n: [1013.25 + rng.uniform(-0.05, 0.05) for _ in range(6)]
+                 for n in range(111, 121)}
+    index = _index([*(_record("t", n * R, _stats(vs)) for n, vs in readings.items()),
+                    wire.Progress(100 * R, 200 * R, R)])
+    for first, last in ((101, 111), (111, 121), (100, 121)):
+        plan = index.plan(["t"], first * R, last * R - 1)
+        assert (plan.first, plan.last, plan.raw) == (first, last, [])
+        values = [Fraction(v) for n in range(first, last) for v in readings[n]]
+        mean = sum(values) / len(values)
+        want = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+        assert plan.rolled["t"].metric("stddev") == pytest.approx(want, rel=1e-9)
 
 def test_merged_buckets_keep_which_extreme_was_an_integer() -> None:
     parts = [[3, 7.5], [2.5, 7], [2, 7.0], [-1.5, 2.0]]

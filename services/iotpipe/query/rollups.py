@@ -52,13 +52,12 @@ class RollupPlan:
 
 class _Columns:
     """One sensor's buckets from bucket number `base` on; an empty bucket has count 0.
-    `s2` is each bucket's sum of squared deviations from `shift` (one per sensor), so the
-    variance of any run of buckets is a sum too."""
+    `m2` is each bucket's sum of squared deviations from its own mean."""
 
-    def __init__(self, base: int, shift: float) -> None:
-        self.base, self.shift = base, shift
+    def __init__(self, base: int) -> None:
+        self.base = base
         self.count = array("q")
-        self.total, self.s2 = array("d"), array("d")
+        self.total, self.m2 = array("d"), array("d")
         self.lo, self.hi = array("d"), array("d")
         self.inexact = array("b")  # 1: a value was not a JSON integer
         self.lo_int, self.hi_int = array("b"), array("b")  # 1: that extreme was an integer
@@ -70,14 +69,13 @@ class _Columns:
         if n - self.base >= len(self.count):
             self._grow(n - self.base - len(self.count) + 1, front=False)
         i = n - self.base
-        d = b.total / b.count - self.shift
-        self.count[i], self.total[i], self.s2[i] = b.count, b.total, b.m2 + b.count * d * d
+        self.count[i], self.total[i], self.m2[i] = b.count, b.total, b.m2
         self.lo[i], self.hi[i], self.inexact[i] = b.minimum, b.maximum, not b.ints
         self.lo_int[i], self.hi_int[i] = b.ints or b.min_int, b.ints or b.max_int
 
     def _grow(self, k: int, front: bool) -> None:
         empty: list[tuple[array[Any], float]] = [
-            (self.count, 0), (self.total, 0.0), (self.s2, 0.0), (self.lo, float("inf")),
+            (self.count, 0), (self.total, 0.0), (self.m2, 0.0), (self.lo, float("inf")),
             (self.hi, float("-inf")), (self.inexact, 0), (self.lo_int, 0), (self.hi_int, 0)]
         for col, v in empty:
             at = 0 if front else len(col)
@@ -102,8 +100,17 @@ class _Columns:
             rounded = math.fsum(self.total[i:j])
             total = int(rounded) if abs(rounded) < EXACT else sum(map(int, self.total[i:j]))
             lo, hi = int(lo), int(hi)
-        return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=self.shift,
-                               s1=total - n * self.shift, s2=sum(self.s2[i:j]))
+        # the spread within the buckets, plus theirs around this run's own mean (Chan et
+        # al.): every term >= 0, so nothing cancels however far the level moved
+        import numpy as np  # (imported by the worker's warm-up, not by reader processes)
+
+        mean = total / n
+        counts, sums = np.frombuffer(self.count[i:j], np.int64), np.frombuffer(self.total[i:j])
+        held = counts > 0
+        apart = sums[held] / counts[held] - mean
+        m2 = math.fsum(self.m2[i:j]) + float(np.dot(counts[held], apart * apart))
+        return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=mean,
+                               s1=0.0, s2=m2)
 
 
 def _rounded_integers(b: wire.Bucket) -> bool:
@@ -277,7 +284,7 @@ class RollupIndex:
                 return
             columns = self.sensors.get(record.sensor)
             if columns is None:
-                columns = self.sensors[record.sensor] = _Columns(n, record.total / record.count)
+                columns = self.sensors[record.sensor] = _Columns(n)
             columns.put(n, record)
             self.unreadable.discard((record.sensor, n))
 
