@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 import statistics
+import time
 from fractions import Fraction
 
 import pytest
@@ -206,3 +207,40 @@ def test_integers_past_a_doubles_exact_range_are_summed_exactly_or_read_raw() ->
     agg = plan.rolled["t"]
     assert (agg.count, agg.total, agg.minimum, agg.maximum) == (3, 3 * big + 2, big, big + 2)
     assert type(agg.total) is int
+
+
+class _Message:
+    """A consumed rollup record, as the follower's loop sees one."""
+
+    def __init__(self, record: wire.Bucket | wire.Progress) -> None:
+        self._key, self._value = wire.encode_rollup(record)
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_records_no_bucket_can_hold_are_read_from_the_readings() -> None:
+    """A bucket stamped far in the future (a device clock) would stretch the columns to its
+    time, and a count past the column's integers cannot be held: each is unreadable (its
+    window read from the readings), the follower goes on, the index stays as it was."""
+    now = (time.time_ns() // 1_000_000) // R * R
+    future = now + 400 * 86_400_000
+    index = _index([_record("t", now - 5 * R, _stats([1, 2])),
+                    wire.Progress(now - 10 * R, now - R, R)])
+    index._apply([_Message(wire.Bucket("t", future, 1, 9.0, 0.0, 9.0, 9.0, True)),
+                  _Message(wire.Progress(now - 10 * R, future, R)),
+                  _Message(wire.Bucket("t", now - 3 * R, 2**63, 1.0, 0.0, 0.5, 0.5, False)),
+                  _Message(_record("t", now - 4 * R, _stats([3])))])
+    assert list(index.sensors["t"].count) == [2, 1, 0]  # up to now - 3R (left empty)
+    assert index.progress == wire.Progress(now - 10 * R, now - R, R)
+    assert index.unreadable == {("t", future // R), ("t", now // R - 3)}
+    plan = index.plan(["t"], now - 10 * R, now - R - 1)
+    # before the first bucket held, and the unreadable one
+    assert plan.raw == [(now - 10 * R, now - 5 * R - 1), (now - 3 * R, now - 2 * R - 1)]
+    assert plan.rolled["t"].count == 3 and plan.rolled["t"].metric("max") == 3

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 RETRY_S = 2.0
 CHECK_S = 5.0  # how often the followed topic is looked up
 EXACT = 2**53  # doubles hold every integer up to this: integer sums stay exact below it
+# a bucket (or final mark) stamped further than this past the worker's clock is not believed:
+# a device clock far ahead (held, its bucket would stretch the columns to its time, a slot per
+# bucket in between, and the final mark would call every bucket until then final)
+AHEAD_MS = 86_400_000
 
 
 @dataclass
@@ -266,11 +270,15 @@ class RollupIndex:
                 raise KafkaException(err)
             try:
                 self.add(wire.decode_rollup(m.value()))
-            except wire.MalformedRollup as e:
+            except (ValueError, OverflowError) as e:  # MalformedRollup, or past a column's type
                 self._unreadable(m.key(), str(e))
 
     def add(self, record: wire.Bucket | wire.Progress) -> None:
-        """Hold one record read from the topic (a bucket's latest value replaces the last)."""
+        """Hold one record read from the topic (a bucket's latest value replaces the last).
+        Raises ValueError for a record stamped in the future (see AHEAD_MS)."""
+        stamp = record.final if isinstance(record, wire.Progress) else record.start
+        if stamp > time.time() * 1000 + AHEAD_MS:
+            raise ValueError(f"stamped {stamp} ms, more than a day past this worker's clock")
         with self._lock:
             if isinstance(record, wire.Progress):
                 self.progress = record if record.bucket_ms == self.bucket_ms else None
