@@ -203,7 +203,7 @@ def test_integers_past_a_doubles_exact_range_are_summed_exactly_or_read_raw() ->
                     wire.Progress(100 * R, 300 * R, R)])
     plan = index.plan(["t"], 100 * R, 106 * R - 1)
     # sums or extremes may have been rounded: from the readings
-    assert plan.raw == [(n * R, n * R + R - 1) for n in (103, 104, 105)]
+    assert plan.raw == [(103 * R, 106 * R - 1)]  # adjacent: one read
     agg = plan.rolled["t"]
     assert (agg.count, agg.total, agg.minimum, agg.maximum) == (3, 3 * big + 2, big, big + 2)
     assert type(agg.total) is int
@@ -244,3 +244,15 @@ def test_records_no_bucket_can_hold_are_read_from_the_readings() -> None:
     # before the first bucket held, and the unreadable one
     assert plan.raw == [(now - 10 * R, now - 5 * R - 1), (now - 3 * R, now - 2 * R - 1)]
     assert plan.rolled["t"].count == 3 and plan.rolled["t"].metric("max") == 3
+
+
+def test_adjacent_parts_left_to_the_readings_are_one_read() -> None:
+    index = _index([*(_record("t", n * R, _stats([n])) for n in range(10, 30)),
+                    wire.Progress(10 * R, 30 * R, R)])
+    index.unreadable |= {("t", 12), ("t", 13), ("t", 14), ("t", 20), ("t", 28)}
+    plan = index.plan(["t"], 11 * R + 5, 30 * R + 5)
+    assert plan.raw == [(11 * R + 5, 15 * R - 1), (20 * R, 21 * R - 1), (28 * R, 29 * R - 1),
+                        (30 * R, 30 * R + 5)]
+    rolled = [n for n in range(15, 30) if n not in (20, 28)]
+    assert plan.rolled["t"].count == len(rolled)
+    assert plan.rolled["t"].metric("sum") == sum(rolled)

@@ -202,8 +202,14 @@ class RollupIndex:
                     for a, b in runs:
                         agg.merge(columns.aggregate(a, b))
                 rolled[sensor] = agg
-        raw = [(lo, first * r - 1), *((n * r, n * r + r - 1) for n in holes), (last * r, hi)]
-        return RollupPlan([(a, b) for a, b in raw if a <= b], rolled, first, last, notes)
+        raw: list[tuple[int, int]] = []  # one read per run of adjacent parts
+        for a, b in [(lo, first * r - 1), *((n * r, n * r + r - 1) for n in holes),
+                     (last * r, hi)]:
+            if a <= b and raw and raw[-1][1] + 1 == a:
+                raw[-1] = (raw[-1][0], b)
+            elif a <= b:
+                raw.append((a, b))
+        return RollupPlan(raw, rolled, first, last, notes)
 
     def _follow(self) -> None:
         """Read the topic from its beginning and follow it; if it is lost (deleted, truncated,
