@@ -9,12 +9,14 @@ import random
 import statistics
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
 from iotpipe.core import wire
+from iotpipe.core.settings import SettingsError
 from iotpipe.query.rollups import RollupIndex
-from iotpipe.stream.state import BatchRow, BucketStats, StreamState
+from iotpipe.stream.state import BatchRow, BucketStats, StateStore, StreamState
 from kafka_helpers import settings_for
 
 R = 60_000  # bucket length
@@ -256,3 +258,17 @@ def test_adjacent_parts_left_to_the_readings_are_one_read() -> None:
     rolled = [n for n in range(15, 30) if n not in (20, 28)]
     assert plan.rolled["t"].count == len(rolled)
     assert plan.rolled["t"].metric("sum") == sum(rolled)
+
+
+def test_a_stream_with_another_bucket_length_than_its_rollups_refuses_to_start(
+        tmp_path: Path) -> None:
+    """Bucket records carry no length (the progress record does): rolling up with a new one
+    over the old records would have the query read those with the new length."""
+    path = tmp_path / "iotpipe-state.json"
+    store = StateStore(path, R, LATENESS, R)
+    assert store.state.fold_batch(0, _row("t", [5 * R + 1], [1.0])) is not None
+    store.save()
+    assert StateStore(path, R, LATENESS, R).state.rollups_since == 5 * R
+    with pytest.raises(SettingsError, match="IOTPIPE_ROLLUP_SECONDS=30, but the rollup topic "
+                                            "holds 60-second buckets"):
+        StateStore(path, R, LATENESS, R // 2)

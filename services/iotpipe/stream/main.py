@@ -43,7 +43,10 @@ def main() -> None:
         from iotpipe.localstack.maven import spark_connector_jars
 
         jars = spark_connector_jars()
-    runner = StreamRunner(settings)
+    try:
+        runner = StreamRunner(settings)
+    except SettingsError as e:
+        sys.exit(f"iotpipe stream: {e}")
     registry = CollectorRegistry()
     registry.register(runner.collector)
     start_http_server(settings.stream_metrics_port, settings.metrics_host, registry=registry)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from iotpipe.core import wire
 from iotpipe.core.moments import merged_m2
+from iotpipe.core.settings import SettingsError
 from iotpipe.stream.metrics import StreamSnapshot
 
 
@@ -234,6 +235,13 @@ class StateStore:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
             return StreamState(*self._sizes)
+        rolled, rollup_ms = raw.get("rollup_ms", self._sizes[2]), self._sizes[2]
+        if rolled != rollup_ms and raw.get("rollups_since") is not None:
+            # its buckets' records carry no length: the query would read them with the new one
+            raise SettingsError(
+                f"IOTPIPE_ROLLUP_SECONDS={rollup_ms // 1000}, but the rollup topic holds "
+                f"{rolled // 1000}-second buckets of this stream ({self.path}): set it back, "
+                "or start afresh (delete the rollup topic and IOTPIPE_CHECKPOINT_DIR)")
         nested = ("totals", "windows", "buckets", "window_ms", "lateness_ms", "rollup_ms")
         state = StreamState(*self._sizes, **{k: v for k, v in raw.items() if k not in nested})
         state.totals = {s: Stats(**v) for s, v in raw["totals"].items()}
