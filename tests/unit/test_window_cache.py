@@ -198,3 +198,25 @@ def test_a_range_is_admitted_once_asked_again_or_touching_what_is_held() -> None
     for k in range(ASKED):  # older asks are forgotten
         cache.admits([r(10_000 + 10 * k, 10_005 + 10 * k)])
     assert not cache.admits([r(160, 170)])
+
+
+def test_a_gap_read_after_its_held_segment_was_dropped_judges_lateness_from_it() -> None:
+    """Between a request's look at memory and the keeping of what it read past it, the held
+    segment ages out (or is evicted): what was read past it is then kept apart, and must judge
+    lateness on from the readings held before it, as a scan of the range would."""
+    lateness = 30_000
+    rows = [(0, 1000, "a", 0, 1000, 1), (1, 2000, "a", 1, 2000, 1),
+            (2, 100_000, "b", 0, 100_000, 5),
+            (3, 60_000, "c", 0, 60_000, 99),  # late: stamped 40 s before offset 2
+            (4, 110_000, "a", 2, 110_000, 1), (5, 120_000, "a", 3, 120_000, 1)]
+    cache = WindowCache(1000, 0.05, lateness)
+    read_window(cache, rows[:3], 1000, 100_000)  # held: offsets [0, 3)
+    read = cache.read(TOPIC, PART, 0, 6)
+    assert read.gap == (3, 6)
+    time.sleep(0.1)  # the held segment ages out before the gap is kept
+    read.fill(cache, TOPIC, PART, rows[3:], 1000, None)
+    got = WindowAggregate()
+    read.fold(got, SeenReadings(), 1000, 130_000)
+    want = reference(rows, 0, 6, 1000, 130_000, lateness)
+    assert (want.count, want.late, want.maximum) == (5, 1, 5)
+    assert same(got, want)

@@ -43,7 +43,7 @@ class RangeRead:
         assert self.gap is not None
         start, end = self.gap
         seg = cache.add(topic, partition, start, end, None if self.pieces else from_ms, rows,
-                        after)
+                        after, self.pieces[-1][0] if self.pieces else None)
         if seg.start <= self.start:  # one segment now holds the whole range
             self.pieces = [(seg, self.start, end)]
         else:
@@ -128,11 +128,12 @@ class WindowCache:
             return RangeRead(start, end, None)
 
     def add(self, topic: str, partition: int, start: int, end: int, anchor: int | None,
-            rows: list[Row], after: int | None = None) -> Segment:
+            rows: list[Row], after: int | None = None, held: Segment | None = None) -> Segment:
         """Store the decoded messages of [start, end), merged with the segments it overlaps or
         touches; returns a segment holding [start, end). Without an anchor (a range read past
-        the end of a segment) they can only extend the segment to their left: if that one is
-        gone, the returned segment is not stored. `after`: see Segment."""
+        the end of a segment, `held`) they can only extend the segment to their left: if that
+        one is gone, the returned segment is not stored, and judges lateness on from `held`'s
+        readings before `start`. `after`: see Segment."""
         names = self._names
         if len(names) > self.max_messages:  # device ids that came and went
             names.clear()
@@ -156,6 +157,9 @@ class WindowCache:
                 merged = left
             elif anchor is None and left is None:
                 merged = Segment(start, start, 0, 0.0, self.lateness_ms)
+                if held is not None:
+                    merged.arrival.newest = max(held.ts[:held.index(start)],
+                                                default=merged.arrival.newest)
                 merged.append(rows, end, after)
             else:
                 merged = self._merge(touching, left, start, end, anchor, rows, after)
