@@ -99,11 +99,17 @@ def read_topics(settings: Settings) -> list[wire.Reading]:
     return readings
 
 
-def read_rollups(settings: Settings) -> dict[bytes, wire.Bucket | wire.Progress]:
-    """The rollup topic as compaction leaves it: the latest record of every key."""
+def rollup_log(settings: Settings) -> list[wire.Bucket | wire.Progress]:
+    """Every record of the rollup topic, in the order the stream wrote them."""
     c = Consumer(settings.kafka.client_config() | {"group.id": "tests-read-rollups",
                                                    "enable.auto.commit": False})
-    latest = {m.key(): wire.decode_rollup(m.value())
-              for m in _partition_messages(c, settings.rollup_topic, 0)}
+    records = [wire.decode_rollup(m.value())
+               for m in _partition_messages(c, settings.rollup_topic, 0)]
     c.close()
-    return latest
+    return records
+
+
+def read_rollups(settings: Settings) -> dict[bytes, wire.Bucket | wire.Progress]:
+    """The rollup topic as compaction leaves it: the latest record of every key."""
+    return {wire.PROGRESS_KEY if isinstance(r, wire.Progress) else
+            wire.bucket_key(r.sensor, r.start): r for r in rollup_log(settings)}

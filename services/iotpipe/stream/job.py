@@ -68,10 +68,6 @@ def build_session(settings: Settings, jars: list[str]) -> SparkSession:
                      str(ROCKSDB_MEMORY_MB))
              .config("spark.sql.streaming.metricsEnabled", "false")
              .config("spark.sql.streaming.multipleWatermarkPolicy", "max")
-             # a batch drops the readings at or before the watermark of the batch before it
-             # (what the rollups' final mark promises), not of the one before that: Spark's
-             # default keeps that lag for chains of stateful operators, and this job has none
-             .config("spark.sql.streaming.statefulOperator.allowMultiple", "false")
              .config("spark.sql.session.timeZone", "UTC")
              .getOrCreate())
     spark.sparkContext.setLogLevel("WARN")

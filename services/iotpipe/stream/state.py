@@ -86,6 +86,7 @@ class StreamState:
     batch_id: int = -1  # last micro-batch folded
     progress_id: int = -1  # last progress report folded
     max_event_ms: int = 0
+    rollups_final_ms: int = 0  # see fold_batch
     totals: dict[str, Stats] = field(default_factory=dict)
     windows: dict[str, dict[int, Stats]] = field(default_factory=dict)
     malformed: dict[str, int] = field(default_factory=dict)
@@ -107,6 +108,10 @@ class StreamState:
         `drop_final_buckets` once they are published."""
         if batch_id <= self.batch_id:
             return None
+        # the watermark before this batch: Spark drops, from the next batch on, the readings
+        # at or before it (it judges a batch against the watermark two batches back, the one
+        # kept for chains of stateful operators), so every bucket ending there is final
+        self.rollups_final_ms = max(self.rollups_final_ms, self.watermark_ms, 0)
         touched: dict[tuple[str, int], BucketStats] = {}
         for r in rows:
             x = r.stats
@@ -133,12 +138,6 @@ class StreamState:
             records.append(wire.Progress(self.rollups_since, self.rollups_final_ms,
                                          self.rollup_ms))
         return records
-
-    @property
-    def rollups_final_ms(self) -> int:
-        """Every bucket ending at or before this is final: Spark drops any reading stamped at
-        or before the watermark from the next batch on."""
-        return max(self.watermark_ms, 0)
 
     def drop_final_buckets(self) -> None:
         """Forget the buckets whose final value has been published: the state stays bounded."""
