@@ -112,7 +112,8 @@ class _Columns:
         counts, sums = np.frombuffer(self.count[i:j], np.int64), np.frombuffer(self.total[i:j])
         held = counts > 0
         apart = sums[held] / counts[held] - mean
-        m2 = math.fsum(self.m2[i:j]) + float(np.dot(counts[held], apart * apart))
+        # (an element-wise sum: numpy's dot calls BLAS, whose threads spin on busy cores)
+        m2 = math.fsum(self.m2[i:j]) + float((counts[held] * (apart * apart)).sum())
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=mean,
                                s1=0.0, s2=m2)
 
