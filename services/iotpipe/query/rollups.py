@@ -206,9 +206,11 @@ class RollupIndex:
         raw: list[tuple[int, int]] = []  # one read per run of adjacent parts
         for a, b in [(lo, first * r - 1), *((n * r, n * r + r - 1) for n in holes),
                      (last * r, hi)]:
-            if a <= b and raw and raw[-1][1] + 1 == a:
+            if a > b:  # an empty edge
+                continue
+            if raw and raw[-1][1] + 1 == a:
                 raw[-1] = (raw[-1][0], b)
-            elif a <= b:
+            else:
                 raw.append((a, b))
         return RollupPlan(raw, rolled, first, last, notes)
 
