@@ -15,7 +15,7 @@ import pytest
 
 from iotpipe.core import wire
 from iotpipe.core.settings import SettingsError
-from iotpipe.query.rollups import RollupIndex
+from iotpipe.query.rollups import CHUNK, RollupIndex
 from iotpipe.stream.state import BatchRow, BucketStats, StateStore, StreamState
 from kafka_helpers import settings_for
 
@@ -88,22 +88,23 @@ def _index(records: list[wire.Bucket | wire.Progress]) -> RollupIndex:
 
 def test_plan_cuts_a_window_into_final_buckets_and_raw_edges() -> None:
     rng = random.Random(2)
+    b = CHUNK - 200  # the buckets held straddle two chunks of the columns
     readings: dict[int, list[int | float]] = {}
-    for n in range(100, 400):
+    for n in range(b + 100, b + 400):
         if rng.random() < 0.8:  # some buckets have no readings: no record
             ints, floats = [rng.randrange(-9, 9) for _ in range(5)], [rng.uniform(-9, 9)
                                                                       for _ in range(4)]
             readings[n] = [ints, floats, ints[:2] + floats[:2]][n % 3]  # some buckets mixed
-    final = 350 * R + 12_345
+    final = (b + 350) * R + 12_345
     buckets = [_record("t", n * R, _stats(vs)) for n, vs in readings.items()]
     rng.shuffle(buckets)  # any order of records
     index = _index([*buckets, wire.Progress(min(readings) * R, final, R)])
-    index.unreadable.add(("t", 200))
+    index.unreadable.add(("t", b + 200))
     for _ in range(300):
-        lo = rng.randrange(50 * R, 420 * R)
+        lo = rng.randrange((b + 50) * R, (b + 420) * R)
         hi = lo + rng.randrange(0, 200 * R)
         plan = index.plan(["t", "u"], lo, hi)
-        rolled = set(range(plan.first, plan.last)) - {200}
+        rolled = set(range(plan.first, plan.last)) - {b + 200}
         assert all(lo <= n * R and n * R + R - 1 <= hi and n * R + R <= final for n in rolled)
         assert all(n >= min(readings) for n in rolled)
         # the raw windows and the rolled buckets cover [lo, hi] once
@@ -229,9 +230,10 @@ class _Message:
 
 
 def test_records_no_bucket_can_hold_are_read_from_the_readings() -> None:
-    """A bucket stamped far in the future (a device clock) would stretch the columns to its
-    time, and a count past the column's integers cannot be held: each is unreadable (its
-    window read from the readings), the follower goes on, the index stays as it was."""
+    """A bucket or final mark stamped far in the future (a device clock: the mark would call
+    every bucket until then final) is not believed, and a count past the column's integers
+    cannot be held: each record is unreadable (its window read from the readings), the
+    follower goes on, the index stays as it was."""
     now = (time.time_ns() // 1_000_000) // R * R
     future = now + 400 * 86_400_000
     index = _index([_record("t", now - 5 * R, _stats([1, 2])),
@@ -240,13 +242,30 @@ def test_records_no_bucket_can_hold_are_read_from_the_readings() -> None:
                   _Message(wire.Progress(now - 10 * R, future, R)),
                   _Message(wire.Bucket("t", now - 3 * R, 2**63, 1.0, 0.0, 0.5, 0.5, False)),
                   _Message(_record("t", now - 4 * R, _stats([3])))])
-    assert list(index.sensors["t"].count) == [2, 1, 0]  # up to now - 3R (left empty)
+    assert index.sensors["t"].first == now // R - 5
     assert index.progress == wire.Progress(now - 10 * R, now - R, R)
     assert index.unreadable == {("t", future // R), ("t", now // R - 3)}
     plan = index.plan(["t"], now - 10 * R, now - R - 1)
     # before the first bucket held, and the unreadable one
     assert plan.raw == [(now - 10 * R, now - 5 * R - 1), (now - 3 * R, now - 2 * R - 1)]
     assert plan.rolled["t"].count == 3 and plan.rolled["t"].metric("max") == 3
+
+
+def test_buckets_decades_apart_cost_memory_for_the_buckets_only() -> None:
+    """A device whose clock starts at 1970 (no real-time clock) in the stream's first batch
+    gives a bucket of 1970 beside today's: the columns hold chunks of buckets, not a slot for
+    every bucket in between (over a gigabyte a sensor in every worker, once per restart)."""
+    now = (time.time_ns() // 1_000_000) // R * R
+    index = _index([_record("t", 5 * R, _stats([7])), _record("t", now - 3 * R, _stats([1, 2])),
+                    wire.Progress(5 * R, now - R, R)])
+    assert set(index.sensors["t"].chunks) == {0, (now // R - 3) // CHUNK}
+    plan = index.plan(["t"], 0, now - R - 1)
+    assert plan.raw == [(0, 5 * R - 1)]
+    agg = plan.rolled["t"]
+    assert (agg.count, agg.total, agg.minimum, agg.maximum) == (3, 10, 1, 7)
+    assert agg.metric("stddev") == pytest.approx(statistics.pstdev([7, 1, 2]), rel=1e-12)
+    between = index.plan(["t"], 6 * R, now - 4 * R - 1)  # rolled, and nothing in it
+    assert between.raw == [] and between.rolled["t"].count == 0
 
 
 def test_adjacent_parts_left_to_the_readings_are_one_read() -> None:

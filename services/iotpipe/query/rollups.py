@@ -16,7 +16,6 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -32,10 +31,11 @@ log = logging.getLogger(__name__)
 RETRY_S = 2.0
 CHECK_S = 5.0  # how often the followed topic is looked up
 EXACT = 2**53  # doubles hold every integer up to this: integer sums stay exact below it
-# a bucket (or final mark) stamped further than this past the worker's clock is not believed:
-# a device clock far ahead (held, its bucket would stretch the columns to its time, a slot per
-# bucket in between, and the final mark would call every bucket until then final)
+# a final mark (or bucket) stamped further than this past the worker's clock is not believed: a
+# device clock far ahead (the mark would call every bucket until then final; such a bucket is
+# read from the readings, should anyone ask for it)
 AHEAD_MS = 86_400_000
+CHUNK = 4096  # buckets per chunk of a sensor's columns
 
 
 @dataclass
@@ -54,40 +54,26 @@ class RollupPlan:
         return self.last - self.first
 
 
-class _Columns:
-    """One sensor's buckets from bucket number `base` on; an empty bucket has count 0.
-    `m2` is each bucket's sum of squared deviations from its own mean."""
+class _Chunk:
+    """CHUNK buckets of one sensor, by their number within the chunk; an empty bucket has
+    count 0. `m2` is each bucket's sum of squared deviations from its own mean."""
 
-    def __init__(self, base: int) -> None:
-        self.base = base
-        self.count = array("q")
-        self.total, self.m2 = array("d"), array("d")
-        self.lo, self.hi = array("d"), array("d")
-        self.inexact = array("b")  # 1: a value was not a JSON integer
-        self.lo_int, self.hi_int = array("b"), array("b")  # 1: that extreme was an integer
+    def __init__(self) -> None:
+        zeros = bytes(8 * CHUNK)
+        self.count = array("q", zeros)
+        self.total, self.m2 = array("d", zeros), array("d", zeros)
+        self.lo, self.hi = array("d", [math.inf]) * CHUNK, array("d", [-math.inf]) * CHUNK
+        self.inexact = array("b", bytes(CHUNK))  # 1: a value was not a JSON integer
+        self.lo_int = array("b", bytes(CHUNK))  # 1: that extreme was an integer
+        self.hi_int = array("b", bytes(CHUNK))
 
-    def put(self, n: int, b: wire.Bucket) -> None:
-        if n < self.base:  # older than anything held: rare (a stream rebuilt from scratch)
-            self._grow(self.base - n, front=True)
-            self.base = n
-        if n - self.base >= len(self.count):
-            self._grow(n - self.base - len(self.count) + 1, front=False)
-        i = n - self.base
+    def put(self, i: int, b: wire.Bucket) -> None:
         self.count[i], self.total[i], self.m2[i] = b.count, b.total, b.m2
         self.lo[i], self.hi[i], self.inexact[i] = b.minimum, b.maximum, not b.ints
         self.lo_int[i], self.hi_int[i] = b.ints or b.min_int, b.ints or b.max_int
 
-    def _grow(self, k: int, front: bool) -> None:
-        empty: list[tuple[array[Any], float]] = [
-            (self.count, 0), (self.total, 0.0), (self.m2, 0.0), (self.lo, float("inf")),
-            (self.hi, float("-inf")), (self.inexact, 0), (self.lo_int, 0), (self.hi_int, 0)]
-        for col, v in empty:
-            at = 0 if front else len(col)
-            col[at:at] = array(col.typecode, [v]) * k
-
-    def aggregate(self, first: int, last: int) -> WindowAggregate:
-        """The buckets [first, last) merged, as the raw path would have counted them."""
-        i, j = max(first - self.base, 0), max(min(last - self.base, len(self.count)), 0)
+    def aggregate(self, i: int, j: int) -> WindowAggregate:
+        """The buckets [i, j) of the chunk merged, as the raw path would have counted them."""
         n = sum(self.count[i:j])
         if n == 0:
             return WindowAggregate()
@@ -116,6 +102,32 @@ class _Columns:
         m2 = math.fsum(self.m2[i:j]) + float((counts[held] * (apart * apart)).sum())
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=mean,
                                s1=0.0, s2=m2)
+
+
+class _Columns:
+    """One sensor's buckets in chunks of CHUNK by bucket number: memory follows the buckets
+    held, not the time between them (a device clock decades behind costs one chunk)."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[int, _Chunk] = {}
+        self.first, self.empty = 0, True  # the earliest bucket held, once one is
+
+    def put(self, n: int, b: wire.Bucket) -> None:
+        k, i = divmod(n, CHUNK)
+        chunk = self.chunks.get(k)
+        if chunk is None:
+            chunk = self.chunks[k] = _Chunk()
+        chunk.put(i, b)  # (raises OverflowError for a count past its integers)
+        self.first = n if self.empty or n < self.first else self.first
+        self.empty = False
+
+    def aggregate(self, first: int, last: int) -> WindowAggregate:
+        """The buckets [first, last) merged."""
+        agg = WindowAggregate()
+        for k in sorted(k for k in self.chunks if first // CHUNK <= k <= (last - 1) // CHUNK):
+            start = k * CHUNK
+            agg.merge(self.chunks[k].aggregate(max(first - start, 0), min(last - start, CHUNK)))
+        return agg
 
 
 def _rounded_integers(b: wire.Bucket) -> bool:
@@ -173,7 +185,7 @@ class RollupIndex:
             if p is None:
                 return RollupPlan([(lo, hi)])
             # the earliest bucket held: older records may have passed the topic's retention
-            held = min((c.base for c in self.sensors.values()), default=0)
+            held = min((c.first for c in self.sensors.values()), default=0)
             begin = max(-(-p.since // r), held)
             first = max(-(-lo // r), begin)
             last = min((hi + 1) // r, p.final // r)
@@ -299,10 +311,7 @@ class RollupIndex:
             if _rounded_integers(record):
                 self.unreadable.add((record.sensor, n))
                 return
-            columns = self.sensors.get(record.sensor)
-            if columns is None:
-                columns = self.sensors[record.sensor] = _Columns(n)
-            columns.put(n, record)
+            self.sensors.setdefault(record.sensor, _Columns()).put(n, record)
             self.unreadable.discard((record.sensor, n))
 
     def _unreadable(self, key: bytes | None, why: str) -> None:
