@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -69,13 +70,17 @@ def _supervise(spark: SparkSession, settings: Settings, runner: StreamRunner,
         query = start(spark, settings, runner.store, runner.on_batch)
         try:
             while query.isActive and not stop.is_set():
-                query.awaitTermination(0.5)  # type: ignore[arg-type]  # seconds; hinted int
+                try:
+                    query.awaitTermination(0.5)  # type: ignore[arg-type]  # seconds; hinted int
+                except StreamingQueryException:  # it failed meanwhile: handled below
+                    break
                 runner.absorb_progress(query)
                 runner.publish()
                 if query.lastProgress is not None:
                     pause = RESTART_PAUSE_S  # it made progress: the next failure is a new one
         finally:
             _stop_between_batches(query)
+        runner.absorb_progress(query)  # its batches since the last look (a failed query's too)
         failure = query.exception()
         if failure is None or stop.is_set():
             return
