@@ -292,3 +292,52 @@ def test_a_stream_with_another_bucket_length_than_its_rollups_refuses_to_start(
     with pytest.raises(SettingsError, match="IOTPIPE_ROLLUP_SECONDS=30, but the rollup topic "
                                             "holds 60-second buckets"):
         StateStore(path, R, LATENESS, R // 2)
+
+
+def test_a_batch_whose_state_was_not_saved_is_folded_again_when_replayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that fails (a full disk) after the records were published: the state goes back
+    to the one last saved, so Spark's replay of the batch is folded, not skipped as done."""
+    store = StateStore(tmp_path / "state.json", R, LATENESS, R)
+    published: list[list[wire.Bucket | wire.Progress]] = []
+    store.fold(0, _row("t", [10 * R + 1, 10 * R + 2], [1.0, 2.0]), published.append)
+    save = store.save
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "save", full_disk)
+    batch = _row("t", [10 * R + 3, 12 * R], [3.0, 4.0])
+    with pytest.raises(OSError):
+        store.fold(1, batch, published.append)
+    assert store.state.batch_id == 0 and store.state.totals["t"].count == 2
+    monkeypatch.setattr(store, "save", save)
+    store.fold(1, batch, published.append)  # Spark's replay
+    assert StateStore(tmp_path / "state.json", R, LATENESS, R).state.totals["t"].count == 4
+    latest = {r.start: r for r in published[-1] if isinstance(r, wire.Bucket)}
+    assert (latest[10 * R].count, latest[10 * R].total) == (3, 6.0)  # 2 + the replay's 1
+
+
+def test_a_shorter_lateness_after_a_restart_calls_no_bucket_final_before_spark_does(
+        tmp_path: Path) -> None:
+    """Spark restores its watermark from the checkpoint and raises it from the batches after
+    the restart only: the state's final mark must not run ahead of it with the new, shorter
+    lateness, or a reading Spark still lets in rewrites a final bucket with a partial value."""
+    path = tmp_path / "state.json"
+    t = 10 * R
+    store = StateStore(path, R, 30_000, R)
+    published: list[wire.Bucket | wire.Progress] = []
+    ts = [t + 1000 * i for i in range(1, 11)] + [t + 80_000]
+    store.fold(0, _row("t", ts, [1.0] * 11), published.extend)
+    store = StateStore(path, R, 10_000, R)  # restarted with IOTPIPE_ALLOWED_LATENESS 10 s
+    store.fold(1, _row("t", [t + 81_000], [2.0]), published.extend)
+    # Spark's watermark before batch 1 was t + 50 s (80 s - 30 s): it lets t + 55 s in
+    store.fold(2, _row("t", [t + 55_000], [3.0]), published.extend)
+    final, written = 0, {}
+    for record in published:
+        if isinstance(record, wire.Progress):
+            final = max(final, record.final)
+        else:
+            assert record.start + R > final, f"{record} written after it was final"
+            written[record.start] = record
+    assert (written[t].count, written[t].total) == (11, 13.0)

@@ -181,16 +181,7 @@ def start(spark: SparkSession, settings: Settings, store: StateStore, on_batch: 
 
     def fold(df: DataFrame, batch_id: int) -> None:
         rows = batch_rows(df, settings.window_s * 1000, settings.rollup_s * 1000)
-        with store.lock:
-            records = store.state.fold_batch(batch_id, rows)
-            if records is not None:
-                try:
-                    publisher.publish(records)
-                except Exception:
-                    store.reload()
-                    raise
-                store.state.drop_final_buckets()
-                store.save()
+        store.fold(batch_id, rows, publisher.publish)
         emitted: dict[str, int] = {}
         for r in rows:
             emitted[r.sensor] = emitted.get(r.sensor, 0) + r.stats.count

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,9 @@ class StreamState:
     batch_id: int = -1  # last micro-batch folded
     progress_id: int = -1  # last progress report folded
     max_event_ms: int = 0
+    # Spark's: the highest (a batch's newest stamp - the lateness) so far; kept, not derived
+    # from max_event_ms, since Spark keeps its own across a restart with another lateness
+    watermark_ms: int = -(2**63)  # (a new state: derived, see __post_init__)
     rollups_final_ms: int = 0  # see fold_batch
     totals: dict[str, Stats] = field(default_factory=dict)
     windows: dict[str, dict[int, Stats]] = field(default_factory=dict)
@@ -96,9 +100,9 @@ class StreamState:
     behind: dict[str, int] = field(default_factory=dict)
     buckets: dict[str, dict[int, BucketStats]] = field(default_factory=dict)  # not final yet
 
-    @property
-    def watermark_ms(self) -> int:
-        return self.max_event_ms - self.lateness_ms
+    def __post_init__(self) -> None:
+        if self.watermark_ms == -(2**63):
+            self.watermark_ms = self.max_event_ms - self.lateness_ms
 
     def fold_batch(self, batch_id: int, rows: list[BatchRow]
                    ) -> list[wire.Bucket | wire.Progress] | None:
@@ -113,6 +117,9 @@ class StreamState:
         # kept for chains of stateful operators), so every bucket ending there is final
         self.rollups_final_ms = max(self.rollups_final_ms, self.watermark_ms, 0)
         touched: dict[tuple[str, int], BucketStats] = {}
+        if rows:
+            self.watermark_ms = max(self.watermark_ms, max(r.max_event_ms for r in rows)
+                                    - self.lateness_ms)
         for r in rows:
             x = r.stats
             self.totals.setdefault(r.sensor, Stats()).fold(x.count, x.total, x.minimum,
@@ -225,9 +232,22 @@ class StateStore:
         self._sizes = (window_ms, lateness_ms, rollup_ms)
         self.state = self._load()
 
-    def reload(self) -> None:
-        """Back to the state last saved (a batch failed half-way: Spark will run it again)."""
-        self.state = self._load()
+    def fold(self, batch_id: int, rows: list[BatchRow],
+             publish: Callable[[list[wire.Bucket | wire.Progress]], None]) -> None:
+        """Fold a micro-batch, publish its rollup records, save. If any step fails, the state
+        goes back to the one last saved: Spark runs the batch again, and it must not find it
+        folded already (its readings would be lost)."""
+        with self.lock:
+            records = self.state.fold_batch(batch_id, rows)
+            if records is None:  # folded and saved before: a replay
+                return
+            try:
+                publish(records)
+                self.state.drop_final_buckets()
+                self.save()
+            except BaseException:
+                self.state = self._load()
+                raise
 
     def _load(self) -> StreamState:
         try:
@@ -242,7 +262,11 @@ class StateStore:
                 f"{rolled // 1000}-second buckets of this stream ({self.path}): set it back, "
                 "or start afresh (delete the rollup topic and IOTPIPE_CHECKPOINT_DIR)")
         nested = ("totals", "windows", "buckets", "window_ms", "lateness_ms", "rollup_ms")
-        state = StreamState(*self._sizes, **{k: v for k, v in raw.items() if k not in nested})
+        kept = {k: v for k, v in raw.items() if k not in nested}
+        # saved before the watermark was: Spark's, restored by it, came from the lateness then
+        kept.setdefault("watermark_ms", raw.get("max_event_ms", 0)
+                        - raw.get("lateness_ms", self._sizes[1]))
+        state = StreamState(*self._sizes, **kept)
         state.totals = {s: Stats(**v) for s, v in raw["totals"].items()}
         state.windows = {s: {int(k): Stats(**v) for k, v in w.items()}
                          for s, w in raw["windows"].items()}
