@@ -7,6 +7,8 @@ import json
 import pytest
 from flask.testing import FlaskClient
 
+from iotpipe.query import metrics as prom
+
 WINDOW = {"from": "2020-01-13 15:12:00", "to": "2020-01-13 15:13:00"}
 
 
@@ -53,6 +55,9 @@ def _post(client: FlaskClient, body: object, **kwargs: object) -> tuple[int, dic
     ({"temperature": []} | WINDOW, 400, "No metric requested for the sensor temperature"),
     (WINDOW, 400, "No sensor requested; valid sensors: temperature, humidity, pressure"),
     ("[" * 100 + "]" * 100, 400, "Request body is nested deeper than 32 levels"),
+    # brackets inside strings do not hide nesting
+    ('{"x": ["]", ' + "[" * 40 + "]" * 40 + "]}", 400,
+     "Request body is nested deeper than 32 levels"),
 ])
 def test_bad_request_as_a_whole(client: FlaskClient, body: object, status: int,
                                 message: str) -> None:
@@ -67,6 +72,13 @@ def test_duplicated_metric_is_reported_and_computed_once(client: FlaskClient) ->
     assert status == 200
     assert list(payload["result"]["temperature"]) == ["count", "max"]
     assert payload["errors"] == ["Duplicated metric count for the sensor temperature"]
+
+
+def test_brackets_inside_strings_are_not_nesting(client: FlaskClient) -> None:
+    status, payload = _post(client, {"temperature": ["count", "[" * 40]} | WINDOW)
+    assert status == 200
+    assert list(payload["result"]["temperature"]) == ["count"]
+    assert len(payload["errors"]) == 1 and "[[[" in payload["errors"][0]
 
 
 def test_bad_part_beside_valid_rest(client: FlaskClient) -> None:
@@ -107,3 +119,15 @@ def test_wrong_method_and_unknown_route_are_json(client: FlaskClient) -> None:
     resp = client.get("/nope")
     assert resp.status_code == 404
     assert resp.get_json()["result"] == {}
+
+
+def test_made_up_methods_share_one_metrics_label(client: FlaskClient) -> None:
+    """A client inventing methods must not add a series per method to /metrics."""
+    def methods() -> set[str]:
+        return {s.labels["method"] for m in prom.REQUESTS.collect() for s in m.samples}
+
+    for i in range(3):
+        resp = client.open("/compute/metrics", method=f"XQ{i:03}")
+        assert resp.status_code == 405
+        assert resp.get_json()["errors"][0].startswith("Method Not Allowed")
+    assert "other" in methods() and not {m for m in methods() if m.startswith("XQ")}

@@ -18,6 +18,7 @@ from iotpipe.query.service import WindowMetricsService
 
 log = logging.getLogger(__name__)
 OPEN_ROUTES = ("/health",)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _token(settings: Settings) -> bytes | None:
@@ -58,7 +59,9 @@ def create_app(settings: Settings | None = None,
     @app.after_request
     def _observe(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        prom.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        # a label per method a client makes up would grow the series without bound
+        method = request.method if request.method in METHODS else "other"
+        prom.REQUESTS.labels(method, route, str(response.status_code)).inc()
         prom.LATENCY.labels(route).observe(time.time() - g.get("received", time.time()))
         return response
 

@@ -7,6 +7,7 @@ The prototype's contract: bad parts of a request (unknown keys or metrics) are r
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from iotpipe.query.aggregate import METRICS
@@ -32,6 +33,9 @@ class MetricsRequest:
     errors: list[str] = field(default_factory=list)
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -51,9 +55,10 @@ def parse_body(raw: bytes) -> object:
 
 
 def _nesting(text: str) -> int:
-    """Upper bound of the JSON nesting depth (brackets inside strings count too: safe side)."""
+    """The JSON nesting depth: brackets outside strings (the text of invalid JSON: an estimate,
+    the parser then says what is wrong)."""
     depth = deepest = 0
-    for ch in text:
+    for ch in _STRING.sub("", text):
         if ch in "[{":
             depth += 1
             deepest = max(deepest, depth)

@@ -180,11 +180,15 @@ class WindowMetricsService:
                  for lo, hi in plan.raw]
         totals = {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}
         missing: set[str] = set()
-        for read in reads:
-            aggs, unknown = self._wait(read, deadline)
-            missing |= unknown
-            for sensor, agg in aggs.items():
-                totals[sensor].merge(agg)
+        try:
+            for read in reads:
+                aggs, unknown = self._wait(read, deadline)
+                missing |= unknown
+                for sensor, agg in aggs.items():
+                    totals[sensor].merge(agg)
+        finally:  # one part failed: the others not started yet would only hold threads
+            for read in reads:
+                read.cancel()
         result: dict[str, dict[str, object]] = {}
         for sensor, total in totals.items():
             if sensor in missing:
@@ -197,6 +201,8 @@ class WindowMetricsService:
     def _read(self, sensors: list[str], lo: int, hi: int, deadline: float
               ) -> tuple[dict[str, WindowAggregate], set[str]]:
         """The readings of the window [lo, hi] per sensor, and the sensors without a topic."""
+        if time.time() >= deadline:  # it waited that long for a thread
+            raise ScanTimeout("a part of the window waited past the deadline for a thread")
         s = self.settings
         cache = self.cache if self.cache.max_messages > 0 else None
         topics = {s.topic(sensor): sensor for sensor in sensors}
