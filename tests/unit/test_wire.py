@@ -42,7 +42,7 @@ def _all_text(v: object) -> bool:
 
 def _field_ok(name: str, v: object) -> bool:
     if name == "device":
-        return _text(v) and v != ""
+        return _text(v) and 1 <= len(v) <= wire.MAX_DEVICE
     if name == "sensor":
         return _text(v)
     if name in ("seq", "ts"):
@@ -119,6 +119,8 @@ def test_documented_example() -> None:
     (b'{"device":"d","sensor":"t","seq":1,"ts":1}', "missing field value"),
     (b'{"device":"","sensor":"t","seq":1,"ts":1,"value":1}', "device must be"),
     (b'{"device":3,"sensor":"t","seq":1,"ts":1,"value":1}', "device must be"),
+    (b'{"device":"' + b"d" * 257 + b'","sensor":"t","seq":1,"ts":1,"value":1}',
+     "device must be a string of 1 to 256 characters"),
     (b'{"device":"d","sensor":"h","seq":1,"ts":1,"value":1}', "sensor must be 't'"),
     (b'{"device":"d","sensor":1,"seq":1,"ts":1,"value":1}', "sensor must be a string"),
     (b'{"device":"d","sensor":"t","seq":-1,"ts":1,"value":1}', "seq must be"),
@@ -222,3 +224,9 @@ def test_objects_with_repeated_and_extra_fields_agree(pairs: list[tuple[str, str
     raw = ("{" + ",".join(f'"{k}":{v}' for k, v in pairs) + "}").encode()
     assert _verdict(raw, "t") == reference(raw, "t")
 
+
+
+def test_a_device_id_is_at_most_256_characters_not_bytes() -> None:
+    longest = wire.Reading("\u00e9" * wire.MAX_DEVICE, "t", 1, 1, 1)  # 512 bytes of UTF-8
+    assert wire.decode(wire.encode(longest), "t") == longest
+    assert reference(wire.encode(longest), "t") is not None

@@ -21,6 +21,7 @@ from typing import Annotated
 
 import msgspec
 
+MAX_DEVICE = 256  # characters: a device id is held per reading cached and per device counted
 MAX_SEQ = 2**63 - 1
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 MAX_VALUE = int(sys.float_info.max)  # an integer value beyond this has no finite double
@@ -40,7 +41,7 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     stream computes in doubles; `_finite` checks it); floats must be finite (JSON has no NaN
     or Infinity, and 1e999 is out of range)."""
 
-    device: Annotated[str, msgspec.Meta(min_length=1)]
+    device: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DEVICE)]
     sensor: str
     seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
     ts: Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)]
@@ -50,7 +51,7 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Reading).decode
 _FIELD_RULES = {
-    "device": "device must be a non-empty string",
+    "device": f"device must be a string of 1 to {MAX_DEVICE} characters",
     "sensor": "sensor must be a string",
     "seq": "seq must be a non-negative integer",
     "ts": "ts must be epoch milliseconds",
