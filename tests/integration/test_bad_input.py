@@ -55,9 +55,10 @@ def _post(client: FlaskClient, body: object, **kwargs: object) -> tuple[int, dic
     ({"temperature": []} | WINDOW, 400, "No metric requested for the sensor temperature"),
     (WINDOW, 400, "No sensor requested; valid sensors: temperature, humidity, pressure"),
     ("[" * 100 + "]" * 100, 400, "Request body is nested deeper than 32 levels"),
-    # brackets inside strings do not hide nesting
-    ('{"x": ["]", ' + "[" * 40 + "]" * 40 + "]}", 400,
+    # a bracket inside a string does not hide a level (33 here)
+    ('{"x": ["]", ' + "[" * 31 + "]" * 31 + "]}", 400,
      "Request body is nested deeper than 32 levels"),
+    ("[" * 5000 + "]" * 5000, 400, "Request body is nested deeper than 32 levels"),
 ])
 def test_bad_request_as_a_whole(client: FlaskClient, body: object, status: int,
                                 message: str) -> None:

@@ -241,10 +241,13 @@ def test_records_no_bucket_can_hold_are_read_from_the_readings() -> None:
     index._apply([_Message(wire.Bucket("t", future, 1, 9.0, 0.0, 9.0, 9.0, True)),
                   _Message(wire.Progress(now - 10 * R, future, R)),
                   _Message(wire.Bucket("t", now - 3 * R, 2**63, 1.0, 0.0, 0.5, 0.5, False)),
+                  # a sensor's first record: it must not count as a bucket held, at 0
+                  _Message(wire.Bucket("u", now - 3 * R, 2**63, 1.0, 0.0, 0.5, 0.5, False)),
                   _Message(_record("t", now - 4 * R, _stats([3])))])
     assert index.sensors["t"].first == now // R - 5
     assert index.progress == wire.Progress(now - 10 * R, now - R, R)
-    assert index.unreadable == {("t", future // R), ("t", now // R - 3)}
+    assert index.unreadable == {("t", future // R), ("t", now // R - 3), ("u", now // R - 3)}
+    assert "u" not in index.sensors
     plan = index.plan(["t"], now - 10 * R, now - R - 1)
     # before the first bucket held, and the unreadable one
     assert plan.raw == [(now - 10 * R, now - 5 * R - 1), (now - 3 * R, now - 2 * R - 1)]

@@ -7,7 +7,6 @@ The prototype's contract: bad parts of a request (unknown keys or metrics) are r
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 
 from iotpipe.query.aggregate import METRICS
@@ -33,9 +32,6 @@ class MetricsRequest:
     errors: list[str] = field(default_factory=list)
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-
-
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -46,25 +42,25 @@ def parse_body(raw: bytes) -> object:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError(400, "Request body is not valid JSON: not UTF-8") from None
-    if _nesting(text) > MAX_DEPTH:
-        raise RequestError(400, f"Request body is nested deeper than {MAX_DEPTH} levels")
+    too_deep = RequestError(400, f"Request body is nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as e:
         raise RequestError(400, f"Request body is not valid JSON: {e}") from None
+    if _nesting(body) > MAX_DEPTH:
+        raise too_deep
+    return body
 
 
-def _nesting(text: str) -> int:
-    """The JSON nesting depth: brackets outside strings (the text of invalid JSON: an estimate,
-    the parser then says what is wrong)."""
-    depth = deepest = 0
-    for ch in _STRING.sub("", text):
-        if ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+def _nesting(value: object) -> int:
+    """How deep the parsed JSON nests objects and arrays (level by level: no recursion)."""
+    depth, level = 0, [value]
+    while containers := [v for v in level if isinstance(v, dict | list)]:
+        depth += 1
+        level = [x for v in containers for x in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 def _bound(body: dict[str, object], name: str) -> int:

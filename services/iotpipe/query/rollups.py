@@ -108,18 +108,17 @@ class _Columns:
     """One sensor's buckets in chunks of CHUNK by bucket number: memory follows the buckets
     held, not the time between them (a device clock decades behind costs one chunk)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: int) -> None:
         self.chunks: dict[int, _Chunk] = {}
-        self.first, self.empty = 0, True  # the earliest bucket held, once one is
+        self.first = first  # the earliest bucket held
 
     def put(self, n: int, b: wire.Bucket) -> None:
         k, i = divmod(n, CHUNK)
         chunk = self.chunks.get(k)
         if chunk is None:
             chunk = self.chunks[k] = _Chunk()
-        chunk.put(i, b)  # (raises OverflowError for a count past its integers)
-        self.first = n if self.empty or n < self.first else self.first
-        self.empty = False
+        chunk.put(i, b)
+        self.first = min(self.first, n)
 
     def aggregate(self, first: int, last: int) -> WindowAggregate:
         """The buckets [first, last) merged."""
@@ -311,7 +310,9 @@ class RollupIndex:
             if _rounded_integers(record):
                 self.unreadable.add((record.sensor, n))
                 return
-            self.sensors.setdefault(record.sensor, _Columns()).put(n, record)
+            columns = self.sensors.get(record.sensor) or _Columns(n)
+            columns.put(n, record)  # (raises for a count past its integers: nothing held)
+            self.sensors[record.sensor] = columns
             self.unreadable.discard((record.sensor, n))
 
     def _unreadable(self, key: bytes | None, why: str) -> None:
