@@ -27,6 +27,7 @@ def test_defaults_are_valid_and_documented_values() -> None:
     ({"IOTPIPE_STREAM_CONSOLE": "maybe"}, "must be true or false"),
     ({"IOTPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
     ({"IOTPIPE_QUERY_PORT": "70000"}, "must be between 0 and 65535"),
+    ({"IOTPIPE_ALLOWED_LATENESS_SECONDS": "0"}, "must be between 0.001 and 86400"),
     ({"IOTPIPE_TYPO": "1"}, "unknown setting(s): IOTPIPE_TYPO"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

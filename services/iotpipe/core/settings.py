@@ -321,7 +321,8 @@ class Settings:
             topic_prefix=prefix,
             topic_partitions=n(env, "IOTPIPE_TOPIC_PARTITIONS", int, 1, 1000),
             topic_retention_ms=n(env, "IOTPIPE_TOPIC_RETENTION_MS", int, -1, 2**62),
-            allowed_lateness_s=n(env, "IOTPIPE_ALLOWED_LATENESS_SECONDS", float, 0, 86_400),
+            # at least 1 ms: with 0, a second reading of the same millisecond would be late
+            allowed_lateness_s=n(env, "IOTPIPE_ALLOWED_LATENESS_SECONDS", float, 0.001, 86_400),
             rollup_s=n(env, "IOTPIPE_ROLLUP_SECONDS", int, 1, 86_400),
             rollup_retention_ms=n(env, "IOTPIPE_ROLLUP_RETENTION_MS", int, -1, 2**62),
             query_host=_read(env, "IOTPIPE_QUERY_HOST"),
