@@ -1,11 +1,12 @@
 """The rollup topic, followed in memory: which part of a window the stream has already summed.
 
 Each worker reads the compacted rollup topic from its beginning, then follows it, into one
-column per aggregate and sensor, indexed by bucket number (memory grows with buckets, not
-readings). `plan` cuts a window into the whole final buckets inside it, answered from these
-columns with a few sums in C, and the windows left to read from the readings: its partial
-buckets at both edges, what is newer than the final mark, and any bucket whose record could
-not be read. Every reading falls in exactly one part, so none is counted twice or missed.
+column per aggregate and sensor, in chunks of consecutive bucket numbers (memory grows with the
+chunks holding buckets, not with readings, nor with the time between two buckets). `plan` cuts a
+window into the whole final buckets inside it, answered from these columns with a few sums in C,
+and the windows left to read from the readings: its partial buckets at both edges, what is newer
+than the final mark, and any bucket whose record could not be read. Every reading falls in
+exactly one part, so none is counted twice or missed.
 """
 
 from __future__ import annotations
