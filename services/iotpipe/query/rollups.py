@@ -124,9 +124,15 @@ class _Columns:
     def aggregate(self, first: int, last: int) -> WindowAggregate:
         """The buckets [first, last) merged."""
         agg = WindowAggregate()
-        for k in sorted(k for k in self.chunks if first // CHUNK <= k <= (last - 1) // CHUNK):
-            start = k * CHUNK
-            agg.merge(self.chunks[k].aggregate(max(first - start, 0), min(last - start, CHUNK)))
+        if first >= last:  # (between two unreadable buckets: called once per hole)
+            return agg
+        lo, hi = first // CHUNK, (last - 1) // CHUNK
+        # the chunks in the window or the chunks held, whichever are fewer
+        keys = range(lo, hi + 1) if hi - lo < len(self.chunks) else sorted(self.chunks)
+        for k in keys:
+            if lo <= k <= hi and (chunk := self.chunks.get(k)) is not None:
+                start = k * CHUNK
+                agg.merge(chunk.aggregate(max(first - start, 0), min(last - start, CHUNK)))
         return agg
 
 
