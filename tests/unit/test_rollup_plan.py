@@ -321,6 +321,31 @@ def test_a_batch_whose_state_was_not_saved_is_folded_again_when_replayed(
     assert (latest[10 * R].count, latest[10 * R].total) == (3, 6.0)  # 2 + the replay's 1
 
 
+def test_a_batch_that_failed_half_folded_is_folded_whole_when_replayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold that raises part-way (its first row folded, then out of memory): the state goes
+    back to the one last saved, so the replay does not count that row twice."""
+    store = StateStore(tmp_path / "state.json", R, LATENESS, R)
+    store.fold(0, _row("t", [10 * R + 1], [1.0]), lambda records: None)
+    fold_batch = StreamState.fold_batch
+
+    def out_of_memory(self: StreamState, batch_id: int, rows: list[BatchRow]) -> None:
+        fold_batch(self, batch_id, rows[:1])
+        raise MemoryError
+
+    batch = _row("t", [10 * R + 2, 11 * R + 2], [2.0, 3.0])
+    monkeypatch.setattr(StreamState, "fold_batch", out_of_memory)
+    with pytest.raises(MemoryError):
+        store.fold(1, batch, lambda records: None)
+    assert store.state.batch_id == 0 and store.state.totals["t"].count == 1
+    monkeypatch.setattr(StreamState, "fold_batch", fold_batch)
+    store.fold(1, batch, lambda records: None)  # Spark's replay
+    assert store.state.totals["t"].count == 3
+    buckets = store.state.buckets["t"]
+    assert {n: (b.count, b.total) for n, b in buckets.items()} == {10 * R: (2, 3.0),
+                                                                   11 * R: (1, 3.0)}
+
+
 def test_a_shorter_lateness_after_a_restart_calls_no_bucket_final_before_spark_does(
         tmp_path: Path) -> None:
     """Spark restores its watermark from the checkpoint and raises it from the batches after

@@ -57,7 +57,15 @@ class StreamRunner:
                 if self.store.state.fold_progress(p["batchId"], c["malformed"], c["valid"],
                                                   c["late"], c["health"], c["behind"],
                                                   emitted):
-                    self.store.save()
+                    self._save()
+
+    def _save(self) -> None:
+        """Save the counters folded; if the disk refuses, they stay in memory for the next
+        save (the batch's own save fails too, and the query is restarted: see main)."""
+        try:
+            self.store.save()
+        except OSError as e:
+            log.error("stream state not saved (%s): kept in memory until the next save", e)
 
     def publish(self) -> None:
         with self.store.lock:

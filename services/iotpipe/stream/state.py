@@ -238,10 +238,10 @@ class StateStore:
         goes back to the one last saved: Spark runs the batch again, and it must not find it
         folded already (its readings would be lost)."""
         with self.lock:
-            records = self.state.fold_batch(batch_id, rows)
-            if records is None:  # folded and saved before: a replay
-                return
             try:
+                records = self.state.fold_batch(batch_id, rows)
+                if records is None:  # folded and saved before: a replay
+                    return
                 publish(records)
                 self.state.drop_final_buckets()
                 self.save()
