@@ -16,7 +16,7 @@ import pytest
 from iotpipe.core import wire
 from iotpipe.core.settings import SettingsError
 from iotpipe.query.rollups import CHUNK, RollupIndex
-from iotpipe.stream.state import BatchRow, BucketStats, StateStore, StreamState
+from iotpipe.stream.state import BatchRow, BucketStats, StateStore, Stats, StreamState
 from kafka_helpers import settings_for
 
 R = 60_000  # bucket length
@@ -346,6 +346,19 @@ def test_a_batch_that_failed_half_folded_is_folded_whole_when_replayed(
                                                                    11 * R: (1, 3.0)}
 
 
+def _final_never_rewritten(published: list[wire.Bucket | wire.Progress]
+                           ) -> dict[int, wire.Bucket]:
+    """The buckets' latest records, checking that none was written once called final."""
+    final, written = 0, {}
+    for record in published:
+        if isinstance(record, wire.Progress):
+            final = max(final, record.final)
+        else:
+            assert record.start + R > final, f"{record} written after it was final"
+            written[record.start] = record
+    return written
+
+
 def test_a_shorter_lateness_after_a_restart_calls_no_bucket_final_before_spark_does(
         tmp_path: Path) -> None:
     """Spark restores its watermark from the checkpoint and raises it from the batches after
@@ -361,11 +374,48 @@ def test_a_shorter_lateness_after_a_restart_calls_no_bucket_final_before_spark_d
     store.fold(1, _row("t", [t + 81_000], [2.0]), published.extend)
     # Spark's watermark before batch 1 was t + 50 s (80 s - 30 s): it lets t + 55 s in
     store.fold(2, _row("t", [t + 55_000], [3.0]), published.extend)
-    final, written = 0, {}
-    for record in published:
-        if isinstance(record, wire.Progress):
-            final = max(final, record.final)
-        else:
-            assert record.start + R > final, f"{record} written after it was final"
-            written[record.start] = record
+    written = _final_never_rewritten(published)
     assert (written[t].count, written[t].total) == (11, 13.0)
+
+
+def test_a_batch_replayed_with_a_longer_lateness_calls_no_bucket_final_before_spark_does(
+        tmp_path: Path) -> None:
+    """The app stopped after batch 1's state was saved, before Spark committed it, and starts
+    with a longer lateness: Spark runs batch 1 again and sets its watermark after it with the
+    new lateness; the state's final mark must follow it, not the one folded with the old."""
+    path, t = tmp_path / "state.json", 10 * R
+    published: list[wire.Bucket | wire.Progress] = []
+    store = StateStore(path, R, 30_000, R)
+    store.fold(0, _row("t", [t + 1000], [1.0]), published.extend)
+    store.fold(1, _row("t", [t + 150_000], [2.0]), published.extend)
+    store = StateStore(path, R, 60_000, R)  # restarted with IOTPIPE_ALLOWED_LATENESS 60 s
+    store.fold(1, _row("t", [t + 150_000], [2.0]), published.extend)  # the replay: skipped
+    store.fold(2, _row("t", [t + 151_000], [3.0]), published.extend)
+    # Spark's watermark after batch 1 is now t + 90 s: batch 3 lets t + 100 s in
+    store.fold(3, _row("t", [t + 100_000], [4.0]), published.extend)
+    written = _final_never_rewritten(published)
+    assert (written[t + R].count, written[t + R].total) == (1, 4.0)
+
+
+def test_a_state_saved_before_rollups_begins_them_after_what_it_had_folded() -> None:
+    """A state file of a version without rollups holds readings no bucket record has: the
+    rollups begin with the bucket after its newest reading, not with the first one touched."""
+    state = StreamState(R, LATENESS, R, batch_id=3, max_event_ms=10 * R + 5)
+    state.totals["t"] = Stats(50, 50.0, 1.0, 1.0)  # 50 readings of bucket 10, never rolled up
+    records = state.fold_batch(4, _row("t", [10 * R + 7, 11 * R], [1.0, 2.0]))
+    assert records is not None
+    assert next(r for r in records if isinstance(r, wire.Progress)).since == 11 * R
+
+
+def test_a_window_is_closed_once_spark_lets_no_reading_into_it() -> None:
+    """The gauges' closed window is the latest one the final mark has passed: Spark judges a
+    batch against the watermark two batches back, so one only the last batch passed can
+    still grow (and, pruned, would lose what it held)."""
+    t = 10 * R
+    state = StreamState(R, LATENESS, R)
+    for batch_id, ts in enumerate([t + 10_000, t + 95_000, t + 50_000, t + 96_000]):
+        assert state.fold_batch(batch_id, _row("t", [ts], [1.0])) is not None
+        if batch_id == 1:  # the watermark passed the window [t, t + R), the final mark not
+            assert "closed" not in state.current_and_closed("t")
+    closed_start, closed = state.current_and_closed("t")["closed"]
+    assert (closed_start, closed.count) == (t, 2)

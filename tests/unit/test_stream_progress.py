@@ -19,11 +19,12 @@ class _Query:
         self.recentProgress = reports
 
 
-def _report(batch_id: int, malformed: int) -> dict[str, Any]:
-    """A progress report of an executed batch: `malformed` messages of the first sensor."""
+def _report(batch_id: int, malformed: int, valid: int = 0) -> dict[str, Any]:
+    """A progress report of an executed batch: `malformed` messages and `valid` readings of
+    the first sensor."""
     return {"batchId": batch_id, "timestamp": "2026-12-04T21:00:00.000Z",
             "durationMs": {"addBatch": 5}, "batchDuration": 10,
-            "observedMetrics": {"input_0": {"valid": 0, "bad": malformed, "late": 0}},
+            "observedMetrics": {"input_0": {"valid": valid, "bad": malformed, "late": 0}},
             "stateOperators": [], "sources": []}
 
 
@@ -46,3 +47,28 @@ def test_counters_a_full_disk_did_not_save_are_kept_for_the_next_save(
     runner.absorb_progress(_Query([_report(0, 2), _report(1, 3)]))
     saved = StateStore(state_path(settings), 60_000, 30_000, 60_000).state
     assert (saved.progress_id, saved.malformed[sensor]) == (1, 5)
+
+
+def test_counters_lost_with_a_failed_batch_are_folded_again_without_false_duplicates(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counters of batch 0 were not saved, then batch 1's save failed too: the state
+    goes back to the one saved, and batch 0's report is folded again with the readings it
+    emitted (not counted as duplicates: none was)."""
+    settings = settings_for("127.0.0.1:9", checkpoint_dir=str(tmp_path),
+                            stream_console="false")
+    sensor = settings.sensors[0]
+    runner = StreamRunner(settings)
+    runner.on_batch(0, {sensor: 5})
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(runner.store, "save", full_disk)
+        runner.absorb_progress(_Query([_report(0, 0, valid=5)]))
+        with pytest.raises(OSError):
+            runner.store.fold(1, [], lambda records: None)
+    assert runner.store.state.progress_id == -1  # back to the state saved
+    runner.absorb_progress(_Query([_report(0, 0, valid=5)]))
+    saved = StateStore(state_path(settings), 60_000, 30_000, 60_000).state
+    assert (saved.progress_id, saved.duplicates[sensor]) == (0, 0)

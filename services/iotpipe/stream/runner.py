@@ -52,7 +52,7 @@ class StreamRunner:
             ts = datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00")).timestamp()
             c["health"]["iotpipe_stream_last_batch_timestamp_seconds"] = ts
             with self._lock:
-                emitted = self._emitted.pop(p["batchId"], {})
+                emitted = self._emitted.get(p["batchId"], {})
             with self.store.lock:
                 if self.store.state.fold_progress(p["batchId"], c["malformed"], c["valid"],
                                                   c["late"], c["health"], c["behind"],
@@ -60,12 +60,18 @@ class StreamRunner:
                     self._save()
 
     def _save(self) -> None:
-        """Save the counters folded; if the disk refuses, they stay in memory for the next
-        save (the batch's own save fails too, and the query is restarted: see main)."""
+        """Save the counters folded, then forget what they were folded from. If the disk
+        refuses, they stay in memory for the next save; if a batch's save fails meanwhile, the
+        state goes back to the one saved and they are folded again from what is kept (the
+        query is restarted: see main)."""
         try:
             self.store.save()
         except OSError as e:
             log.error("stream state not saved (%s): kept in memory until the next save", e)
+            return
+        with self._lock:
+            for batch_id in [b for b in self._emitted if b <= self.store.state.progress_id]:
+                del self._emitted[batch_id]
 
     def publish(self) -> None:
         with self.store.lock:

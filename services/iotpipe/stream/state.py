@@ -111,7 +111,13 @@ class StreamState:
         up), or None if it was folded before (a replay: nothing changed). Call
         `drop_final_buckets` once they are published."""
         if batch_id <= self.batch_id:
+            if batch_id == self.batch_id and rows:  # replayed after a restart (see _replayed)
+                self._replayed(rows)
             return None
+        if self.rollups_since is None and self.totals:
+            # a state saved before rollups existed: its buckets up to here were never
+            # published, so the rollups begin at the next one
+            self.rollups_since = (self.max_event_ms // self.rollup_ms + 1) * self.rollup_ms
         # the watermark before this batch: Spark drops, from the next batch on, the readings
         # at or before it (it judges a batch against the watermark two batches back, the one
         # kept for chains of stateful operators), so every bucket ending there is final
@@ -146,6 +152,14 @@ class StreamState:
                                          self.rollup_ms))
         return records
 
+    def _replayed(self, rows: list[BatchRow]) -> None:
+        """The last batch folded, run again by Spark (the app stopped after the state was saved,
+        before Spark committed the batch): Spark sets its watermark after it with the lateness
+        now set, which may be longer than when it was folded. `rollups_final_ms` is the
+        watermark before the batch (see fold_batch)."""
+        self.watermark_ms = max(self.rollups_final_ms,
+                                max(r.max_event_ms for r in rows) - self.lateness_ms)
+
     def drop_final_buckets(self) -> None:
         """Forget the buckets whose final value has been published: the state stays bounded."""
         for held in self.buckets.values():
@@ -171,14 +185,15 @@ class StreamState:
     def _prune(self) -> None:
         """Keep the current window and the latest closed one of each sensor."""
         for wins in self.windows.values():
-            closed = [s for s in wins if s + self.window_ms <= self.watermark_ms]
+            closed = [s for s in wins if s + self.window_ms <= self.rollups_final_ms]
             for start in sorted(closed)[:-1]:
                 del wins[start]
 
     def current_and_closed(self, sensor: str) -> dict[str, tuple[int, Stats]]:
         wins = self.windows.get(sensor, {})
-        closed = [s for s in wins if s + self.window_ms <= self.watermark_ms]
-        open_ = [s for s in wins if s + self.window_ms > self.watermark_ms]
+        # closed: Spark admits no reading into it any more (the final mark, as for buckets)
+        closed = [s for s in wins if s + self.window_ms <= self.rollups_final_ms]
+        open_ = [s for s in wins if s + self.window_ms > self.rollups_final_ms]
         out = {}
         if closed:
             out["closed"] = (max(closed), wins[max(closed)])
