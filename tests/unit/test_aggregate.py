@@ -262,3 +262,19 @@ def test_integers_past_a_doubles_range_with_floats_never_raise() -> None:
     ints.add_many([huge, huge])
     ints.add_many([1.5])
     assert ints.metric("sum") == math.inf  # 2e308 + 1.5 is past a double's range
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([5.0, 5, 7.0, 7, 6.5])))
+def test_an_integer_wins_a_tie_with_an_equal_float_in_any_order(
+        order: tuple[int | float, ...]) -> None:
+    """As the rollups answer it: an extreme given as the integer 5 and as 5.0 is 5, whether
+    read in one batch, batch by batch, or merged from parts (partitions, cached segments)."""
+    whole, batches, merged = WindowAggregate(), WindowAggregate(), WindowAggregate()
+    whole.add_many(list(order))
+    for v in order:
+        batches.add_many([v])
+        part = WindowAggregate()
+        part.add_many([v])
+        merged.merge(part)
+    for agg in (whole, batches, merged):
+        assert (repr(agg.metric("min")), repr(agg.metric("max"))) == ("5", "7")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import compress, count
@@ -109,6 +109,16 @@ class SeenReadings:
         return seqs.add(seq)
 
 
+def _extreme(pick: Callable[[Iterable[int | float]], int | float],
+             values: Sequence[int | float]) -> int | float:
+    """min or max of the values; of equal ones an integer (as the rollups give it), so that
+    5 and 5.0 give 5 in whatever order they were read."""
+    x = pick(values)
+    if type(x) is float and x.is_integer():
+        return next((v for v in values if type(v) is int and v == x), x)
+    return x
+
+
 def _finite(x: int | float) -> bool:
     return type(x) is int or math.isfinite(x)
 
@@ -159,8 +169,8 @@ class WindowAggregate:
             return
         if self.count == 0:
             self.shift = values[0]
-        self.minimum = min(self.minimum, min(values))
-        self.maximum = max(self.maximum, max(values))
+        self.minimum = _extreme(min, (self.minimum, _extreme(min, values)))
+        self.maximum = _extreme(max, (self.maximum, _extreme(max, values)))
         shift, n = self.shift, len(values)
         try:
             total = sum(values)
@@ -237,8 +247,8 @@ class WindowAggregate:
         mean = mean_a + (mean_b - mean_a) * n_b / n
         m2 = merged_m2(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
         self.count, self.total = n, _plus(self.total, other.total)
-        self.minimum = min(self.minimum, other.minimum)
-        self.maximum = max(self.maximum, other.maximum)
+        self.minimum = _extreme(min, (self.minimum, other.minimum))
+        self.maximum = _extreme(max, (self.maximum, other.maximum))
         # re-express as shifted sums around the merged mean: s1 = 0, s2 = M2
         self.shift, self.s1, self.s2 = mean, 0.0, m2
 
