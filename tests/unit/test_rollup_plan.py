@@ -1,5 +1,6 @@
-"""Rollups without Kafka or Spark: the stream state's bucket records, and the query index's
-plan (which part of a window each source answers) against references computed here."""
+"""Rollups without Kafka or Spark: the stream state's bucket records, the query index's plan
+(which part of a window each source answers) against references computed here, and the
+thread that follows the topic, against a stand-in consumer."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import itertools
 import math
 import random
 import statistics
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from iotpipe.core import wire
 from iotpipe.core.settings import SettingsError
+from iotpipe.query import rollups
 from iotpipe.query.rollups import CHUNK, RollupIndex
 from iotpipe.stream.state import BatchRow, BucketStats, StateStore, Stats, StreamState
 from kafka_helpers import settings_for
@@ -160,6 +166,13 @@ def test_merged_buckets_keep_which_extreme_was_an_integer() -> None:
     tie = _stats([2, 7.0])
     tie.merge(_stats([2.0, 7]))  # equal extremes, one an integer: answered as the integer
     assert (tie.min_int, tie.max_int, tie.ints) == (True, True, False)
+    # in the query's index: two buckets, the extremes 5.0 and 7.0 in one and 5 and 7 in the
+    # other (each with a float besides), as the readings answer them: 5 and 7
+    index = _index([_record("t", 10 * R, _stats([5.0, 7.0, 6.5])),
+                    _record("t", 11 * R, _stats([5, 7, 5.5])), wire.Progress(0, 20 * R, R)])
+    for lo, hi in [(10 * R, 12 * R - 1), (11 * R, 12 * R - 1)]:
+        rolled = index.plan(["t"], lo, hi).rolled["t"]
+        assert (repr(rolled.metric("min")), repr(rolled.metric("max"))) == ("5", "7")
     old = wire.Bucket("t", 0, 2, 3.5, 1.0, 1.0, 2.5, False)  # written before the flags
     assert (old.min_int, old.max_int) == (False, False)
 
@@ -419,3 +432,87 @@ def test_a_window_is_closed_once_spark_lets_no_reading_into_it() -> None:
             assert "closed" not in state.current_and_closed("t")
     closed_start, closed = state.current_and_closed("t")["closed"]
     assert (closed_start, closed.count) == (t, 2)
+
+
+class _Broker:
+    """Hands the topic's two records to the first consumer only (one made after a loss reads
+    nothing: a cleared index would stay empty); `list_topics` fails with `check_error`."""
+
+    def __init__(self, check_error: int | None) -> None:
+        self.records = [_Message(wire.Bucket("t", 5 * R, 2, 3.0, 0.5, 1.0, 2.0, True)),
+                        _Message(wire.Progress(0, 10 * R, R))]
+        self.check_error = check_error
+        self.checks = 0
+        self.checked_thrice = threading.Event()
+
+    def consumer(self, config: dict[str, Any]) -> Any:
+        broker = self
+
+        class Consumer:
+            def assign(self, partitions: list[Any]) -> None:
+                pass
+
+            def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+                return 0, 2
+
+            def consume(self, n: int, timeout: float) -> list[_Message]:
+                fed, broker.records = broker.records, []
+                if not fed:
+                    threading.Event().wait(0.01)
+                return fed
+
+            def position(self, partitions: list[Any]) -> list[Any]:
+                return [SimpleNamespace(offset=2)]
+
+            def list_topics(self, topic: str, timeout: float) -> Any:
+                broker.checks += 1
+                if broker.checks >= 3:
+                    broker.checked_thrice.set()
+                if broker.check_error is not None:
+                    raise KafkaException(KafkaError(broker.check_error))
+                return SimpleNamespace(topics={topic: SimpleNamespace(error=None)})
+
+            def close(self) -> None:
+                pass
+
+        return Consumer()
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rollups, "CHECK_S", 0.0)
+    monkeypatch.setattr(rollups, "RETRY_S", 0.01)
+
+
+@pytest.mark.usefixtures("quick")
+def test_a_broker_away_for_a_while_leaves_the_index_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = _Broker(KafkaError._TRANSPORT)
+    monkeypatch.setattr(rollups, "Consumer", broker.consumer)
+    index = RollupIndex(settings_for("127.0.0.1:1", rollup_seconds="60")).start()
+    try:
+        assert broker.checked_thrice.wait(5)
+        plan = index.plan(["t"], 0, 10 * R - 1)
+        assert plan.rolled["t"].count == 2 and plan.raw == [(0, 5 * R - 1)]
+    finally:
+        index.close()
+
+
+@pytest.mark.usefixtures("quick")
+def test_a_client_that_cannot_be_made_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. a CA file being rotated: the follower goes on, and reads once a client is made."""
+    broker, attempts = _Broker(None), []
+
+    def consumer(config: dict[str, Any]) -> Any:
+        attempts.append(config)
+        if len(attempts) == 1:
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG, "ssl.ca.location failed"))
+        return broker.consumer(config)
+
+    monkeypatch.setattr(rollups, "Consumer", consumer)
+    index = RollupIndex(settings_for("127.0.0.1:1", rollup_seconds="60")).start()
+    try:
+        assert index.loaded.wait(5) and broker.checked_thrice.wait(5)
+        assert index.plan(["t"], 0, 10 * R - 1).rolled["t"].count == 2
+    finally:
+        index.close()

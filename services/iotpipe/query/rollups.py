@@ -81,11 +81,14 @@ class _Chunk:
         total: int | float
         lo: int | float = min(self.lo[i:j])
         hi: int | float = max(self.hi[i:j])
+        import numpy as np  # (imported by the worker's warm-up, not by reader processes)
+
         if any(self.inexact[i:j]):
             total = sum(self.total[i:j])
-            # an extreme that was an integer stays one, as the readings would give it
-            lo = int(lo) if self.lo_int[self.lo.index(lo, i, j)] else lo
-            hi = int(hi) if self.hi_int[self.hi.index(hi, i, j)] else hi
+            # an extreme that was an integer in any bucket holding it stays one, as the
+            # readings give it (5 and 5.0: 5)
+            lo = int(lo) if self._int_in(self.lo, self.lo_int, lo, i, j) else lo
+            hi = int(hi) if self._int_in(self.hi, self.hi_int, hi, i, j) else hi
         else:  # every bucket's integer sum is exact (see `add`); fsum rounds theirs once,
             # so below EXACT it is the sum itself
             rounded = math.fsum(self.total[i:j])
@@ -93,8 +96,6 @@ class _Chunk:
             lo, hi = int(lo), int(hi)
         # the spread within the buckets, plus theirs around this run's own mean (Chan et
         # al.): every term >= 0, so nothing cancels however far the level moved
-        import numpy as np  # (imported by the worker's warm-up, not by reader processes)
-
         mean = total / n
         counts, sums = np.frombuffer(self.count[i:j], np.int64), np.frombuffer(self.total[i:j])
         held = counts > 0
@@ -103,6 +104,15 @@ class _Chunk:
         m2 = math.fsum(self.m2[i:j]) + float((counts[held] * (apart * apart)).sum())
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=mean,
                                s1=0.0, s2=m2)
+
+
+    @staticmethod
+    def _int_in(extremes: array[float], is_int: array[int], x: float, i: int, j: int) -> bool:
+        """Whether a bucket of [i, j) whose extreme is `x` had it as an integer."""
+        import numpy as np
+
+        held = np.frombuffer(extremes, np.float64)[i:j] == x
+        return bool(np.frombuffer(is_int, np.int8)[i:j][held].any())
 
 
 class _Columns:
@@ -237,11 +247,13 @@ class RollupIndex:
         unreachable), forget everything (windows are read raw) and start again."""
         topic, lost = self.settings.rollup_topic, False
         while not self._stop.is_set():
-            # never joined (assigned by hand); named like the query user's groups (secure mode)
-            consumer = Consumer(self.settings.kafka.client_config() | {
-                "group.id": "iotpipe-query-rollups", "enable.auto.commit": False,
-                "auto.offset.reset": "error", "log_level": 0})
+            consumer: Consumer | None = None
             try:
+                # never joined (assigned by hand); named like the query user's groups (secure
+                # mode). Made anew after a loss: a rotated password or certificate is read
+                consumer = Consumer(self.settings.kafka.client_config() | {
+                    "group.id": "iotpipe-query-rollups", "enable.auto.commit": False,
+                    "auto.offset.reset": "error", "log_level": 0})
                 consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
                 low, end = consumer.get_watermark_offsets(
                     TopicPartition(topic, 0), timeout=self.settings.kafka.timeout_s)
@@ -259,22 +271,28 @@ class RollupIndex:
                         lost = False
                     if (lag := self.lag_s()) is not None:
                         prom.ROLLUP_LAG.set(lag)
-            except KafkaException as e:
+            except Exception as e:  # also no client (an unreadable password file, CA file)
                 if is_missing(e):  # no topic to read (yet): nothing to wait for
                     self.loaded.set()
                 if not lost:
                     log.warning("rollup topic %s lost (%s): windows are read from the "
-                                "readings until it is back", topic, e.args[0].str())
+                                "readings until it is back", topic, e)
                 lost = True
                 self._clear()
                 self._stop.wait(RETRY_S)
             finally:
-                consumer.close()
+                if consumer is not None:
+                    consumer.close()
 
     def _check(self, consumer: Consumer, topic: str) -> None:
         """A deleted topic sends a follower no error: ask for it. One recreated since (its
         offsets start again) counts as lost too."""
-        meta = consumer.list_topics(topic, timeout=self.settings.kafka.timeout_s).topics[topic]
+        try:
+            meta = consumer.list_topics(topic, timeout=self.settings.kafka.timeout_s).topics[topic]
+        except KafkaException as e:
+            if is_missing(e):
+                raise
+            return  # the broker away for a while: what is held stays true; asked again later
         if meta.error is not None:
             raise KafkaException(meta.error)
         position = consumer.position([TopicPartition(topic, 0)])[0].offset

@@ -10,7 +10,8 @@ import re
 from datetime import UTC, datetime, timedelta
 
 _PLAIN = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,3})?$")
-_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?(Z|[+-]\d{2}:\d{2})$")
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?"
+                  r"(Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$")  # (Python reads +00:60 as +01:00)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 FORMAT_HELP = ("YYYY-MM-DD hh:mm:ss (UTC) or ISO-8601 with an offset, "
