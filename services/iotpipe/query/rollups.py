@@ -244,7 +244,8 @@ class RollupIndex:
 
     def _follow(self) -> None:
         """Read the topic from its beginning and follow it; if it is lost (deleted, truncated,
-        unreachable), forget everything (windows are read raw) and start again."""
+        or its records refused), forget everything (windows are read raw) and start again. A
+        broker away for a while loses nothing: what is held stays true."""
         topic, lost = self.settings.rollup_topic, False
         while not self._stop.is_set():
             consumer: Consumer | None = None
