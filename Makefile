@@ -40,7 +40,7 @@ up: install
 	$(PY) -m iotpipe up
 
 down:
-	@test -x $(PY) && $(PY) -m iotpipe down || echo "nothing to stop (no venv)"
+	@if test -x $(PY); then $(PY) -m iotpipe down; else echo "nothing to stop (no venv)"; fi
 
 stop: down
 

@@ -26,6 +26,9 @@ def run(settings: Settings, stop: StopFlag) -> int:
     log.info("simulating %d devices (%s), %g readings/s in all, seqs from %d, to %s",
              len(fleet.devices), ", ".join(settings.sensors), total_rate,
              fleet.devices[0].seq, settings.kafka.bootstrap)
+    # no seq is sent before its time (seq / rate): a fleet restarted at once starts above
+    # every seq the last one sent (see SensorFleet)
+    stop.wait(max(0.0, fleet.devices[0].seq / settings.sensor_rate_hz - time.time()))
     start, emitted, last_publish = time.monotonic(), 0, 0.0
     while not stop.is_set():
         now = time.monotonic()

@@ -60,8 +60,9 @@ def producer_config(settings: Settings) -> dict[str, object]:
 class SensorFleet:
     def __init__(self, settings: Settings, seed: int | None = None,
                  first_seq: int | None = None) -> None:
-        """`first_seq` defaults to now x rate: a restarted fleet never reuses a seq, because a
-        device sends once a round, and rounds never run ahead of now x rate."""
+        """`first_seq` defaults to now x rate, + 1: a restarted fleet never reuses a seq,
+        because a device sends once a round, and rounds never run ahead of now x rate (the
+        first waits for its time: see sensors.__main__.run)."""
         self.settings = settings
         if first_seq is None:
             first_seq = int(time.time() * settings.sensor_rate_hz) + 1
@@ -113,7 +114,7 @@ class SensorFleet:
         random order."""
         s = self.settings
         devices, n_dev = self.devices, len(self.devices)
-        produce, poll = self.producer.produce, self.producer.poll
+        poll = self.producer.poll
         rnd, encode, Reading = self.rng.random, wire.encode, wire.Reading
         dup, late = s.duplicate_rate, s.late_rate
         ts = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -133,13 +134,7 @@ class SensorFleet:
             if copies == 2:
                 prom.DUPLICATES_INJECTED.labels(d.sensor).inc()
             for _ in range(copies):
-                while True:
-                    try:
-                        produce(d.topic, raw, d.key, timestamp=ts)
-                        break
-                    except BufferError:  # local queue full (long outage): wait for room
-                        poll(0.1)
-            self.produced[d.topic] += copies
+                self._produce(d.topic, d.key, raw, ts)
         poll(0)
         self.release_late(force=False)
 
@@ -147,8 +142,18 @@ class SensorFleet:
         """Send held-back readings whose delay is over (all of them when `force`)."""
         now = time.monotonic()
         while self._late and (force or self._late[0][0] <= now):
-            _, _, topic, key, raw, ts = heapq.heappop(self._late)
-            self.producer.produce(topic, raw, key, timestamp=ts)
+            _, _, topic, key, raw, ts = self._late[0]
+            self._produce(topic, key, raw, ts)
+            heapq.heappop(self._late)
+
+    def _produce(self, topic: str, key: bytes, raw: bytes, ts: int) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, raw, key, timestamp=ts)
+                break
+            except BufferError:  # local queue full (long outage): wait for room
+                self.producer.poll(0.1)
+        self.produced[topic] += 1
 
     def publish_metrics(self) -> None:
         """Bring the Prometheus counters up to date (cheap, once a second)."""

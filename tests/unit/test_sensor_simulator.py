@@ -1,0 +1,77 @@
+"""The simulator's own bookkeeping, against a stand-in producer: seqs across a restart, and
+held-back readings through a full queue. (Sending to a real broker: the integration tests.)"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, ClassVar
+
+import pytest
+
+from iotpipe.core.stopping import StopFlag
+from iotpipe.sensors import fleet as fleet_module
+from iotpipe.sensors.__main__ import run
+from iotpipe.sensors.fleet import SensorFleet
+from kafka_helpers import settings_for
+
+RATE_HZ = 20  # 50 ms a round: a seq's time (seq / rate) is a whole millisecond
+
+
+class _Producer:
+    """Keeps what it is given; `full` produce() calls raise BufferError first."""
+
+    sent: ClassVar[list[tuple[int, int]]] = []  # (seq, Kafka timestamp ms), every fleet
+    full = 0
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        pass
+
+    def produce(self, topic: str, value: bytes, key: bytes, timestamp: int) -> None:
+        if _Producer.full:
+            _Producer.full -= 1
+            raise BufferError("Local: Queue full")
+        _Producer.sent.append((json.loads(value)["seq"], timestamp))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def producer(monkeypatch: pytest.MonkeyPatch) -> type[_Producer]:
+    _Producer.sent, _Producer.full = [], 0
+    monkeypatch.setattr(fleet_module, "Producer", _Producer)
+    return _Producer
+
+
+def test_a_simulator_restarted_at_once_never_sends_a_seq_again(
+        producer: type[_Producer]) -> None:
+    """Each seq is sent at or after its time (seq / rate), so the next process, whose first
+    seq is the one after now x rate, starts above all of them (the README: never reuse one)."""
+    settings = settings_for("127.0.0.1:9", sensors="temperature",
+                            sensor_rate_hz=str(RATE_HZ), devices_per_sensor="1")
+    for _ in range(3):  # stopped after 2-3 rounds, started again at once
+        stop = StopFlag()
+        threading.Timer(0.12, stop.set).start()
+        assert run(settings, stop) == 0
+    seqs = [seq for seq, _ in producer.sent]
+    assert len(seqs) >= 6 and len(set(seqs)) == len(seqs), seqs
+    for seq, stamp in producer.sent:
+        assert seq * 1000 <= stamp * RATE_HZ, f"seq {seq} sent at {stamp} ms, before its time"
+
+
+def test_a_held_back_reading_waits_for_room_in_the_queue(producer: type[_Producer]) -> None:
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="2",
+                            late_rate="1", late_delay_seconds="0")
+    fleet = SensorFleet(settings, seed=1, first_seq=10)
+    fleet.emit(2, now_ms=1_000)  # both held back
+    producer.full = 3
+    fleet.release_late(force=True)
+    assert sorted(producer.sent) == [(10, 1_000), (10, 1_000)]
+    assert fleet.produced == {settings.topic("temperature"): 2}
