@@ -29,11 +29,21 @@ def test_defaults_are_valid_and_documented_values() -> None:
     ({"IOTPIPE_QUERY_PORT": "70000"}, "must be between 0 and 65535"),
     ({"IOTPIPE_ALLOWED_LATENESS_SECONDS": "0"}, "must be between 0.001 and 86400"),
     ({"IOTPIPE_TYPO": "1"}, "unknown setting(s): IOTPIPE_TYPO"),
+    ({"IOTPIPE_KAFKA_BOOTSTRAP": "127.0.0.1:"}, "each server must be host:port (port 1 to"),
+    ({"IOTPIPE_KAFKA_BOOTSTRAP": "a:9092,b:99999"}, "each server must be host:port"),
+    ({"IOTPIPE_KAFKA_HEAP": "64m"}, "IOTPIPE_KAFKA_HEAP='64m' must be a JVM size of at least"),
+    ({"IOTPIPE_KAFKA_HEAP": "1 g"}, "must be a JVM size"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as e:
         Settings.from_env(env)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("bootstrap", ["kafka", "a:1,b:65535", "SASL_SSL://k.example:9093",
+                                       "[::1]:9092", "10.0.0.1:9092, 10.0.0.2:9092"])
+def test_bootstrap_servers_as_librdkafka_takes_them(bootstrap: str) -> None:
+    assert Settings.from_env({"IOTPIPE_KAFKA_BOOTSTRAP": bootstrap}).kafka.bootstrap == bootstrap
 
 
 def test_the_build_tools_variables_are_not_taken_for_typos() -> None:

@@ -112,7 +112,8 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_SPARK_JARS", "", "comma-separated Kafka connector jars (set by the launcher)"),
     # Local stack
     ("IOTPIPE_DATA_DIR", ".data", "where the local broker keeps its log and state"),
-    ("IOTPIPE_KAFKA_HEAP", "512m", "heap of the local broker JVM"),
+    ("IOTPIPE_KAFKA_HEAP", "512m",
+     "heap of the local broker JVM (a JVM size of at least `128m`, e.g. `1g`)"),
 )
 
 
@@ -151,6 +152,32 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 def _port(env: Mapping[str, str], name: str) -> int:
     return _number(env, name, int, 0, 65535)
 
+
+# a bootstrap server as librdkafka takes it: [protocol://]host[:port] (9092 when omitted),
+# the host a name, an IPv4 address or a bracketed IPv6 one
+_SERVER = re.compile(r"^(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s,:/\[\]]+)(?::(\d{1,5}))?$")
+_HEAP = re.compile(r"^(\d{1,7})([kKmMgG])$")
+_HEAP_MIB = {"k": 1 / 1024, "m": 1, "g": 1024}
+
+
+def _bootstrap(env: Mapping[str, str]) -> str:
+    raw = _read(env, "IOTPIPE_KAFKA_BOOTSTRAP") or "127.0.0.1:9092"
+    for server in raw.split(","):
+        m = _SERVER.match(server.strip())
+        if m is None or (m.group(1) is not None and not 1 <= int(m.group(1)) <= 65535):
+            raise SettingsError(f"IOTPIPE_KAFKA_BOOTSTRAP={raw!r}: each server must be "
+                                "host:port (port 1 to 65535), comma-separated")
+    return raw
+
+
+def _heap(env: Mapping[str, str]) -> str:
+    """A JVM heap size of at least the broker's start size (-Xms128m), e.g. 512m or 1g."""
+    raw = _read(env, "IOTPIPE_KAFKA_HEAP")
+    m = _HEAP.match(raw)
+    if m is None or int(m.group(1)) * _HEAP_MIB[m.group(2).lower()] < 128:
+        raise SettingsError(f"IOTPIPE_KAFKA_HEAP={raw!r} must be a JVM size of at least "
+                            "128m, e.g. 512m or 1g")
+    return raw
 
 def _sensors(env: Mapping[str, str]) -> tuple[str, ...]:
     raw = _read(env, "IOTPIPE_SENSORS")
@@ -297,7 +324,7 @@ class Settings:
             raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (see README)")
         n = _number
         kafka = KafkaSettings(
-            bootstrap=_read(env, "IOTPIPE_KAFKA_BOOTSTRAP") or "127.0.0.1:9092",
+            bootstrap=_bootstrap(env),
             security_protocol=_choice(env, "IOTPIPE_KAFKA_SECURITY_PROTOCOL",
                                       ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
             sasl_mechanism=_read(env, "IOTPIPE_KAFKA_SASL_MECHANISM"),
@@ -359,7 +386,7 @@ class Settings:
             stream_console=_flag(env, "IOTPIPE_STREAM_CONSOLE"),
             spark_jars=jars,
             data_dir=_read(env, "IOTPIPE_DATA_DIR"),
-            kafka_heap=_read(env, "IOTPIPE_KAFKA_HEAP"),
+            kafka_heap=_heap(env),
         )
 
 

@@ -45,7 +45,11 @@ class StackError(RuntimeError):
 
 
 def _port_of(bootstrap: str) -> int:
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    """The local broker's port (Settings checked the form; 9092 when none is given)."""
+    server = bootstrap.split(",")[0].strip()
+    host, colon, port = server.rpartition(":")
+    if not colon or "]" in port:  # no port (IPv6 brackets end the host)
+        host, port = server, "9092"
     if host not in ("127.0.0.1", "localhost"):
         raise StackError(f"the local stack runs its broker on loopback, not {bootstrap}")
     return int(port)
