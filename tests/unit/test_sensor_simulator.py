@@ -8,6 +8,7 @@ import threading
 from typing import Any, ClassVar
 
 import pytest
+from confluent_kafka import KafkaError
 
 from iotpipe.core.stopping import StopFlag
 from iotpipe.sensors import fleet as fleet_module
@@ -75,3 +76,24 @@ def test_a_held_back_reading_waits_for_room_in_the_queue(producer: type[_Produce
     fleet.release_late(force=True)
     assert sorted(producer.sent) == [(10, 1_000), (10, 1_000)]
     assert fleet.produced == {settings.topic("temperature"): 2}
+
+
+def test_the_broker_is_up_again_once_readings_are_acknowledged(
+        producer: type[_Producer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy fleet's queue is never empty: readings acknowledged since the last look say the
+    broker is back (the dashboard's gauge stayed at 0)."""
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="10")
+    fleet = SensorFleet(settings, seed=1, first_seq=10)
+    queued = [10]
+    monkeypatch.setattr(_Producer, "__len__", lambda self: queued[0])
+    fleet.emit(10, now_ms=1_000)
+    fleet.publish_metrics()
+    fleet._error(KafkaError(KafkaError._TRANSPORT))
+    fleet.emit(10, now_ms=2_000)
+    queued[0] = 20  # nothing acknowledged
+    fleet.publish_metrics()
+    assert fleet.broker_up is False
+    fleet.emit(10, now_ms=3_000)
+    queued[0] = 12  # 18 acknowledged, 12 queued
+    fleet.publish_metrics()
+    assert fleet.broker_up is True

@@ -73,6 +73,7 @@ class SensorFleet:
         self.failed: Counter[str] = Counter()  # given up (delivery reports come only for these)
         self._published: Counter[str] = Counter()
         self.broker_up = True
+        self._acked_before = 0  # readings acknowledged at the last publish_metrics
         self._late: list[tuple[float, int, str, bytes, bytes, int]] = []
         self._next = 0
         self.producer = Producer(producer_config(settings) | {
@@ -158,9 +159,12 @@ class SensorFleet:
     def publish_metrics(self) -> None:
         """Bring the Prometheus counters up to date (cheap, once a second)."""
         in_flight = len(self.producer)
-        if in_flight == 0 and not self.broker_up:
+        # a reading acknowledged since the last look: a busy fleet's queue is never empty
+        delivered = self.produced.total() - self.failed.total() - in_flight
+        if not self.broker_up and (in_flight == 0 or delivered > self._acked_before):
             self.broker_up = True
-            log.warning("broker reachable again; buffered readings delivered")
+            log.warning("broker reachable again; buffered readings being delivered")
+        self._acked_before = delivered
         acked = self.acknowledged()
         for sensor in self.settings.sensors:
             topic = self.settings.topic(sensor)
