@@ -117,6 +117,7 @@ def test_wrong_method_and_unknown_route_are_json(client: FlaskClient) -> None:
     resp = client.get("/compute/metrics")
     assert resp.status_code == 405
     assert resp.get_json()["errors"][0].startswith("Method Not Allowed")
+    assert "POST" in resp.headers["Allow"] and resp.content_type == "application/json"
     resp = client.get("/nope")
     assert resp.status_code == 404
     assert resp.get_json()["result"] == {}

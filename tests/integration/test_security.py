@@ -33,7 +33,7 @@ def test_wrong_or_missing_token_is_401(secured: FlaskClient, header: str | None)
                          ("get", "/openapi.json")):
         resp = getattr(secured, method)(path, json={"temperature": ["count"]} | WINDOW,
                                         headers=headers)
-        assert resp.status_code == 401
+        assert resp.status_code == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
         assert resp.get_json() == {"result": {}, "errors": ["Missing or wrong bearer token"]}
 
 

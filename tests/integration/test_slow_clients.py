@@ -4,6 +4,7 @@ Requests the server cannot parse get their error in the API's JSON envelope too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import statistics
@@ -125,6 +126,37 @@ def test_connections_past_the_limit_are_refused_at_once(server: tuple[str, int])
         # (a few of the last held ones may have been refused if the server still counted a
         # connection of an earlier test that it had not yet seen closed)
         assert all(nothing_received_yet(s) for s in held[:-5])
+
+
+def test_a_client_that_reads_none_of_its_answers_is_cut_off(server: tuple[str, int]) -> None:
+    """gunicorn waits for room to write without a limit: a client that never reads (here a
+    thousand pipelined requests for the API's document, far more than the sockets buffer)
+    would hold its connection for ever; it is cut off after the read deadline, so reading
+    afterwards finds far fewer answers than it asked for (all of them, without the cut)."""
+    _, port = server
+    asked = 1000
+    with ExitStack() as stack:
+        hog = stack.enter_context(socket.socket())
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.connect(("127.0.0.1", port))
+        hog.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: test\r\n\r\n" * asked)
+        time.sleep(DEADLINE_S + 5)  # reading nothing
+        hog.settimeout(60)
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := hog.recv(1 << 20):
+                data += chunk
+        assert 0 < data.count(b"HTTP/1.1 200 OK") < asked / 2
+
+
+def test_a_client_that_closed_its_sending_side_gets_its_answer(
+        server: tuple[str, int], dataset: Dataset) -> None:
+    _, port = server
+    with ExitStack() as stack:
+        sock = connect(stack, port, HEAD % len(BODY) + BODY)
+        sock.shutdown(socket.SHUT_WR)
+        status, body, _ = read_response(sock, 60)
+        assert (status, body) == (200, expected(dataset))
 
 
 @pytest.mark.parametrize(("request_bytes", "status", "error"), [

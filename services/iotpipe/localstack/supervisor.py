@@ -38,7 +38,7 @@ class Program:
 
 PROGRAMS: dict[str, Program] = {
     "broker": Program(10, 30),
-    "query": Program(20, 30),
+    "query": Program(20, 45),  # gunicorn's graceful timeout (gunicorn_conf), and a margin
     "stream": Program(30, 60),
     "sensors": Program(40, 40),  # flushes its producer (up to 30 s) before it exits
 }

@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None,
             return None
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, b"Bearer " + token):
-            return envelope({}, ["Missing or wrong bearer token"], 401)
+            refused = envelope({}, ["Missing or wrong bearer token"], 401)
+            refused.headers["WWW-Authenticate"] = "Bearer"  # (RFC 9110: a 401 says which)
+            return refused
         return None
 
     @app.after_request
@@ -67,8 +69,13 @@ def create_app(settings: Settings | None = None,
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:
-        """404, 405, 413... as JSON envelopes, never HTML."""
-        return envelope({}, [f"{e.name}: {e.description}"], e.code or 500)
+        """404, 405, 413... as JSON envelopes, never HTML; with their headers (a 405's
+        Allow)."""
+        answer = envelope({}, [f"{e.name}: {e.description}"], e.code or 500)
+        for name, value in e.get_headers():
+            if name.lower() != "content-type":
+                answer.headers[name] = value
+        return answer
 
     @app.errorhandler(Exception)
     def _crash(e: Exception) -> Response:

@@ -115,13 +115,17 @@ async def _send_408(send: Send, deadline_s: float) -> None:
 
 
 class BoundedProtocol(ASGIProtocol):
-    """gunicorn's HTTP/1 connection with a header deadline and a per-worker connection limit.
+    """gunicorn's HTTP/1 connection with a header deadline, a write deadline and a per-worker
+    connection limit.
 
     Kept-alive connections already have gunicorn's keep-alive timer until their next request's
-    headers are complete; the deadline here covers a new connection's first request.
+    headers are complete; the header deadline covers a new connection's first request. A
+    client that stops reading its answers (gunicorn waits for room to write without a limit)
+    is cut off after the same deadline, so it cannot hold a connection for ever.
     """
 
     _deadline: asyncio.TimerHandle | None = None
+    _write_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -137,7 +141,35 @@ class BoundedProtocol(ASGIProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._writable()
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        """A client that closed its sending side after its request's headers still gets the
+        answer (True: keep the connection); an idle one is closed as before."""
+        return True if self._current_request is not None else None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_deadline is None:
+            seconds = self.app.settings.query_read_deadline_s
+            self._write_deadline = self.worker.loop.call_later(seconds, self._not_reading,
+                                                               seconds)
+
+    def resume_writing(self) -> None:
+        self._writable()
+        super().resume_writing()
+
+    def _writable(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _not_reading(self, seconds: float) -> None:
+        self._write_deadline = None
+        log.info("a client read nothing of its answers for %gs; closing", seconds)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _disarm(self) -> None:
         if self._deadline is not None:

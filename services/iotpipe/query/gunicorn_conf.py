@@ -28,7 +28,10 @@ asgi_lifespan = "off"
 # threads, and asyncio's spent most of it under load (a dependency; a test checks it is used)
 asgi_loop = "uvloop"
 timeout = int(_s.query_deadline_s) + 10  # a worker is killed only well after its deadline
-graceful_timeout = 10
+# a stop lets the requests under way finish: a body read and the request's deadline
+graceful_timeout = int(_s.query_read_deadline_s + _s.query_deadline_s) + 5
+# a request whose client left is dropped at once, not run for nobody (queued for a thread)
+asgi_disconnect_grace_period = 0
 keepalive = 5
 limit_request_line = 4094
 limit_request_fields = 50
