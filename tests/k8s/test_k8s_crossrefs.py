@@ -159,6 +159,10 @@ def test_users_write_only_their_own_topic(rendering: Rendering) -> None:
         else:
             assert name.endswith("-query") and not writes, f"{name} must only read"
             assert prefix + "rollups" in reads, name
+            # the retention notes: topic configs of every sensor topic it reads
+            topics = {a["resource"]["name"] for a in acls if a["resource"]["type"] == "topic"}
+            assert {a["resource"]["name"] for a in acls if "DescribeConfigs" in a["operations"]
+                    } == topics - {prefix + "rollups"}
     users = {u["metadata"]["name"] for u in rendering.of_kind("KafkaUser")}
     secure = rendering.values["kafka"]["security"]["enabled"]
     assert ({"iotpipe-stream", "iotpipe-query"} <= users) == secure
