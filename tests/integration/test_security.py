@@ -25,8 +25,9 @@ def secured(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Flask
     return create_app(settings).test_client()
 
 
-@pytest.mark.parametrize("header", [None, "Bearer wrong", f"bearer {TOKEN}", TOKEN,
-                                    f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}"])
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", TOKEN,
+                                    f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}",
+                                    f"Bearer {TOKEN.upper()}", f"Bearer  {TOKEN}"])
 def test_wrong_or_missing_token_is_401(secured: FlaskClient, header: str | None) -> None:
     headers = {"Authorization": header} if header else {}
     for method, path in (("post", "/compute/metrics"), ("get", "/metrics"),
@@ -38,10 +39,11 @@ def test_wrong_or_missing_token_is_401(secured: FlaskClient, header: str | None)
 
 
 def test_right_token_passes_and_health_stays_open(secured: FlaskClient) -> None:
-    resp = secured.post("/compute/metrics", json={"temperature": ["count"]} | WINDOW,
-                        headers={"Authorization": f"Bearer {TOKEN}"})
-    assert resp.status_code == 200
-    assert resp.get_json()["result"] == {"temperature": {"count": 61}}
+    for scheme in ("Bearer", "bearer", "BEARER"):  # (a scheme's case does not matter)
+        resp = secured.post("/compute/metrics", json={"temperature": ["count"]} | WINDOW,
+                            headers={"Authorization": f"{scheme} {TOKEN}"})
+        assert resp.status_code == 200
+        assert resp.get_json()["result"] == {"temperature": {"count": 61}}
     assert secured.get("/health").status_code == 200
 
 

@@ -51,8 +51,9 @@ def create_app(settings: Settings | None = None,
         g.received = request.environ.get(RECEIVED) or time.time()
         if token is None or request.path in OPEN_ROUTES:
             return None
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, b"Bearer " + token):
+        scheme, _, given = request.headers.get("Authorization", "").encode().partition(b" ")
+        # the scheme's case does not matter (RFC 9110); the token's does
+        if not (scheme.lower() == b"bearer" and hmac.compare_digest(given, token)):
             refused = envelope({}, ["Missing or wrong bearer token"], 401)
             refused.headers["WWW-Authenticate"] = "Bearer"  # (RFC 9110: a 401 says which)
             return refused
