@@ -179,6 +179,7 @@ def _heap(env: Mapping[str, str]) -> str:
                             "128m, e.g. 512m or 1g")
     return raw
 
+
 def _sensors(env: Mapping[str, str]) -> tuple[str, ...]:
     raw = _read(env, "IOTPIPE_SENSORS")
     names = tuple(s.strip() for s in raw.split(",") if s.strip())

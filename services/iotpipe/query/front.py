@@ -136,12 +136,12 @@ class BoundedProtocol(ASGIProtocol):
         self._deadline = self.worker.loop.call_later(seconds, self._headers_late, seconds)
 
     def _on_headers_complete(self) -> bool:
-        self._disarm()
+        self._deadline = _cancel(self._deadline)
         return super()._on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        self._writable()
+        self._deadline = _cancel(self._deadline)
+        self._write_deadline = _cancel(self._write_deadline)
         super().connection_lost(exc)
 
     def eof_received(self) -> bool | None:
@@ -157,24 +157,14 @@ class BoundedProtocol(ASGIProtocol):
                                                                seconds)
 
     def resume_writing(self) -> None:
-        self._writable()
+        self._write_deadline = _cancel(self._write_deadline)
         super().resume_writing()
-
-    def _writable(self) -> None:
-        if self._write_deadline is not None:
-            self._write_deadline.cancel()
-            self._write_deadline = None
 
     def _not_reading(self, seconds: float) -> None:
         self._write_deadline = None
         log.info("a client read nothing of its answers for %gs; closing", seconds)
         if self.transport is not None:
             self.transport.abort()
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
 
     def _headers_late(self, seconds: float) -> None:
         self._deadline = None
@@ -204,6 +194,13 @@ class BoundedProtocol(ASGIProtocol):
         self._safe_write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
                          .encode("latin-1") + body)
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> asyncio.TimerHandle | None:
+    """Cancel a deadline if one is set; None, for the attribute that held it."""
+    if timer is not None:
+        timer.cancel()
+    return None
 
 
 class QueryWorker(gasgi.ASGIWorker):

@@ -105,7 +105,6 @@ class _Chunk:
         return WindowAggregate(count=n, total=total, minimum=lo, maximum=hi, shift=mean,
                                s1=0.0, s2=m2)
 
-
     @staticmethod
     def _int_in(extremes: array[float], is_int: array[int], x: float, i: int, j: int) -> bool:
         """Whether a bucket of [i, j) whose extreme is `x` had it as an integer."""

@@ -115,7 +115,6 @@ class SensorFleet:
         random order."""
         s = self.settings
         devices, n_dev = self.devices, len(self.devices)
-        poll = self.producer.poll
         rnd, encode, Reading = self.rng.random, wire.encode, wire.Reading
         dup, late = s.duplicate_rate, s.late_rate
         ts = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -136,7 +135,7 @@ class SensorFleet:
                 prom.DUPLICATES_INJECTED.labels(d.sensor).inc()
             for _ in range(copies):
                 self._produce(d.topic, d.key, raw, ts)
-        poll(0)
+        self.producer.poll(0)
         self.release_late(force=False)
 
     def release_late(self, force: bool) -> None:

@@ -111,8 +111,12 @@ class StreamState:
         up), or None if it was folded before (a replay: nothing changed). Call
         `drop_final_buckets` once they are published."""
         if batch_id <= self.batch_id:
-            if batch_id == self.batch_id and rows:  # replayed after a restart (see _replayed)
-                self._replayed(rows)
+            if batch_id == self.batch_id and rows:
+                # the last batch folded, run again by Spark (the app stopped after the state
+                # was saved, before Spark committed it): Spark sets its watermark after it
+                # with the lateness now set, maybe longer than when it was folded; the
+                # watermark before it is `rollups_final_ms`
+                self.watermark_ms = self._after(self.rollups_final_ms, rows)
             return None
         if self.rollups_since is None and self.totals:
             # a state saved before rollups existed: its buckets up to here were never
@@ -124,8 +128,7 @@ class StreamState:
         self.rollups_final_ms = max(self.rollups_final_ms, self.watermark_ms, 0)
         touched: dict[tuple[str, int], BucketStats] = {}
         if rows:
-            self.watermark_ms = max(self.watermark_ms, max(r.max_event_ms for r in rows)
-                                    - self.lateness_ms)
+            self.watermark_ms = self._after(self.watermark_ms, rows)
         for r in rows:
             x = r.stats
             self.totals.setdefault(r.sensor, Stats()).fold(x.count, x.total, x.minimum,
@@ -152,13 +155,9 @@ class StreamState:
                                          self.rollup_ms))
         return records
 
-    def _replayed(self, rows: list[BatchRow]) -> None:
-        """The last batch folded, run again by Spark (the app stopped after the state was saved,
-        before Spark committed the batch): Spark sets its watermark after it with the lateness
-        now set, which may be longer than when it was folded. `rollups_final_ms` is the
-        watermark before the batch (see fold_batch)."""
-        self.watermark_ms = max(self.rollups_final_ms,
-                                max(r.max_event_ms for r in rows) - self.lateness_ms)
+    def _after(self, watermark_ms: int, rows: list[BatchRow]) -> int:
+        """Spark's watermark after a batch of rows, from the one before it."""
+        return max(watermark_ms, max(r.max_event_ms for r in rows) - self.lateness_ms)
 
     def drop_final_buckets(self) -> None:
         """Forget the buckets whose final value has been published: the state stays bounded."""
