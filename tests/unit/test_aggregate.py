@@ -278,3 +278,43 @@ def test_an_integer_wins_a_tie_with_an_equal_float_in_any_order(
         merged.merge(part)
     for agg in (whole, batches, merged):
         assert (repr(agg.metric("min")), repr(agg.metric("max"))) == ("5", "7")
+
+
+def test_integer_stddev_is_exact_whole_or_merged_from_parts() -> None:
+    """Integer readings far from zero with a small spread: merging the parts of several scans
+    (partitions, reader processes) keeps the sums exact, so every way of reading them gives
+    the same standard deviation as one pass, the exact one rounded."""
+    rng = random.Random(5)
+    xs = [10**12 + p + rng.randint(0, 4) for p in range(3) for _ in range(2000)]
+    whole = WindowAggregate()
+    whole.add_many(xs)
+    assert whole.metric("stddev") == statistics.pstdev(xs)
+    for parts in (2, 3, 7):
+        merged = WindowAggregate()
+        for k in range(parts):
+            part = WindowAggregate()
+            part.add_many(xs[k::parts])
+            merged.merge(part)
+        assert merged.metric("stddev") == whole.metric("stddev"), parts
+        assert merged.metric("average") == statistics.mean(xs)
+
+
+@pytest.mark.parametrize("batches", [[[0, 1.5], [2 * 10**154]],
+                                     [[-10**308], [1.5], [10**308]],
+                                     [[7], [0.5], [10**308, 10**308]]])
+def test_huge_integers_after_a_float_never_raise(batches: list[list[int | float]]) -> None:
+    """A batch of integers past the range of a double's square, after a float in an earlier
+    batch (the sums are doubles by then): the variance overflows to the API's "overflowed"
+    rather than raising, batch by batch or merged from parts."""
+    values = [v for batch in batches for v in batch]
+    by_batch, merged = WindowAggregate(), WindowAggregate()
+    for batch in batches:
+        by_batch.add_many(batch)
+        part = WindowAggregate()
+        part.add_many(batch)
+        merged.merge(part)
+    for agg in (by_batch, merged):
+        for metric in METRICS:
+            agg.metric(metric)  # none raises
+        assert (agg.count, agg.metric("max")) == (len(values), max(values))
+        assert not math.isfinite(agg.metric("stddev"))

@@ -119,6 +119,10 @@ def _extreme(pick: Callable[[Iterable[int | float]], int | float],
     return x
 
 
+def _integers(*xs: int | float) -> bool:
+    return all(type(x) is int for x in xs)
+
+
 def _finite(x: int | float) -> bool:
     return type(x) is int or math.isfinite(x)
 
@@ -178,7 +182,8 @@ class WindowAggregate:
             total = _rounded(sum(map(Fraction, values), Fraction(0)))
         self.count += n
         self.total = _plus(self.total, total)
-        if type(total) is int and type(shift) is int:  # all ints: the same sums, exactly
+        if type(total) is int and _integers(shift, self.s1, self.s2):  # all ints so far:
+            # the same sums, exactly
             self.s1 += total - n * shift
             self.s2 += sum(map(mul, values, values)) - 2 * shift * total + n * shift * shift
             return
@@ -241,16 +246,20 @@ class WindowAggregate:
             self.shift, self.s1, self.s2 = other.shift, other.s1, other.s2
             return
         n_a, n_b = self.count, other.count
-        mean_a, m2_a = self._moments()
-        mean_b, m2_b = other._moments()
-        n = n_a + n_b
-        mean = mean_a + (mean_b - mean_a) * n_b / n
-        m2 = merged_m2(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
-        self.count, self.total = n, _plus(self.total, other.total)
+        if _integers(self.shift, self.s1, self.s2, other.shift, other.s1, other.s2):
+            # integers only: the other's sums re-expressed around this shift, exactly
+            d = other.shift - self.shift
+            self.s1, self.s2 = (self.s1 + other.s1 + n_b * d,
+                                self.s2 + other.s2 + 2 * d * other.s1 + n_b * d * d)
+        else:  # re-expressed as shifted sums around the merged mean: s1 = 0, s2 = M2
+            mean_a, m2_a = self._moments()
+            mean_b, m2_b = other._moments()
+            mean = mean_a + (mean_b - mean_a) * n_b / (n_a + n_b)
+            m2 = merged_m2(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
+            self.shift, self.s1, self.s2 = mean, 0.0, m2
+        self.count, self.total = n_a + n_b, _plus(self.total, other.total)
         self.minimum = _extreme(min, (self.minimum, other.minimum))
         self.maximum = _extreme(max, (self.maximum, other.maximum))
-        # re-express as shifted sums around the merged mean: s1 = 0, s2 = M2
-        self.shift, self.s1, self.s2 = mean, 0.0, m2
 
     def metric(self, name: str) -> int | float | None:
         """One metric as the API returns it; None (JSON null) for an empty window."""
