@@ -104,18 +104,33 @@ class ScanPool:
     def submit(self, job: ScanJob, messages: int) -> cf.Future[dict[str, SensorScan]]:
         if not self._in_processes(messages):
             return self._threads.submit(self._reader.scan, job)
+        pool = self._process_pool()
         try:
-            return self._process_pool().submit(_scan_in_reader_process, job)
+            future = pool.submit(_scan_in_reader_process, job)
         except BrokenProcessPool:  # a reader died between requests: start fresh ones
-            self.reset()
-            return self._process_pool().submit(_scan_in_reader_process, job)
+            self.reset(pool)
+            pool = self._process_pool()
+            future = pool.submit(_scan_in_reader_process, job)
+        future.add_done_callback(lambda f: self._reset_if_broken(f, pool))
+        return future
+
+    def _reset_if_broken(self, future: cf.Future[dict[str, SensorScan]],
+                         pool: cf.ProcessPoolExecutor) -> None:
+        """A reader died during this scan: the next scans go to fresh ones."""
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            self.reset(pool)
 
     def submit_rows(self, job: ScanJob) -> cf.Future[dict[tuple[str, int], list[Row]]]:
         return self._threads.submit(self._reader.read_rows, job)
 
-    def reset(self) -> None:
+    def reset(self, broken: cf.ProcessPoolExecutor | None = None) -> None:
+        """Stop the reader processes; given the pool that broke, only if they are still it
+        (not the fresh ones another request has started meanwhile)."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool = self._pool
+            if broken is not None and pool is not broken:
+                return
+            self._pool = None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -281,8 +296,8 @@ class WindowMetricsService:
         except cf.TimeoutError:
             future.cancel()
             raise ScanTimeout("partition scan did not finish before the deadline") from None
-        except BrokenProcessPool:
-            self.scans.reset()
+        except (BrokenProcessPool, cf.CancelledError):  # (the pool was reset as it broke;
+            # cancelled: the service is stopping)
             raise ReaderLost("a reader process stopped during the scan; new ones are started") \
                 from None
         except UnknownTopic as e:  # deleted while being read
