@@ -391,11 +391,17 @@ def test_a_shorter_lateness_after_a_restart_calls_no_bucket_final_before_spark_d
     assert (written[t].count, written[t].total) == (11, 13.0)
 
 
+def _broker_away(records: object) -> None:
+    raise OSError("broker away")
+
+
+@pytest.mark.parametrize("failure", [None, "publish", "restart"])
 def test_a_batch_replayed_with_a_longer_lateness_calls_no_bucket_final_before_spark_does(
-        tmp_path: Path) -> None:
+        tmp_path: Path, failure: str | None) -> None:
     """The app stopped after batch 1's state was saved, before Spark committed it, and starts
     with a longer lateness: Spark runs batch 1 again and sets its watermark after it with the
-    new lateness; the state's final mark must follow it, not the one folded with the old."""
+    new lateness; the state's final mark must follow it, not the one folded with the old,
+    also once the state went back to the one saved (a failed publish, another restart)."""
     path, t = tmp_path / "state.json", 10 * R
     published: list[wire.Bucket | wire.Progress] = []
     store = StateStore(path, R, 30_000, R)
@@ -403,6 +409,11 @@ def test_a_batch_replayed_with_a_longer_lateness_calls_no_bucket_final_before_sp
     store.fold(1, _row("t", [t + 150_000], [2.0]), published.extend)
     store = StateStore(path, R, 60_000, R)  # restarted with IOTPIPE_ALLOWED_LATENESS 60 s
     store.fold(1, _row("t", [t + 150_000], [2.0]), published.extend)  # the replay: skipped
+    if failure:  # the next batch's first publish fails (the state goes back to the one saved)
+        with pytest.raises(OSError):
+            store.fold(2, _row("t", [t + 151_000], [3.0]), _broker_away)
+    if failure == "restart":
+        store = StateStore(path, R, 60_000, R)
     store.fold(2, _row("t", [t + 151_000], [3.0]), published.extend)
     # Spark's watermark after batch 1 is now t + 90 s: batch 3 lets t + 100 s in
     store.fold(3, _row("t", [t + 100_000], [4.0]), published.extend)

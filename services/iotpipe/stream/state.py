@@ -253,8 +253,11 @@ class StateStore:
         folded already (its readings would be lost)."""
         with self.lock:
             try:
+                watermark = self.state.watermark_ms
                 records = self.state.fold_batch(batch_id, rows)
                 if records is None:  # folded and saved before: a replay
+                    if self.state.watermark_ms != watermark:  # set with a longer lateness now:
+                        self.save()  # kept, should the state go back to the one saved
                     return
                 publish(records)
                 self.state.drop_final_buckets()
