@@ -163,6 +163,8 @@ def test_a_client_that_closed_its_sending_side_gets_its_answer(
     (b"garbage\r\n\r\n", 400, "Invalid request line"),
     (b"POST /compute/metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n{", 400,
      "Content-Length"),
+    (b"POST /compute/metrics HTTP/1.1\r\nHost: t\r\nContent-Length: " + b"1" * 5000
+     + b"\r\n\r\n{", 400, "out of range"),
     (b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", 431,
      "header field is too large"),
     (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "line is too large"),

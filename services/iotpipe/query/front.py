@@ -174,6 +174,17 @@ class BoundedProtocol(ASGIProtocol):
         self._refuse(408, f"Request Timeout: the headers did not arrive within {seconds:g} "
                           "seconds")
 
+    def _handle_h1c_exception(self, e: Exception) -> bool:
+        """Also a header value gunicorn's parser cannot convert (a Content-Length of more digits
+        than Python turns into an int): 400, not a dropped connection and a logged traceback."""
+        if super()._handle_h1c_exception(e):
+            return True
+        if not isinstance(e, ValueError):
+            return False
+        self._send_error_response(400, "Invalid request: a header's value is out of range")
+        self._close_transport()
+        return True
+
     def _refuse(self, status: int, error: str) -> None:
         """Answer with the JSON envelope and close, whatever the client has sent so far."""
         self._send_error_response(status, error)
