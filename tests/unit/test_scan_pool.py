@@ -52,3 +52,30 @@ def test_a_late_reader_failure_leaves_the_fresh_pool_alone() -> None:
             service._wait(failed, time.time() + 5)
     third.set_result({})
     assert service._wait(third, time.time() + 5) == {}
+
+
+def test_a_reader_process_ends_with_the_worker_that_started_it() -> None:
+    """A worker killed with SIGKILL leaves no reader process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from iotpipe.localstack.processes import pid_alive
+
+    reader = ("from iotpipe.query.service import exit_with_parent; import time; "
+              "exit_with_parent(0.1); time.sleep(60)")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; "
+         f"p = subprocess.Popen([sys.executable, '-c', {reader!r}]); "
+         "print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    child = int(worker.stdout.readline())
+    time.sleep(1.5)  # (the reader imports the service module, then watches)
+    assert pid_alive(child)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+    deadline = time.monotonic() + 10
+    while pid_alive(child):
+        assert time.monotonic() < deadline, "the reader outlived its worker"
+        time.sleep(0.1)

@@ -51,10 +51,24 @@ _process_reader: KafkaWindowReader | None = None
 
 def _init_reader_process(kafka: KafkaSettings, topics: list[str]) -> None:
     global _process_reader
+    exit_with_parent()
     _process_reader = KafkaWindowReader(kafka, large=True)
     _process_reader.warm_up(topics, {MEDIUM: 1, LARGE: 1})  # one scan at a time
     gc.freeze()
     gc.set_threshold(*READER_GC_THRESHOLDS)
+
+
+def exit_with_parent(every_s: float = 0.5) -> None:
+    """End this process once the one that started it is gone: a worker killed with SIGKILL
+    (gunicorn's timeout, the kernel's OOM killer) cannot stop its reader processes itself."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _reader_ready(_: int) -> bool:
