@@ -47,9 +47,14 @@ def test_right_token_passes_and_health_stays_open(secured: FlaskClient) -> None:
     assert secured.get("/health").status_code == 200
 
 
-def test_short_or_missing_token_file_refuses_to_start(dataset: Dataset, tmp_path: Path) -> None:
+def test_short_missing_or_unsendable_token_refuses_to_start(dataset: Dataset,
+                                                           tmp_path: Path) -> None:
+    """A token a client could not send as it is (not RFC 6750's characters: a header is
+    Latin-1 to the server, UTF-8 to a client) would refuse every request."""
     (tmp_path / "short").write_text("abc")
-    for path in (tmp_path / "short", tmp_path / "missing"):
+    (tmp_path / "unsendable").write_text("0123456789abcdef-tökén")
+    (tmp_path / "spaced").write_text("0123456789 abcdef-token")
+    for path in [tmp_path / name for name in ("short", "missing", "unsendable", "spaced")]:
         settings = dataset.settings.__class__(**{**dataset.settings.__dict__,
                                                 "api_token_file": str(path)})
         with pytest.raises(SettingsError, match="IOTPIPE_API_TOKEN_FILE"):

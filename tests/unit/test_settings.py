@@ -76,3 +76,26 @@ def test_sasl_ssl_maps_to_both_client_kinds(tmp_path) -> None:
 def test_every_variable_has_help_and_a_valid_default() -> None:
     assert all(v.help for v in ENV_VARS.values())
     Settings.from_env({name: v.default for name, v in ENV_VARS.items()})
+
+
+def test_lateness_in_milliseconds_is_the_one_written() -> None:
+    """Seconds with a millisecond part become exactly those milliseconds (a double's 1.001 *
+    1000 is 1000.9999999999999: truncated, a reading exactly that late would count as late)."""
+    for ms in range(1, 5001):
+        env = {"IOTPIPE_ALLOWED_LATENESS_SECONDS": f"{ms // 1000}.{ms % 1000:03d}"}
+        assert Settings.from_env(env).allowed_lateness_ms == ms
+
+
+@pytest.mark.parametrize("host,bind", [("127.0.0.1", "127.0.0.1:5000"), ("0.0.0.0", "0.0.0.0:5000"),
+                                       ("::", "[::]:5000"), ("::1", "[::1]:5000")])
+def test_gunicorn_binds_ipv4_and_ipv6_hosts(monkeypatch: pytest.MonkeyPatch, host: str,
+                                            bind: str) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setenv("IOTPIPE_QUERY_HOST", host)
+    sys.modules.pop("iotpipe.query.gunicorn_conf", None)
+    try:
+        assert importlib.import_module("iotpipe.query.gunicorn_conf").bind == bind
+    finally:
+        sys.modules.pop("iotpipe.query.gunicorn_conf", None)

@@ -83,8 +83,8 @@ ENV_VARS: dict[str, EnvVar] = _vars(
      "answer the whole buckets inside a window from the rollup topic (false: scan readings)"),
     ("IOTPIPE_MAX_WINDOW_SECONDS", "2678400", "longest window a request may ask for"),
     ("IOTPIPE_MAX_BODY_BYTES", "65536", "largest request body accepted"),
-    ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token (16 characters or more); when set, "
-     "the API requires it"),
+    ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token (16 characters or more, of "
+     "letters, digits and -._~+/=); when set, the API requires it"),
     ("IOTPIPE_LOG_FORMAT", "text", "text or json"),
     ("IOTPIPE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     # Sensor simulator
@@ -313,7 +313,7 @@ class Settings:
 
     @property
     def allowed_lateness_ms(self) -> int:
-        return int(self.allowed_lateness_s * 1000)
+        return round(self.allowed_lateness_s * 1000)  # (int() would make 1.001 s 1000 ms)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

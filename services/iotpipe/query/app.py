@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 
 from flask import Flask, Response, g, request
@@ -18,6 +19,7 @@ from iotpipe.query.service import WindowMetricsService
 
 log = logging.getLogger(__name__)
 OPEN_ROUTES = ("/health",)
+_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750's bearer token
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -31,6 +33,9 @@ def _token(settings: Settings) -> bytes | None:
         raise SettingsError(f"IOTPIPE_API_TOKEN_FILE: cannot read: {e}") from None
     if len(token) < 16:
         raise SettingsError("IOTPIPE_API_TOKEN_FILE: the token must have 16 characters or more")
+    if not _B64TOKEN.fullmatch(token):  # any other byte could never be sent as it is
+        raise SettingsError("IOTPIPE_API_TOKEN_FILE: the token may hold only letters, digits "
+                            "and - . _ ~ + / (then = at its end), as RFC 6750 allows")
     return token
 
 
