@@ -4,6 +4,7 @@ restart history read from supervisord's log."""
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,25 @@ def test_restarts_and_last_exit_count_from_the_latest_supervisord_start(tmp_path
     assert Supervisor(tmp_path).history() == {
         "broker": (0, ""), "sensors": (2, "terminated by SIGKILL; not expected")}
     assert Supervisor(tmp_path / "nowhere").history() == {}
+
+
+def test_leftovers_are_only_this_checkouts(tmp_path: Path) -> None:
+    """A supervisord left behind is found by its whole config path: that of another checkout
+    whose path ends the same way is not this stack's to stop."""
+    import subprocess
+    import sys
+
+    mine = Supervisor(tmp_path / "work" / "main" / ".data" / "run")
+    other = tmp_path / "home" / str(tmp_path / "work" / "main" / ".data" / "run").lstrip("/")
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                               "supervisor.supervisord", "-c", str(conf)])
+             for conf in (other / "supervisord.conf", mine.conf)]
+    try:
+        deadline = time.monotonic() + 10
+        while (found := mine.leftovers()) == {} and time.monotonic() < deadline:
+            time.sleep(0.05)  # (until the children's command lines are in /proc)
+        assert found == {"supervisord": [procs[1].pid]}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -205,12 +205,13 @@ class Supervisor:
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 env = (proc / "environ").read_bytes().split(b"\0")
-                cmd = (proc / "cmdline").read_bytes()
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
             if int(proc.name) == me:
                 continue
-            if str(self.conf).encode() in cmd and b"supervisord" in cmd:
+            # its config path as one whole argument: that of another checkout may end alike
+            if str(self.conf).encode() in cmd and b"supervisor.supervisord" in cmd:
                 found.setdefault("supervisord", []).append(int(proc.name))
             elif marker in env:
                 name = next((e.split(b"=", 1)[1].decode() for e in env
