@@ -68,7 +68,7 @@ test: install lint tools images-engine
 # Speed and memory figures (a table with a same-run baseline and ratios) -> docs/benchmarks.md.
 bench: install
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[stream,dev,bench]'
-	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	command -v wrk >/dev/null || scripts/apt-install wrk
 	$(PY) -m iotpipe.bench --out docs/benchmarks.md $(BENCH_ARGS)
 
 include k8s.mk
@@ -83,10 +83,5 @@ images-down:
 
 # Debian's Docker Engine and mmdebstrap (stand-in bases); the package must not start a daemon.
 images-engine:
-	@command -v dockerd >/dev/null && command -v mmdebstrap >/dev/null || { \
-		added=; test -e /usr/sbin/policy-rc.d || { \
-			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
-			chmod +x /usr/sbin/policy-rc.d; added=1; }; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends docker.io mmdebstrap; ok=$$?; \
-		test -z "$$added" || rm -f /usr/sbin/policy-rc.d; exit $$ok; }
+	@command -v dockerd >/dev/null && command -v mmdebstrap >/dev/null || \
+		scripts/apt-install docker.io mmdebstrap

