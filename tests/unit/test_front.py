@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 
 from flask import Flask, request
@@ -48,3 +50,48 @@ def test_flask_is_told_when_the_request_was_whole() -> None:
     answer = flask.json.loads(body["body"])
     assert answer["body"] == "hello world"
     assert before + 0.1 <= answer["received"] <= after  # after the last part, not the first
+
+
+def test_health_is_answered_while_every_thread_is_busy() -> None:
+    """The readiness probe's /health does not queue behind requests waiting for a thread (a
+    broker away holds each for its timeout): a busy pod stays in its Service."""
+    flask = Flask(__name__)
+    release = threading.Event()
+
+    @flask.post("/stamp")
+    def slow() -> dict[str, object]:
+        release.wait(30)
+        return {}
+
+    app = BufferedApp(flask, Settings.from_env({"IOTPIPE_QUERY_THREADS": "1"}))
+
+    def scope(method: str, path: str) -> Message:
+        return {"type": "http", "http_version": "1.1", "method": method, "scheme": "http",
+                "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                "headers": [], "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 1)}
+
+    async def ask(method: str, path: str) -> list[Message]:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app(scope(method, path), receive, send)
+        return sent
+
+    async def both() -> tuple[list[Message], list[Message], bool]:
+        busy = [asyncio.create_task(ask("POST", "/stamp")) for _ in range(2)]
+        await asyncio.sleep(0.2)  # one holds the only thread, the other waits for it
+        health = await asyncio.wait_for(ask("GET", "/health"), 5)
+        still_busy = not any(task.done() for task in busy)
+        release.set()
+        await asyncio.gather(*busy)
+        return health, (await busy[0]), still_busy
+
+    health, answered, still_busy = asyncio.run(both())
+    assert still_busy and answered[0]["status"] == 200
+    assert health[0]["status"] == 200 and json.loads(health[1]["body"]) == {"status": "Healthy!"}
+    assert (b"content-type", b"application/json") in health[0]["headers"]

@@ -17,6 +17,7 @@ from iotpipe.query.service import WindowMetricsService
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 RECEIVED = "iotpipe.received"  # WSGI environ: time.time() when the front had the whole request
+HEALTHY = json.dumps({"status": "Healthy!"})
 
 
 def envelope(result: Mapping[str, object], errors: list[str], status: int) -> Response:
@@ -27,7 +28,7 @@ def envelope(result: Mapping[str, object], errors: list[str], status: int) -> Re
 
 @bp.route("/health", methods=["GET"])
 def health() -> Response:
-    return Response(json.dumps({"status": "Healthy!"}), mimetype="application/json")
+    return Response(HEALTHY, mimetype="application/json")
 
 
 @bp.route("/openapi.json", methods=["GET"])

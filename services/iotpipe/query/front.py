@@ -24,7 +24,8 @@ from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
 from iotpipe.core.settings import Settings
-from iotpipe.query.api import RECEIVED, envelope
+from iotpipe.query import metrics as prom
+from iotpipe.query.api import HEALTHY, RECEIVED, envelope
 from iotpipe.query.app import create_app
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ class BufferedApp:
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1000})
+        if scope["method"] == "GET" and scope["path"] == "/health":
+            # answered here, not behind the requests waiting for a Flask thread: a busy pod
+            # taken out of its Service (readiness) would only move its load to the others
+            prom.REQUESTS.labels("GET", "/health", "200").inc()
+            return await _send_json(send, 200, HEALTHY.encode())
         limit = self.settings.max_body_bytes
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         body = b""
@@ -107,10 +113,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
 async def _send_408(send: Send, deadline_s: float) -> None:
     error = f"Request Timeout: the body did not arrive within {deadline_s:g} seconds"
     body = envelope({}, [error], 408).get_data()  # the API's envelope, as Flask would send
-    await send({"type": "http.response.start", "status": 408,
+    await _send_json(send, 408, body, (b"connection", b"close"))
+
+
+async def _send_json(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]
+                     ) -> None:
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"content-length", b"%d" % len(body)), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
