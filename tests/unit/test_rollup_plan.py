@@ -527,3 +527,28 @@ def test_a_client_that_cannot_be_made_is_tried_again(monkeypatch: pytest.MonkeyP
         assert index.plan(["t"], 0, 10 * R - 1).rolled["t"].count == 2
     finally:
         index.close()
+
+
+@pytest.mark.usefixtures("quick")
+def test_the_lag_gauge_says_when_no_rollups_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the topic is lost (deleted) no bucket is final and every window is read raw: the
+    lag is +Inf, so its alert fires, rather than the last value held staying on."""
+    from prometheus_client import REGISTRY
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("iotpipe_query_rollup_lag_seconds")
+
+    broker = _Broker(None)
+    monkeypatch.setattr(rollups, "Consumer", broker.consumer)
+    index = RollupIndex(settings_for("127.0.0.1:1", rollup_seconds="60")).start()
+    try:
+        assert index.loaded.wait(5) and broker.checked_thrice.wait(5)
+        assert lag() == pytest.approx(time.time() - 10 * R / 1000, abs=30)  # final: 10 R
+        broker.check_error = KafkaError.UNKNOWN_TOPIC_OR_PART
+        deadline = time.monotonic() + 5
+        while lag() != math.inf:
+            assert time.monotonic() < deadline, lag()
+            time.sleep(0.01)
+        assert index.plan(["t"], 0, 10 * R - 1).raw == [(0, 10 * R - 1)]
+    finally:
+        index.close()

@@ -29,7 +29,8 @@ WINDOWS = Counter(
     "iotpipe_query_windows", "Windows answered, by path: rollups (whole buckets from the "
     "rollup topic, plus raw edges) or raw (readings only)", ["path"])
 ROLLUP_LAG = Gauge(
-    "iotpipe_query_rollup_lag_seconds", "Now minus the end of the newest final rollup bucket",
+    "iotpipe_query_rollup_lag_seconds", "Now minus the end of the newest final rollup bucket "
+    "(+Inf while none is held: windows are read from the readings)",
     multiprocess_mode="livemax")
 ROLLUP_MALFORMED = Counter(
     "iotpipe_query_rollup_records_malformed", "Rollup records that could not be read (their "

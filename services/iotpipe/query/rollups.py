@@ -269,8 +269,7 @@ class RollupIndex:
                     if lost:
                         log.info("rollup topic %s read again", topic)
                         lost = False
-                    if (lag := self.lag_s()) is not None:
-                        prom.ROLLUP_LAG.set(lag)
+                    self._report_lag()
             except Exception as e:  # also no client (an unreadable password file, CA file)
                 if is_missing(e):  # no topic to read (yet): nothing to wait for
                     self.loaded.set()
@@ -279,10 +278,17 @@ class RollupIndex:
                                 "readings until it is back", topic, e)
                 lost = True
                 self._clear()
+                self._report_lag()
                 self._stop.wait(RETRY_S)
             finally:
                 if consumer is not None:
                     consumer.close()
+
+    def _report_lag(self) -> None:
+        """+Inf while nothing is final (the topic lost, or no progress read yet): windows are
+        then read from the readings, which the gauge's alert is there to say."""
+        lag = self.lag_s()
+        prom.ROLLUP_LAG.set(math.inf if lag is None else lag)
 
     def _check(self, consumer: Consumer, topic: str) -> None:
         """A deleted topic sends a follower no error: ask for it. One recreated since (its
