@@ -121,7 +121,8 @@ class Rendering:
         return merged
 
 
-def render(value_set: str) -> Rendering:
+def render(value_set: str, *overrides: str) -> Rendering:
+    """The chart rendered with a values set (and more `--set` overrides)."""
     result = run(
         [
             tool("helm"),
@@ -133,6 +134,7 @@ def render(value_set: str) -> Rendering:
             "--kube-version",
             KUBE_VERSION,
             *helm_args(value_set),
+            *(arg for o in overrides for arg in ("--set", o)),
         ]
     )
     assert result.returncode == 0, result.stderr

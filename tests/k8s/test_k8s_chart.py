@@ -166,8 +166,8 @@ def test_read_only_root_has_writable_tmp(rendering: Rendering) -> None:
 
 
 def test_query_probes_use_health(rendering: Rendering) -> None:
-    """Start-up and readiness ask /health; liveness only the listener: /health waits for a
-    thread of the worker, and a busy (not broken) pod must not be restarted."""
+    """Start-up and readiness ask /health; liveness only the listener: a worker at its
+    connection limit answers 503, and a busy (not broken) pod must not be restarted."""
     query = rendering.one("Deployment", "iotpipe-query")["spec"]["template"]["spec"]
     c = query["containers"][0]
     http = ("http", c["ports"][0]["containerPort"])
@@ -205,3 +205,40 @@ def test_kafka_volumes_are_writable_and_kept(renderings: dict[str, Rendering]) -
     assert default["storage"]["volumes"][0]["deleteClaim"] is False
     dev = renderings["kind"].one("KafkaNodePool", "iotpipe-dual-role")["spec"]
     assert dev["storage"]["volumes"][0]["deleteClaim"] is True
+
+
+def test_query_pods_leave_their_service_before_they_stop(rendering: Rendering) -> None:
+    """gunicorn closes its listener at SIGTERM, while proxies still route to the pod until they
+    see its endpoint go: a preStop pause first, and the grace period covers it and gunicorn's
+    own (the body's and the request's deadlines + 5 s)."""
+    from iotpipe.core.settings import Settings
+
+    pod = rendering.one("Deployment", "iotpipe-query")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 3
+    env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+    s = Settings.from_env({k: v for k, v in env.items() if k.startswith("IOTPIPE_QUERY_")
+                           and "DEADLINE" in k})
+    assert int(command[1]) + s.query_read_deadline_s + s.query_deadline_s + 5 < pod[
+        "terminationGracePeriodSeconds"]
+
+
+def test_a_sensor_is_never_sent_by_two_pods(rendering: Rendering) -> None:
+    sensors = [d for d in rendering.of_kind("Deployment")
+               if d["metadata"]["labels"].get("iotpipe.dev/sensor")]
+    assert len(sensors) == len(rendering.values["sensors"])
+    assert all(d["spec"]["strategy"] == {"type": "Recreate"} for d in sensors)
+
+
+def test_the_stream_checkpoint_outlives_the_release_only_with_kafkas_data(
+        rendering: Rendering) -> None:
+    """Kept with volumes Kafka keeps (the offsets it holds point into them); deleted with
+    them otherwise, or the stream would resume at offsets of topics made anew."""
+    (claim,) = [d for d in rendering.of_kind("PersistentVolumeClaim")
+                if d["metadata"]["name"].endswith("-checkpoint")]
+    storage = rendering.values["kafka"]["storage"]
+    kept = storage["type"] == "persistent-claim" and not storage["deleteClaim"]
+    policy = claim["metadata"].get("annotations", {}).get("helm.sh/resource-policy")
+    assert policy == ("keep" if kept else None)
+    assert kept == (rendering.name == "default")  # the dev clusters' values delete Kafka's

@@ -243,3 +243,16 @@ def test_alerts_fire_on_synthetic_series(renderings: dict, tmp_path: Path) -> No
     path = tmp_path / "alerts-test.yaml"
     path.write_text(yaml.safe_dump(test))
     _promtool("test", "rules", path)
+
+
+def test_without_the_stream_no_alert_asks_for_its_metrics() -> None:
+    """The stream exports the readings counted and its lag: without it, "no data" would fire
+    for every sensor for ever, and the stream's rules would wait for nothing."""
+    from k8s_support import render
+
+    on, off = alert_rules(render("default")), alert_rules(render("default", "stream.enabled=false"))
+    from_stream = [r["alert"] for r in on if any(
+        n.startswith(("iotpipe_stream_", "iotpipe_sensor_")) for n in metric_names(r["expr"]))]
+    assert "IotpipeSensorNoData" in from_stream and "IotpipeStreamLagGrowing" in from_stream
+    assert {r["alert"] for r in off} == {r["alert"] for r in on} - set(from_stream)
+    assert {"IotpipeQueryErrorRate", "IotpipeRollupsBehind"} <= {r["alert"] for r in off}
