@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
                         f.write(b"\0" * 512)
                 except OSError as e:
                     assert e.strerror == NO_SPACE
-        else:
+        else:  # (said in the run's summary: only the write probes meet a full disk)
+            warnings.warn("no tmpfs could be mounted (not root?): a full disk is simulated "
+                          "by write probes linked to /dev/full", stacklevel=1)
             (mount / "ckpt" / ".write-probe").symlink_to("/dev/full")
             (mount / "kafka" / ".write-probe").symlink_to("/dev/full")
         yield mount

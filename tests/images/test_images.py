@@ -172,11 +172,12 @@ def test_stream_image_exports_the_counts(
                           container.log)
         for sensor in settings.sensors:
             assert got[("iotpipe_sensor_value_max", sensor)] == max(expected.values(sensor))
-        assert expected.duplicates == dict.fromkeys(settings.sensors, 1)
+        assert expected.duplicates == dict.fromkeys(settings.sensors, 1)  # (the test data)
         url = f"http://127.0.0.1:{port}/metrics"
-        _wait("one malformed message per sensor", lambda: all(
+        _wait("one malformed message and one repeat per sensor", lambda: all(
             scrape(url).get(("iotpipe_stream_malformed_messages_total", s)) == 1
-            for s in settings.sensors), container, 120)
+            and scrape(url).get(("iotpipe_stream_duplicate_readings_total", s))
+            == expected.duplicates[s] for s in settings.sensors), container, 120)
         assert container.error_lines() == []
     finally:
         container.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import re
 import statistics
 import subprocess
@@ -50,16 +51,26 @@ def test_prototype_request_over_http(server: str, dataset: Dataset) -> None:
 
 
 def test_metrics_merge_all_workers(server: str) -> None:
-    for _ in range(4):
-        http_post_json(f"{server}/compute/metrics", {"from": "x", "to": "y"})
-    status, text = http_get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
-    assert status == 200
-    lines = [line for line in text.decode().splitlines()
-             if line.startswith('iotpipe_http_requests_total{method="POST"')
-             and 'status="400"' in line]
-    assert len(lines) == 1 and float(lines[0].split()[-1]) >= 4
-    assert "iotpipe_http_request_duration_seconds_bucket" in text.decode()
-    promtool_check(text.decode())
+    """40 requests at once, on their own connections, so that both workers take some: the
+    master's count rises by exactly 40 (one worker's files alone would count fewer)."""
+    def refused() -> tuple[float, str]:
+        status, text = http_get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
+        assert status == 200
+        lines = [line for line in text.decode().splitlines()
+                 if line.startswith('iotpipe_http_requests_total{method="POST"')
+                 and 'status="400"' in line]
+        assert len(lines) <= 1
+        return (float(lines[0].split()[-1]) if lines else 0.0), text.decode()
+
+    before, _ = refused()
+    with cf.ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _: http_post_json(
+            f"{server}/compute/metrics", {"from": "x", "to": "y"}, 30)[0], range(40)))
+    assert answers == [400] * 40
+    after, text = refused()
+    assert after - before == 40
+    assert "iotpipe_http_request_duration_seconds_bucket" in text
+    promtool_check(text)
 
 
 def helm_test(api: str, stream: str, **env: str) -> subprocess.CompletedProcess[str]:

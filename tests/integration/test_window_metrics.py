@@ -31,12 +31,13 @@ def _ask(client: FlaskClient, sensors: list[str], from_ms: int, to_ms: int,
 
 
 def _same(got: dict, want: dict) -> None:
-    assert got.keys() == {k for k in want if k in got}
-    for k, v in got.items():
-        if isinstance(v, float) or isinstance(want[k], float):
-            assert v == pytest.approx(want[k], rel=1e-9, abs=1e-9), k
+    """Every metric asked (ALL), each equal to the reference's."""
+    assert set(got) == set(ALL) <= set(want), got
+    for k in ALL:
+        if isinstance(got[k], float) or isinstance(want[k], float):
+            assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-9), k
         else:
-            assert v == want[k], k
+            assert got[k] == want[k], k
 
 
 @pytest.mark.parametrize("start,end", [(0, 209_000), (60_000, 120_000), (60_001, 119_999),

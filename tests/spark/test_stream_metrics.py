@@ -67,6 +67,7 @@ def test_gauges_equal_reference(spark: SparkSession, bootstrap: str, tmp_path: P
                          + rng.sample(rs[-10:], 5))
     phase(first)
     _run(spark, settings)
+    marked = expected.max_event - settings.allowed_lateness_ms  # Spark's watermark by now
     # phase 2 (a restarted app, same checkpoint): late readings, repeats, newer readings
     second = {sensor: [Reading(f"{sensor}-0", sensor, 1000 + i, T0 + 10_000 + i * 100, 999)
                        for i in range(7)]
@@ -79,7 +80,6 @@ def test_gauges_equal_reference(spark: SparkSession, bootstrap: str, tmp_path: P
 
     for sensor in settings.sensors:  # the test data does what it says
         assert expected.late[sensor] >= 27 and expected.duplicates[sensor] >= 5
-    state = runner.store.state
     for sensor in settings.sensors:
         values = expected.values(sensor)
         assert _sample(runner, "iotpipe_sensor_readings_total", sensor=sensor) == len(values)
@@ -93,13 +93,27 @@ def test_gauges_equal_reference(spark: SparkSession, bootstrap: str, tmp_path: P
                        sensor=sensor) == expected.late[sensor]
         assert _sample(runner, "iotpipe_stream_duplicate_readings_total",
                        sensor=sensor) == expected.duplicates[sensor]
-        for which, (start_ms, _stats) in state.current_and_closed(sensor).items():
-            window = expected.window(sensor, start_ms)
-            assert _sample(runner, "iotpipe_sensor_window_readings", sensor=sensor,
-                           window=which) == len(window)
+        # current: the window of the newest reading; closed: the latest one ending at or
+        # before the final mark, which lies between Spark's watermark after phase 1 and
+        # the newest reading less the lateness (whether Spark ran a batch without data)
+        w = settings.window_s * 1000
+        starts = sorted({r.ts // w * w for r in expected.seen.values() if r.sensor == sensor})
+        final_max = expected.max_event - settings.allowed_lateness_ms
+        closed = {max(s for s in starts if s + w <= marked)} | {
+            s for s in starts if marked < s + w <= final_max}
+        shown = {which: _sample(runner, "iotpipe_sensor_window_start_seconds", sensor=sensor,
+                                window=which) for which in ("current", "closed")}
+        assert shown["current"] == starts[-1] / 1000 and shown["closed"] in {
+            s / 1000 for s in closed}, (shown, starts, closed)
+        for which, start_s in shown.items():
+            assert start_s is not None
+            window = expected.window(sensor, int(start_s * 1000))
+            for name, want in (("readings", len(window)), ("value_min", min(window)),
+                               ("value_max", max(window))):
+                assert _sample(runner, f"iotpipe_sensor_window_{name}", sensor=sensor,
+                               window=which) == want, (which, name)
             assert _sample(runner, "iotpipe_sensor_window_value_mean", sensor=sensor,
                            window=which) == pytest.approx(sum(window) / len(window))
-    assert state.current_and_closed("temperature").keys() == {"current", "closed"}
     exposition = generate_latest(_registry(runner)).decode()
     assert 'iotpipe_stream_kafka_offsets_behind{topic="' in exposition
 
