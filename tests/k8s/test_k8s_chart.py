@@ -242,3 +242,17 @@ def test_the_stream_checkpoint_outlives_the_release_only_with_kafkas_data(
     policy = claim["metadata"].get("annotations", {}).get("helm.sh/resource-policy")
     assert policy == ("keep" if kept else None)
     assert kept == (rendering.name == "default")  # the dev clusters' values delete Kafka's
+
+
+def test_spark_executors_hold_no_api_token(rendering: Rendering) -> None:
+    """Only the driver talks to the API server (it makes the executor pods); an executor runs
+    tasks on untrusted messages, so its account has no token and no binding."""
+    accounts = {d["metadata"]["name"]: d for d in rendering.of_kind("ServiceAccount")}
+    bound = {s["name"] for b in rendering.of_kind("RoleBinding") for s in b["subjects"]}
+    for role, spec, _ in spark_roles(rendering):
+        account = accounts[spec["serviceAccount"]]
+        if role == "executor":
+            assert account["automountServiceAccountToken"] is False
+            assert account["metadata"]["name"] not in bound
+        else:
+            assert account["metadata"]["name"] in bound
