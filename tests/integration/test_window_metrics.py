@@ -9,6 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
+from iotpipe.core import wire
 from iotpipe.core.wire import Reading
 from iotpipe.query import service as service_module
 from iotpipe.query.api import RECEIVED
@@ -211,5 +212,34 @@ def test_repeats_in_another_partition_count_once_from_memory(bootstrap: str) -> 
             result = _ask(client, ["pressure"], BASE_MS + lo, BASE_MS + lo + 10_000)
             _same(result["pressure"], reference(rs, BASE_MS + lo, BASE_MS + lo + 10_000))
         assert app.extensions["iotpipe.service"].cache.messages() > 0
+    finally:
+        app.extensions["iotpipe.service"].close()
+
+
+@pytest.mark.parametrize("cache", ["0", "250000"])
+def test_a_reading_stamped_far_after_its_message_is_malformed(bootstrap: str,
+                                                              cache: str) -> None:
+    """A device clock far ahead (the year 9999 in a message written at its time) is refused as
+    malformed: counted in, it would make every later reading of its partition late."""
+    settings = settings_for(bootstrap, unique_prefix(), sensors="pressure",
+                            query_cache_messages=cache)
+    create_topics(settings, partitions=1)
+    rs = [Reading("pressure-0", "pressure", s, BASE_MS + s * 1000, s % 13) for s in range(120)]
+    ahead = Reading("pressure-9", "pressure", 0, wire.MAX_TS_MS, 99)
+    produce(bootstrap, settings.topic("pressure"),
+            [*rs[:40], (wire.encode(ahead), rs[39].ts), *rs[40:]])
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+
+        def malformed() -> float:
+            return REGISTRY.get_sample_value("iotpipe_query_malformed_messages_total",
+                                             {"sensor": "pressure"}) or 0.0
+
+        for lo, hi in [(0, 119_000), (30_000, 90_000), (30_000, 90_000)]:
+            before = malformed()
+            result = _ask(client, ["pressure"], BASE_MS + lo, BASE_MS + hi)
+            _same(result["pressure"], reference(rs, BASE_MS + lo, BASE_MS + hi))
+            assert malformed() - before == 1
     finally:
         app.extensions["iotpipe.service"].close()

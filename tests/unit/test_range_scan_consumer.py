@@ -61,9 +61,18 @@ class StandInConsumer:
                 if at not in self.logs[p]:
                     break
                 out.append(Message(topic=TOPIC, partition=p, offset=at,
-                                   value=self.logs[p][at], timestamp=(1, T0)))
+                                   value=self.logs[p][at], timestamp=(1, _stamp(
+                                       self.logs[p][at]))))
                 self.at[p] = at + 1
         return out
+
+
+def _stamp(value: bytes) -> int:
+    """The message timestamp a producer keeping the wire format gives: the reading's ts."""
+    try:
+        return wire.decode(value).ts
+    except wire.MalformedReading:
+        return T0
 
 
 Logs = dict[int, dict[int, bytes]]

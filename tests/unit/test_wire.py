@@ -202,12 +202,13 @@ def test_edge_cases_agree_with_the_reference(raw: bytes) -> None:
 @given(st.lists(st.one_of(readings.map(wire.encode), st.none(), st.binary(max_size=40)),
                 max_size=20), st.sampled_from(["t", "h"]))
 def test_decode_many_equals_one_by_one(raws: list[bytes | None], sensor: str) -> None:
-    valid, malformed = wire.decode_many(raws, sensor)
+    valid, malformed = wire.decode_many(raws, sensor, [wire.MAX_TS_MS] * len(raws), 0)
     one_by_one = [_verdict(raw, sensor) for raw in raws]
     assert [(r.device, r.seq, r.ts, r.value) for r in valid] == [v for v in one_by_one if v]
     assert sorted(malformed) == [i for i, v in enumerate(one_by_one) if v is None]
 
 
+T_WRITTEN = 1_700_000_000_000
 _SNIPPETS = ['"d"', '""', '"t"', '"h"', "1", "-1", "0", "1.5", "1e999", "-0.0", "true", "null",
              "[]", '{"seq":-1}', "[1,[2]]", '"\\ud800"', "9" * 4301, "-" + "9" * 4300, "NaN"]
 
@@ -230,3 +231,19 @@ def test_a_device_id_is_at_most_256_characters_not_bytes() -> None:
     longest = wire.Reading("\u00e9" * wire.MAX_DEVICE, "t", 1, 1, 1)  # 512 bytes of UTF-8
     assert wire.decode(wire.encode(longest), "t") == longest
     assert reference(wire.encode(longest), "t") is not None
+
+
+@pytest.mark.parametrize("ts,ok", [(T_WRITTEN, True), (T_WRITTEN - 10**6, True),
+                                   (T_WRITTEN + 30_000, True), (T_WRITTEN + 30_001, False),
+                                   (wire.MAX_TS_MS, False)])
+def test_a_reading_stamped_after_its_message_is_malformed(ts: int, ok: bool) -> None:
+    """The message timestamp must equal ts: a reading later than its message by more than the
+    slack (a clock far ahead) is refused, alone and among valid ones, in any position."""
+    good = [wire.Reading("d", "t", i, T_WRITTEN - i, i) for i in range(5)]
+    odd = wire.Reading("e", "t", 0, ts, 7)
+    for at in (0, 2, 5):
+        batch = [*good[:at], odd, *good[at:]]
+        valid, malformed = wire.decode_many([wire.encode(r) for r in batch], "t",
+                                            [T_WRITTEN] * len(batch), 30_000)
+        assert valid == (batch if ok else good)
+        assert malformed == ({} if ok else {at: wire.AHEAD})

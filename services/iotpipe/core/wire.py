@@ -3,7 +3,10 @@
 Topic = sensor type. Key = device id (UTF-8), so a device's readings stay ordered in one
 partition. Value = compact JSON object
 ``{"device": str, "sensor": str, "seq": int, "ts": int (epoch ms), "value": number}``;
-extra fields are allowed and ignored. The message timestamp (CreateTime) equals ``ts``.
+extra fields are allowed and ignored. The message timestamp (CreateTime) equals ``ts``; a
+reading stamped later than its message by more than a slack (the allowed lateness) is malformed:
+a clock far ahead would make every later reading of its partition late (the broker bounds the
+message timestamps themselves: an hour ahead of its clock, by default).
 (``device``, ``seq``) identifies a reading: ``seq`` grows by one per reading of a device.
 
 msgspec's JSON codec over the typed `Reading` applies every rule. At the edges of JSON: the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from operator import sub
 from typing import Annotated
 
 import msgspec
@@ -114,27 +118,35 @@ def _finite(value: int | float) -> bool:
     return type(value) is not int or -MAX_VALUE <= value <= MAX_VALUE
 
 
-def decode_many(raws: Sequence[bytes | None], sensor: str
-                ) -> tuple[list[Reading], dict[int, str]]:
+def decode_many(raws: Sequence[bytes | None], sensor: str, written: Sequence[int],
+                slack_ms: int) -> tuple[list[Reading], dict[int, str]]:
     """The valid readings of a run of `sensor` messages, in order, and the reason each
-    malformed one was refused, by its index in `raws`; the hot path of the query service."""
+    malformed one was refused, by its index in `raws`; the hot path of the query service.
+    `written`: the messages' timestamps (see the module's doc for `slack_ms`)."""
     texts = [raw for raw in raws if raw is not None]
     try:
         readings = [_decode(raw) for raw in texts]
         if ([r.sensor for r in readings].count(sensor) == len(raws)  # the common case
                 and (b"".join(texts).isascii() or all(map(_utf8, texts)))
                 and (max(map(len, texts), default=0) < 300  # too short for a huge integer
-                     or all(_finite(r.value) for r in readings))):
+                     or all(_finite(r.value) for r in readings))
+                and max(map(sub, [r.ts for r in readings], written), default=0) <= slack_ms):
             return readings, {}
     except (msgspec.MsgspecError, RecursionError):
         pass
     readings, malformed = [], {}
     for i, raw in enumerate(raws):
         try:
-            readings.append(decode(raw, sensor))
+            reading = decode(raw, sensor)
+            if reading.ts - written[i] > slack_ms:
+                raise MalformedReading(AHEAD)
+            readings.append(reading)
         except MalformedReading as e:
             malformed[i] = e.reason
     return readings, malformed
+
+
+AHEAD = "ts later than the message's timestamp"  # (by more than the slack)
 
 
 # Rollup records: what the streaming app writes to the compacted rollup topic and the query

@@ -29,6 +29,7 @@ POLL_S = 0.5
 _topic = cast(Callable[[Message], str], Message.topic)
 _partition = cast(Callable[[Message], int], Message.partition)
 _offset = cast(Callable[[Message], int], Message.offset)
+_timestamp = cast(Callable[[Message], tuple[int, int]], Message.timestamp)
 
 
 # one decoded message: (offset, Kafka timestamp, device or None if malformed, seq, ts,
@@ -191,9 +192,11 @@ class RangeScan:
 
     def _fold_run(self, r: _Range, msgs: list[Message]) -> None:
         """One partition's messages inside its range, decoded together; malformed ones counted."""
-        readings, malformed = wire.decode_many(list(map(Message.value, msgs)), r.sensor)
+        stamps = [t for _, t in map(_timestamp, msgs)]
+        readings, malformed = wire.decode_many(list(map(Message.value, msgs)), r.sensor, stamps,
+                                               self.job.lateness_ms)
         if r.rows is not None:
-            self._keep_rows(r.rows, msgs, readings, malformed)
+            self._keep_rows(r.rows, msgs, stamps, readings, malformed)
             return
         for reason in malformed.values():
             r.agg.count_malformed(reason)
@@ -203,11 +206,11 @@ class RangeScan:
                            [x.value for x in readings])
 
     @staticmethod
-    def _keep_rows(rows: list[Row], msgs: list[Message], readings: list[wire.Reading],
-                   malformed: dict[int, str]) -> None:
+    def _keep_rows(rows: list[Row], msgs: list[Message], stamps: list[int],
+                   readings: list[wire.Reading], malformed: dict[int, str]) -> None:
         valid = iter(readings)
-        for k, msg in enumerate(msgs):
-            offset, stamp = _offset(msg), msg.timestamp()[1]
+        for k, (msg, stamp) in enumerate(zip(msgs, stamps, strict=True)):
+            offset = _offset(msg)
             reason = malformed.get(k)
             if reason is None:
                 x = next(valid)

@@ -36,12 +36,14 @@ DECODED = T.StructType([T.StructField("device", T.StringType()),
 _ARROW = to_arrow_type(DECODED)
 
 
-def decoded_batch(raws: pa.Array, partitions: pa.Array, sensor: str,
+def decoded_batch(raws: pa.Array, partitions: pa.Array, stamps: pa.Array, sensor: str,
                   late_filters: dict[int, LateFilter], lateness_ms: int) -> pa.StructArray:
-    """One Arrow batch of a topic's message values and partitions, in the order the task read
-    them -> one `DECODED` struct per message (a malformed one: valid false, the other fields
-    null). `late_filters`: per partition, what the task's earlier batches left."""
-    readings, malformed = wire.decode_many(raws.to_pylist(), sensor)
+    """One Arrow batch of a topic's message values, partitions and timestamps (epoch ms), in
+    the order the task read them -> one `DECODED` struct per message (a malformed one: valid
+    false, the other fields null). `late_filters`: per partition, what the task's earlier
+    batches left."""
+    readings, malformed = wire.decode_many(raws.to_pylist(), sensor, stamps.to_pylist(),
+                                           lateness_ms)
     rows: Sequence[wire.Reading | None] = readings
     if malformed:
         found = iter(readings)
@@ -70,19 +72,20 @@ def decoded_batch(raws: pa.Array, partitions: pa.Array, sensor: str,
                                       fields=list(_ARROW))
 
 
-def _decoder(sensor: str, lateness_ms: int) -> Callable[[Column, Column], Column]:
-    def decode_values(batches: Iterator[tuple[pa.Array, pa.Array]]
+def _decoder(sensor: str, lateness_ms: int) -> Callable[[Column, Column, Column], Column]:
+    def decode_values(batches: Iterator[tuple[pa.Array, pa.Array, pa.Array]]
                       ) -> Iterator[pa.Array]:  # the hints make it an iterator UDF: one task
         late_filters: dict[int, LateFilter] = {}
-        for raws, partitions in batches:
-            yield decoded_batch(raws, partitions, sensor, late_filters, lateness_ms)
+        for raws, partitions, stamps in batches:
+            yield decoded_batch(raws, partitions, stamps, sensor, late_filters, lateness_ms)
 
     return F.arrow_udf(decode_values, DECODED)  # type: ignore[call-overload]  # hints lag
 
 
 def decode(messages: DataFrame, sensor: str, lateness_ms: int) -> DataFrame:
-    """Records of topic `sensor` (value, partition, in the order each task reads them) -> their
-    other columns and `r` (device, seq, ts, value, valid, exact, late)."""
+    """Records of topic `sensor` (value, partition, timestamp, in the order each task reads
+    them) -> their other columns and `r` (device, seq, ts, value, valid, exact, late)."""
     rest = [c for c in messages.columns if c != "value"]
     udf = _decoder(sensor, lateness_ms)
-    return messages.select(*rest, udf(F.col("value"), F.col("partition")).alias("r"))
+    return messages.select(*rest, udf(F.col("value"), F.col("partition"),
+                                      F.unix_millis(F.col("timestamp"))).alias("r"))
