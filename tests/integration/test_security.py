@@ -13,7 +13,7 @@ from iotpipe.query.app import create_app
 from query_dataset import Dataset
 
 WINDOW = {"from": "2020-01-13 15:12:00", "to": "2020-01-13 15:13:00"}
-TOKEN = "0123456789abcdef-token"
+TOKEN = "0123456789abcdef-token!#$%&*@"  # any printable ASCII but a space
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_right_token_passes_and_health_stays_open(secured: FlaskClient) -> None:
 
 def test_short_missing_or_unsendable_token_refuses_to_start(dataset: Dataset,
                                                            tmp_path: Path) -> None:
-    """A token a client could not send as it is (not RFC 6750's characters: a header is
-    Latin-1 to the server, UTF-8 to a client) would refuse every request."""
+    """A token a client could not send as it is (a space, a control character, non-ASCII: a
+    header is Latin-1 to the server, UTF-8 to a client) would refuse every request."""
     (tmp_path / "short").write_text("abc")
     (tmp_path / "unsendable").write_text("0123456789abcdef-tökén")
     (tmp_path / "spaced").write_text("0123456789 abcdef-token")

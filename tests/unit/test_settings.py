@@ -87,7 +87,8 @@ def test_lateness_in_milliseconds_is_the_one_written() -> None:
 
 
 @pytest.mark.parametrize("host,bind", [("127.0.0.1", "127.0.0.1:5000"), ("0.0.0.0", "0.0.0.0:5000"),
-                                       ("::", "[::]:5000"), ("::1", "[::1]:5000")])
+                                       ("::", "[::]:5000"), ("::1", "[::1]:5000"),
+                                       ("[::]", "[::]:5000"), ("localhost", "localhost:5000")])
 def test_gunicorn_binds_ipv4_and_ipv6_hosts(monkeypatch: pytest.MonkeyPatch, host: str,
                                             bind: str) -> None:
     import importlib

@@ -83,8 +83,8 @@ ENV_VARS: dict[str, EnvVar] = _vars(
      "answer the whole buckets inside a window from the rollup topic (false: scan readings)"),
     ("IOTPIPE_MAX_WINDOW_SECONDS", "2678400", "longest window a request may ask for"),
     ("IOTPIPE_MAX_BODY_BYTES", "65536", "largest request body accepted"),
-    ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token (16 characters or more, of "
-     "letters, digits and -._~+/=); when set, the API requires it"),
+    ("IOTPIPE_API_TOKEN_FILE", "", "file holding a bearer token (16 characters or more, "
+     "printable ASCII without spaces); when set, the API requires it"),
     ("IOTPIPE_LOG_FORMAT", "text", "text or json"),
     ("IOTPIPE_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     # Sensor simulator
@@ -310,6 +310,14 @@ class Settings:
     def rollup_topic(self) -> str:
         """Compacted topic of per-bucket aggregates (not a sensor: "rollups" is no sensor name)."""
         return self.topic_prefix + "rollups"
+
+    @property
+    def query_address(self) -> str:
+        """host:port of the query service, an IPv6 host in brackets (as gunicorn and URLs read
+        it: ":::5000" is no address)."""
+        host = self.query_host
+        return f"[{host}]:{self.query_port}" if ":" in host and not host.startswith("[") \
+            else f"{host}:{self.query_port}"
 
     @property
     def allowed_lateness_ms(self) -> int:

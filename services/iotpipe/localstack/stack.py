@@ -151,7 +151,7 @@ class LocalStack:
         for name in names:
             if name != "broker":
                 self.supervisor.start(name)
-        wait_healthy(f"http://{s.query_host}:{s.query_port}/health", 60,
+        wait_healthy(f"http://{s.query_address}/health", 60,
                      failed=lambda: self._failed("query"))
         self._wait_running(names, START_SECONDS + 60)
 
@@ -216,8 +216,8 @@ class LocalStack:
         board = StatusBoard(self.settings)
         try:
             self.up()
-            print(f"iotpipe is running: API http://{self.settings.query_host}:"
-                  f"{self.settings.query_port}, logs in {self.run_dir}. Ctrl-C stops everything.",
+            print(f"iotpipe is running: API http://{self.settings.query_address}, logs in "
+                  f"{self.run_dir}. Ctrl-C stops everything.",
                   flush=True)
             while True:
                 board.show(self._states())

@@ -87,7 +87,7 @@ class StatusBoard:
         body |= {"from": format_ms(now - 60_000), "to": format_ms(now)}
         try:
             status, payload = http_post_json(
-                f"http://{self.s.query_host}:{self.s.query_port}/compute/metrics", body, 5.0)
+                f"http://{self.s.query_address}/compute/metrics", body, 5.0)
         except OSError:
             return {}
         return payload.get("result", {}) if status == 200 else {}

@@ -17,8 +17,7 @@ from iotpipe.core.settings import Settings
 
 _s = Settings.from_env()
 
-# an IPv6 address in brackets, as gunicorn reads it (":::5000" is no address)
-bind = (f"[{_s.query_host}]" if ":" in _s.query_host else _s.query_host) + f":{_s.query_port}"
+bind = _s.query_address
 workers = _s.query_workers
 # an asyncio worker reads requests; Flask runs in a pool of IOTPIPE_QUERY_THREADS threads
 # once a request is whole (see iotpipe.query.front)
