@@ -130,8 +130,9 @@ def test_alerts_use_exposed_metrics(rendering: Rendering, exposed: set) -> None:
         "IotpipeSensorNoData",
         "IotpipeStreamLagGrowing",
         "IotpipeQueryErrorRate",
-        "IotpipeRollupsBehind",
     } <= alerts
+    rolled = rendering.values["query"]["rollups"] and rendering.values["stream"]["enabled"]
+    assert ("IotpipeRollupsBehind" in alerts) == rolled
     for rule in alert_rules(rendering):
         names = metric_names(rule["expr"])
         assert names and names <= exposed, f"{rule['alert']}: {sorted(names - exposed)}"
@@ -246,13 +247,19 @@ def test_alerts_fire_on_synthetic_series(renderings: dict, tmp_path: Path) -> No
 
 
 def test_without_the_stream_no_alert_asks_for_its_metrics() -> None:
-    """The stream exports the readings counted and its lag: without it, "no data" would fire
-    for every sensor for ever, and the stream's rules would wait for nothing."""
+    """The stream exports the readings counted and its lag, and writes the rollups: without it,
+    "no data" would fire for every sensor for ever, the stream's rules would wait for nothing,
+    and the rollups' lag would be +Inf (the query service then reads no rollups)."""
     from k8s_support import render
 
     on, off = alert_rules(render("default")), alert_rules(render("default", "stream.enabled=false"))
     from_stream = [r["alert"] for r in on if any(
         n.startswith(("iotpipe_stream_", "iotpipe_sensor_")) for n in metric_names(r["expr"]))]
     assert "IotpipeSensorNoData" in from_stream and "IotpipeStreamLagGrowing" in from_stream
+    from_stream.append("IotpipeRollupsBehind")
     assert {r["alert"] for r in off} == {r["alert"] for r in on} - set(from_stream)
-    assert {"IotpipeQueryErrorRate", "IotpipeRollupsBehind"} <= {r["alert"] for r in off}
+    assert "IotpipeQueryErrorRate" in {r["alert"] for r in off}
+    query = render("default", "stream.enabled=false").one("Deployment", "iotpipe-query")
+    (container,) = query["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["IOTPIPE_QUERY_ROLLUPS"] == "false"
