@@ -88,7 +88,8 @@ def test_acknowledged_readings_survive_a_broker_kill_exactly_once(tmp_path: Path
 
 @pytest.mark.faults
 def test_readings_given_up_are_counted_and_logged(tmp_path: Path) -> None:
-    """A buffer shorter than the outage: the lost readings are exactly the reported ones."""
+    """A buffer shorter than the outage: every lost reading is among the reported ones (one
+    reported may still have been written: its acknowledgement timed out, not the write)."""
     run = run_with_outage(tmp_path, up_s=3, down_s=8, IOTPIPE_PRODUCER_BUFFER_SECONDS="2")
     assert run.exit_code == 1  # it says some readings were not delivered
     given_up = [line for line in run.log.splitlines()
@@ -101,8 +102,8 @@ def test_readings_given_up_are_counted_and_logged(tmp_path: Path) -> None:
     gaps = {(s, d, q) for (s, d), g in run.seqs.items()
             for q in range(min(g), max(g) + 1) if q not in g}
     assert gaps and gaps <= reported  # every reading missing from the topic was reported
-    assert not reported & stored  # and none reported lost is there
-    assert all(q > max(run.seqs[(s, d)]) for s, d, q in reported - gaps)  # lost at the end
+    # the others: written after all, or lost after the device's last one written
+    assert all(x in stored or x[2] > max(run.seqs[x[:2]]) for x in reported - gaps)
     assert all(len(g) == len(set(g)) for g in run.seqs.values())
     assert f"{len(given_up)} readings were given up on and 0 are still unacknowledged" in run.log
     # (the counter was read 4 s after the broker was back: a give-up after it is not in it)

@@ -90,7 +90,8 @@ class SensorFleet:
         Python callback would halve the simulator's throughput."""
         if err is not None:
             self.failed[msg.topic() or "?"] += 1
-            log.error("reading not delivered, given up: topic=%s key=%s value=%s error=%s",
+            log.error("reading not delivered, given up (the broker may still have written it: "
+                      "its acknowledgement did not come): topic=%s key=%s value=%s error=%s",
                       msg.topic(), msg.key(), msg.value(), err.str())
 
     def acknowledged(self) -> dict[str, int]:
