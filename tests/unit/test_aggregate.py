@@ -31,7 +31,8 @@ def test_seqset_matches_a_set(first: int, seqs: list[int]) -> None:
         assert s.add(q) == (q not in ref)
         ref.add(q)
     assert len(s) == len(ref)
-    runs = list(zip(s.los, s.his, strict=True))
+    runs = s.runs()
+    assert {q for lo, hi in runs for q in range(lo, hi + 1)} == ref
     assert runs == sorted(runs)
     assert all(h + 1 < lo2 for (_, h), (lo2, _) in itertools.pairwise(runs))
 
@@ -45,7 +46,7 @@ def test_seqset_memory_is_bounded_by_gaps_not_readings() -> None:
     assert len(s.los) == 1 + 50_000
     for q in range(200_001, 300_000, 2):  # fill the gaps: runs merge back into one
         s.add(q)
-    assert len(s.los) == 2
+    assert len(s.runs()) == 2 and len(s) == 200_000
 
 
 @given(st.lists(values, min_size=1, max_size=200), st.integers(1, 5), st.randoms())
@@ -197,8 +198,7 @@ def _check_against_a_set(batches: list[list[tuple[str, int, int, int]]], lo: int
 
 def _members(seen: SeenReadings) -> set[tuple[str, int]]:
     runs = [(d, *run_ends(run)) for d, run in seen.runs.items()]
-    runs += [(d, lo, hi) for d, s in seen.sets.items()
-             for lo, hi in zip(s.los, s.his, strict=True)]
+    runs += [(d, lo, hi) for d, s in seen.sets.items() for lo, hi in s.runs()]
     return {(d, q) for d, lo, hi in runs for q in range(lo, hi + 1)}
 
 
@@ -318,3 +318,18 @@ def test_huge_integers_after_a_float_never_raise(batches: list[list[int | float]
             agg.metric(metric)  # none raises
         assert (agg.count, agg.metric("max")) == (len(values), max(values))
         assert not math.isfinite(agg.metric("stddev"))
+
+
+@pytest.mark.parametrize("order", ["backwards", "random"])
+def test_seqset_adds_seqs_in_any_order(order: str) -> None:
+    """One device's readings sent again backwards (or shuffled), every other seq (before, each
+    was inserted at the front of the runs, at the cost of their length): the set is exactly
+    what was added, repeats found, whether loose or in runs."""
+    seqs = list(range(200_000, 0, -2))
+    if order == "random":
+        random.Random(2).shuffle(seqs)
+    s = SeqSet(seqs[0], seqs[0])
+    assert all(s.add(q) for q in seqs[1:]) and not any(s.add(q) for q in seqs[::1000])
+    assert s.loose  # (some still loose: repeats of them found too)
+    assert not any(s.add(q) for q in list(s.loose)[:100])
+    assert len(s) == len(seqs) and s.runs() == [(q, q) for q in sorted(seqs)]

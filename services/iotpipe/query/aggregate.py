@@ -21,38 +21,56 @@ METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
 
 
 class SeqSet:
-    """Set of non-negative integers stored as disjoint, sorted, non-adjacent [lo, hi] runs."""
+    """Set of non-negative integers: disjoint, sorted, non-adjacent [lo, hi] runs, plus the
+    seqs added before the last run since the runs were built (`loose`), merged into them once
+    they outnumber the runs: an insertion into the runs' lists would cost their length, so
+    seqs arriving backwards or at random made adding quadratic."""
 
-    __slots__ = ("his", "los")
+    __slots__ = ("his", "loose", "los")
 
     def __init__(self, lo: int, hi: int) -> None:
         self.los, self.his = [lo], [hi]
+        self.loose: set[int] = set()
 
     def add(self, seq: int) -> bool:
         """Add `seq`; return False if it was already there (a duplicate reading)."""
-        los, his = self.los, self.his
-        if his and his[-1] + 1 == seq:  # the common case: the next reading in order
-            his[-1] = seq
+        los, his, loose = self.los, self.his, self.loose
+        if his[-1] + 1 == seq:  # the common case: the next reading in order (loose ones are
+            his[-1] = seq  # all below the last run)
+            return True
+        if seq > his[-1]:  # after a gap: a run of its own
+            los.append(seq)
+            his.append(seq)
             return True
         i = bisect_right(los, seq) - 1  # the run starting at or before seq
-        if i >= 0 and seq <= his[i]:
+        if (i >= 0 and seq <= his[i]) or seq in loose:
             return False
-        joins_left = i >= 0 and his[i] + 1 == seq
-        joins_right = i + 1 < len(los) and los[i + 1] - 1 == seq
-        if joins_left and joins_right:
-            his[i] = his[i + 1]
-            del los[i + 1], his[i + 1]
-        elif joins_left:
-            his[i] = seq
-        elif joins_right:
-            los[i + 1] = seq
-        else:
-            los.insert(i + 1, seq)
-            his.insert(i + 1, seq)
+        loose.add(seq)
+        if len(loose) > max(LOOSE_MIN, len(los)):
+            self.runs()
         return True
 
+    def runs(self) -> list[tuple[int, int]]:
+        """The runs, with the loose seqs merged in."""
+        if self.loose:
+            merged = sorted([*zip(self.los, self.his, strict=True),
+                             *((q, q) for q in self.loose)])
+            los, his = [merged[0][0]], [merged[0][1]]
+            for lo, hi in merged[1:]:
+                if lo == his[-1] + 1:
+                    his[-1] = hi
+                else:
+                    los.append(lo)
+                    his.append(hi)
+            self.los, self.his, self.loose = los, his, set()
+        return list(zip(self.los, self.his, strict=True))
+
     def __len__(self) -> int:
-        return sum(h - lo + 1 for lo, h in zip(self.los, self.his, strict=True))
+        return len(self.loose) + sum(h - lo + 1 for lo, h in zip(self.los, self.his,
+                                                                 strict=True))
+
+
+LOOSE_MIN = 64  # loose seqs held before the runs are rebuilt, at the least
 
 
 _LOW = (1 << 64) - 1  # a run [first, last] of two or more is packed as (first + 1) << 64 | last
