@@ -22,7 +22,8 @@ def test_supervisord_reads_back_the_commands_and_settings_unchanged(tmp_path: Pa
     commands = {"broker": ["java", "-cp", "/opt/a b/libs/*", "kafka.Kafka", "50%.properties"],
                 "query": ["/venv/bin/python", "-m", "iotpipe.query"],
                 "sensors": ["/venv/bin/python", "-m", "iotpipe.sensors"]}
-    env = {"IOTPIPE_SENSORS": "a,b", "IOTPIPE_TOPIC_PREFIX": "%(here)s", "IOTPIPE_X": "it's a=b"}
+    env = {"IOTPIPE_SENSORS": "a,b", "IOTPIPE_TOPIC_PREFIX": "%(here)s", "IOTPIPE_X": "it's a=b",
+           "IOTPIPE_Y": "a;b#c"}  # (a comment only after a space)
     conf = tmp_path / "supervisord.conf"
     conf.write_text(render_config(tmp_path, commands, env, tmp_path))
     options = ServerOptions()
@@ -48,6 +49,11 @@ def test_values_it_cannot_pass_are_refused_clearly(tmp_path: Path) -> None:
         render_config(tmp_path, {}, {"IOTPIPE_X": 'say "hi"'}, tmp_path)
     with pytest.raises(SupervisorError, match="too long for a unix socket"):
         render_config(tmp_path / ("d" * 120), {}, {}, tmp_path)
+    # supervisord's reader would cut these at a comment or a line break
+    for env, run_dir in [({"IOTPIPE_X": "a ;b"}, tmp_path), ({"IOTPIPE_X": "a\tb #c"}, tmp_path),
+                         ({}, tmp_path / "x\n[program:evil]"), ({}, tmp_path / "y ;z")]:
+        with pytest.raises(SupervisorError, match="cannot be written to supervisord's config"):
+            render_config(run_dir, {}, env, tmp_path)
 
 
 def test_restarts_and_last_exit_count_from_the_latest_supervisord_start(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ class SupervisorError(RuntimeError):
     pass
 
 
+_CUT = re.compile(r"[\r\n]|\s[;#]")
+
+
 def _quote(value: str) -> str:
     """A config value: supervisord expands %(name)s, so a literal % is doubled."""
     return value.replace("%", "%%")
@@ -65,6 +68,13 @@ def render_config(run_dir: Path, commands: dict[str, list[str]], env: dict[str, 
     if bad:
         raise SupervisorError(f"{', '.join(bad)}: a value with a double quote cannot be "
                               "passed to the supervised processes")
+    # its INI reader ends a line at a newline and a value at " ;" or " #" (a comment)
+    for what, value in [*env.items(), ("the data folder", str(run_dir)),
+                        ("the working folder", str(cwd)),
+                        *((name, shlex.join(argv)) for name, argv in commands.items())]:
+        if _CUT.search(value):
+            raise SupervisorError(f"{what}: a value holding a line break, or ';' or '#' after "
+                                  f"a space, cannot be written to supervisord's config: {value!r}")
     sock = run_dir / "supervisor.sock"
     if len(str(sock).encode()) > 100:
         raise SupervisorError(f"{sock}: the path is too long for a unix socket; "
