@@ -55,7 +55,7 @@ def test_the_build_tools_variables_are_not_taken_for_typos() -> None:
 
 
 def test_sasl_ssl_maps_to_both_client_kinds(tmp_path) -> None:
-    (tmp_path / "pw").write_text("s3cr\"et\n")
+    (tmp_path / "pw").write_text("s3cr\"e\\t\n")  # a quote, a backslash before a t
     (tmp_path / "ca.crt").write_text("PEM")
     s = Settings.from_env({
         "IOTPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "IOTPIPE_KAFKA_SASL_MECHANISM":
@@ -64,12 +64,12 @@ def test_sasl_ssl_maps_to_both_client_kinds(tmp_path) -> None:
         "IOTPIPE_KAFKA_SSL_CA_FILE": str(tmp_path / "ca.crt")}).kafka
     assert s.client_config() == {
         "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SASL_SSL",
-        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "query", "sasl.password": 's3cr"et',
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "query", "sasl.password": 's3cr"e\\t',
         "ssl.ca.location": str(tmp_path / "ca.crt")}
     java = s.java_client_config()
     assert java["sasl.jaas.config"] == (
         'org.apache.kafka.common.security.scram.ScramLoginModule required '
-        'username="query" password="s3cr\\"et";')
+        'username="query" password="s3cr\\"e\\\\t";')  # escaped for Java's tokenizer
     assert java["ssl.truststore.type"] == "PEM"
 
 

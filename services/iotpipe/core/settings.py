@@ -235,11 +235,10 @@ class KafkaSettings:
             module = ("org.apache.kafka.common.security.scram.ScramLoginModule"
                       if self.sasl_mechanism.startswith("SCRAM")
                       else "org.apache.kafka.common.security.plain.PlainLoginModule")
-            user = self.sasl_username.replace('"', '\\"')
-            password = self.sasl_password().replace('"', '\\"')
             conf |= {"sasl.mechanism": self.sasl_mechanism,
-                     "sasl.jaas.config": f'{module} required username="{user}" '
-                                         f'password="{password}";'}
+                     "sasl.jaas.config": f'{module} required '
+                                         f'username="{_jaas(self.sasl_username)}" '
+                                         f'password="{_jaas(self.sasl_password())}";'}
         if self.ssl_ca_file:
             conf |= {"ssl.truststore.type": "PEM", "ssl.truststore.location": self.ssl_ca_file}
         if self.ssl_cert_file and self.ssl_key_file:
@@ -247,6 +246,11 @@ class KafkaSettings:
                      "ssl.keystore.certificate.chain": _read_file(self.ssl_cert_file),
                      "ssl.keystore.key": _read_file(self.ssl_key_file)}
         return conf
+
+
+def _jaas(value: str) -> str:
+    """A quoted JAAS value: Java's tokenizer reads a backslash as an escape (\\t is a tab)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _read_file(path: str) -> str:
