@@ -100,3 +100,13 @@ def test_gunicorn_binds_ipv4_and_ipv6_hosts(monkeypatch: pytest.MonkeyPatch, hos
         assert importlib.import_module("iotpipe.query.gunicorn_conf").bind == bind
     finally:
         sys.modules.pop("iotpipe.query.gunicorn_conf", None)
+
+
+def test_a_password_with_a_line_break_is_escaped_for_java(tmp_path) -> None:
+    (tmp_path / "pw").write_text("line\none\r\n")
+    s = Settings.from_env({
+        "IOTPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "IOTPIPE_KAFKA_SASL_MECHANISM":
+        "PLAIN", "IOTPIPE_KAFKA_SASL_USERNAME": "q", "IOTPIPE_KAFKA_SASL_PASSWORD_FILE":
+        str(tmp_path / "pw")}).kafka
+    assert s.client_config()["sasl.password"] == "line\none"
+    assert s.java_client_config()["sasl.jaas.config"].endswith('password="line\\none";')

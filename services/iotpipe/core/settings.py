@@ -249,8 +249,10 @@ class KafkaSettings:
 
 
 def _jaas(value: str) -> str:
-    """A quoted JAAS value: Java's tokenizer reads a backslash as an escape (\\t is a tab)."""
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    """A quoted JAAS value: Java's tokenizer reads a backslash as an escape (\\t is a tab) and
+    ends a quoted value at a line break."""
+    return (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            .replace("\r", "\\r"))
 
 
 def _read_file(path: str) -> str:
