@@ -54,7 +54,8 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     ("IOTPIPE_TOPIC_RETENTION_MS", "604800000", "retention of each topic (ms); -1 keeps all"),
     ("IOTPIPE_ALLOWED_LATENESS_SECONDS", "30",
      "how late a reading may reach its topic and still count: the stream watermark and the "
-     "query service's read-ahead past `to`"),
+     "query service's read-ahead past `to`; also how far its ts may pass its message's "
+     "timestamp"),
     # Rollups (built by the streaming app, read by the query service)
     ("IOTPIPE_ROLLUP_SECONDS", "60", "length of the event-time buckets the stream rolls up"),
     ("IOTPIPE_ROLLUP_RETENTION_MS", "31536000000",
