@@ -15,6 +15,7 @@ from k8s_support import (
     containers,
     env_of,
     helm_args,
+    matches,
     pod_specs,
     run,
     spark_roles,
@@ -256,3 +257,23 @@ def test_spark_executors_hold_no_api_token(rendering: Rendering) -> None:
             assert account["metadata"]["name"] not in bound
         else:
             assert account["metadata"]["name"] in bound
+
+
+def test_only_this_releases_pods_reach_the_kafka_listener(rendering: Rendering) -> None:
+    """Strimzi makes the listener's NetworkPolicy from its peers (none: every pod of the
+    cluster): every pod that talks to Kafka (the Kafka env set) is among them, and
+    kafka.clientPeers adds more."""
+    (kafka,) = rendering.of_kind("Kafka")
+    (listener,) = kafka["spec"]["kafka"]["listeners"]
+    if not rendering.values["networkPolicy"]["enabled"]:
+        assert "networkPolicyPeers" not in listener
+        return
+    (ours, *more) = listener["networkPolicyPeers"]
+    assert more == rendering.values["kafka"]["clientPeers"]
+    clients = [(name, meta["labels"]) for name, meta, spec in pod_specs(rendering)
+               if any("IOTPIPE_KAFKA_BOOTSTRAP" in env_of(c) for c in containers(spec))]
+    clients += [(f"{app['metadata']['name']}/{role}", spec["labels"])
+                for role, spec, app in spark_roles(rendering)]
+    assert len(clients) >= 3 + 2  # the sensors, the query service, the stream's two roles
+    for name, labels in clients:
+        assert matches(ours["podSelector"]["matchLabels"], labels), name

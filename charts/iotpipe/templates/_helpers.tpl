@@ -108,3 +108,16 @@ runAsNonRoot: true
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* Who may connect to the Kafka client listener (Strimzi makes its NetworkPolicy from this;
+without it, every pod of the cluster may): this release's pods, and kafka.clientPeers. */}}
+{{- define "iotpipe.kafkaClientPeers" -}}
+networkPolicyPeers:
+  - podSelector:
+      matchLabels:
+        app.kubernetes.io/name: {{ include "iotpipe.name" . }}
+        app.kubernetes.io/instance: {{ .Release.Name }}
+  {{- with .Values.kafka.clientPeers }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
