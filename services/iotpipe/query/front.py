@@ -191,8 +191,7 @@ class BoundedProtocol(ASGIProtocol):
             return True
         if not isinstance(e, ValueError):
             return False
-        self._send_error_response(400, "Invalid request: a header's value is out of range")
-        self._close_transport()
+        self._refuse(400, "Invalid request: a header's value is out of range")
         return True
 
     def _refuse(self, status: int, error: str) -> None:
