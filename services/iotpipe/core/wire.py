@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from operator import sub
+from operator import attrgetter, sub
 from typing import Annotated
 
 import msgspec
@@ -53,6 +53,7 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
 
 
 _encode = msgspec.json.Encoder().encode
+_ts = attrgetter("ts")
 _decode = msgspec.json.Decoder(Reading).decode
 _FIELD_RULES = {
     "device": f"device must be a string of 1 to {MAX_DEVICE} characters",
@@ -130,7 +131,7 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: Sequence[int
                 and (b"".join(texts).isascii() or all(map(_utf8, texts)))
                 and (max(map(len, texts), default=0) < 300  # too short for a huge integer
                      or all(_finite(r.value) for r in readings))
-                and max(map(sub, [r.ts for r in readings], written), default=0) <= slack_ms):
+                and max(map(sub, map(_ts, readings), written), default=0) <= slack_ms):
             return readings, {}
     except (msgspec.MsgspecError, RecursionError):
         pass
