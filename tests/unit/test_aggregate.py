@@ -17,7 +17,6 @@ from iotpipe.query.aggregate import (
     SeenReadings,
     SeqSet,
     WindowAggregate,
-    run_ends,
 )
 
 values = st.one_of(st.integers(-10**6, 10**6),
@@ -197,13 +196,13 @@ def _check_against_a_set(batches: list[list[tuple[str, int, int, int]]], lo: int
 
 
 def _members(seen: SeenReadings) -> set[tuple[str, int]]:
-    runs = [(d, *run_ends(run)) for d, run in seen.runs.items()]
+    runs = [(d, seen.firsts[d], last) for d, last in seen.lasts.items()]
     runs += [(d, lo, hi) for d, s in seen.sets.items() for lo, hi in s.runs()]
     return {(d, q) for d, lo, hi in runs for q in range(lo, hi + 1)}
 
 
 def test_devices_in_one_run_each_take_one_int() -> None:
-    """Any interleaving of devices whose seqs go on by one keeps one packed run per device."""
+    """Any interleaving of devices whose seqs go on by one keeps one run per device."""
     seen = SeenReadings()
     order = [f"d{i % 97}" for i in range(97 * 50)]
     random.Random(1).shuffle(order)
@@ -213,21 +212,21 @@ def test_devices_in_one_run_each_take_one_int() -> None:
         nxt[d] = nxt.get(d, 1000) + 1
         seqs.append(nxt[d])
     assert seen.add_all(order, seqs) == []
-    assert not seen.sets and len(seen.runs) == 97
+    assert not seen.sets and len(seen.lasts) == len(seen.firsts) == 97
     assert seen.add_all(["d5", "d5"], [1001, 999]) == [0]  # a repeat; then a gap: a SeqSet
     assert list(seen.sets) == ["d5"] and len(seen) == 97
 
 
 def test_a_run_grows_either_way_from_one_reading() -> None:
-    """A device with one reading keeps its seq alone; readings next to its run, before or
+    """A device with one reading is a run of one; readings next to its run, before or
     after, extend the run; a repeat of either end is found."""
     seen = SeenReadings()
     assert seen.add_all(["a", "b", "c"], [5, 0, 2**63 - 1]) == []
-    assert seen.runs == {"a": 5, "b": 0, "c": 2**63 - 1}
+    assert seen.firsts == seen.lasts == {"a": 5, "b": 0, "c": 2**63 - 1}
     assert seen.add_all(["a", "a", "b", "a", "a", "b", "c"], [4, 6, 1, 3, 6, 0, 2**63 - 1]) == [
         4, 5, 6]
     assert not seen.sets
-    assert {d: run_ends(r) for d, r in seen.runs.items()} == {
+    assert {d: (seen.firsts[d], last) for d, last in seen.lasts.items()} == {
         "a": (3, 6), "b": (0, 1), "c": (2**63 - 1, 2**63 - 1)}
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from itertools import compress, count
+from itertools import chain, compress, count
 from operator import mul
 
 from iotpipe.core.moments import merged_m2
@@ -73,56 +73,49 @@ class SeqSet:
 LOOSE_MIN = 64  # loose seqs held before the runs are rebuilt, at the least
 
 
-_LOW = (1 << 64) - 1  # a run [first, last] of two or more is packed as (first + 1) << 64 | last
-
-
-def run_ends(run: int) -> tuple[int, int]:
-    """(first, last) of a device's entry in `SeenReadings.runs`: a seq alone, or a packed run."""
-    return ((run >> 64) - 1, run & _LOW) if run > _LOW else (run, run)
-
-
 class SeenReadings:
-    """The (device, seq) pairs counted so far, each device in as little memory as it needs:
-    its seq while it has one reading (a fleet of many devices), one int packing the ends of a
-    run of consecutive seqs (the common case, whatever the order of the devices), and a SeqSet
-    only once a device's seqs have a gap (filled later, or a reading sent again after others)."""
+    """The (device, seq) pairs counted so far, each device in as little memory as it needs: a
+    run [first, last] of consecutive seqs in two dicts (the common case, whatever the order of
+    the devices: extending it costs one lookup and one store), and a SeqSet only once a
+    device's seqs have a gap (filled later, or a reading sent again after others)."""
 
-    __slots__ = ("runs", "sets")
+    __slots__ = ("firsts", "lasts", "sets")
 
     def __init__(self) -> None:
-        self.runs: dict[str, int] = {}
+        self.firsts: dict[str, int] = {}
+        self.lasts: dict[str, int] = {}
         self.sets: dict[str, SeqSet] = {}
 
     def __len__(self) -> int:
         """How many devices."""
-        return len(self.runs) + len(self.sets)
+        return len(self.lasts) + len(self.sets)
+
+    def devices(self) -> Iterator[str]:
+        return chain(self.lasts, self.sets)
 
     def add_all(self, devices: Sequence[str], seqs: Sequence[int]) -> list[int]:
         """Note each reading; return the indices of those noted before (repeats)."""
-        runs, get, sets, repeated = self.runs, self.runs.get, self.sets, []
+        firsts, lasts, get, sets, repeated = self.firsts, self.lasts, self.lasts.get, self.sets, []
         for i, device, seq in zip(count(), devices, seqs):
-            run = get(device)
-            if run is None:
-                if not sets or device not in sets:  # a device new to the window
-                    runs[device] = seq
-                    continue
-            elif (run & _LOW) + 1 == seq:  # the next one: the hot path
-                runs[device] = run + 1 if run > _LOW else (run + 1) << 64 | seq
-                continue
-            if not self._add(device, seq, run):
+            last = get(device)
+            if last is not None and last + 1 == seq:  # the next one: the hot path
+                lasts[device] = seq
+            elif last is None and (not sets or device not in sets):  # new to the window
+                firsts[device] = lasts[device] = seq
+            elif not self._add(device, seq, last):
                 repeated.append(i)
         return repeated
 
-    def _add(self, device: str, seq: int, run: int | None) -> bool:
-        if run is None:
+    def _add(self, device: str, seq: int, last: int | None) -> bool:
+        if last is None:
             return self.sets[device].add(seq)
-        first, last = run_ends(run)
+        first = self.firsts[device]
         if first <= seq <= last:
             return False
         if seq == first - 1:
-            self.runs[device] = (seq + 1) << 64 | last
+            self.firsts[device] = seq
             return True
-        del self.runs[device]
+        del self.firsts[device], self.lasts[device]
         seqs = self.sets[device] = SeqSet(first, last)
         return seqs.add(seq)
 

@@ -12,7 +12,6 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import chain
 from typing import cast
 
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -78,7 +77,7 @@ class SensorScan:
 
 
 def _fingerprints(seen: SeenReadings) -> array[int]:
-    return array("q", map(hash, chain(seen.runs, seen.sets)))
+    return array("q", map(hash, seen.devices()))
 
 
 class _Sensor:
