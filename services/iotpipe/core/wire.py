@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from operator import sub
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 
@@ -118,34 +118,47 @@ def _finite(value: int | float) -> bool:
     return type(value) is not int or -MAX_VALUE <= value <= MAX_VALUE
 
 
+class Readings(NamedTuple):
+    """Valid readings of a run of messages, one list per field: the form aggregates read."""
+
+    devices: list[str]
+    seqs: list[int]
+    ts: list[int]
+    values: list[int | float]
+
+
+def _fields(readings: list[Reading]) -> Readings:
+    return Readings([r.device for r in readings], [r.seq for r in readings],
+                    [r.ts for r in readings], [r.value for r in readings])
+
+
 def decode_many(raws: Sequence[bytes | None], sensor: str, written: Sequence[int],
-                slack_ms: int) -> tuple[list[Reading], dict[int, str]]:
+                slack_ms: int) -> tuple[Readings, dict[int, str]]:
     """The valid readings of a run of `sensor` messages, in order, and the reason each
-    malformed one was refused, by its index in `raws`; the hot path of the query service.
-    `written`: the messages' timestamps (see the module's doc for `slack_ms`)."""
+    malformed one was refused, by its index in `raws`; the hot path of the query service and
+    the stream. `written`: the messages' timestamps (see the module's doc for `slack_ms`)."""
     texts = [raw for raw in raws if raw is not None]
     try:
-        readings = [_decode(raw) for raw in texts]
-        if ([r.sensor for r in readings].count(sensor) == len(raws)  # the common case
+        decoded = [_decode(raw) for raw in texts]
+        got = _fields(decoded)
+        if ([r.sensor for r in decoded].count(sensor) == len(raws)  # the common case
                 and (b"".join(texts).isascii() or all(map(_utf8, texts)))
-                and (max(map(len, texts), default=0) < 300  # too short for a huge integer
-                     or all(_finite(r.value) for r in readings))
+                and _finite(min(got.values, default=0)) and _finite(max(got.values, default=0))
                 # most producers stamp a message with its reading's ts: no subtraction then
-                and ((ts := [r.ts for r in readings]) == written
-                     or max(map(sub, ts, written), default=0) <= slack_ms)):
-            return readings, {}
+                and (got.ts == written or max(map(sub, got.ts, written), default=0) <= slack_ms)):
+            return got, {}
     except (msgspec.MsgspecError, RecursionError):
         pass
-    readings, malformed = [], {}
+    valid, malformed = [], {}
     for i, raw in enumerate(raws):
         try:
             reading = decode(raw, sensor)
             if reading.ts - written[i] > slack_ms:
                 raise MalformedReading(AHEAD)
-            readings.append(reading)
+            valid.append(reading)
         except MalformedReading as e:
             malformed[i] = e.reason
-    return readings, malformed
+    return _fields(valid), malformed
 
 
 AHEAD = "ts later than the message's timestamp"  # (by more than the slack)

@@ -192,28 +192,25 @@ class RangeScan:
     def _fold_run(self, r: _Range, msgs: list[Message]) -> None:
         """One partition's messages inside its range, decoded together; malformed ones counted."""
         stamps = [t for _, t in map(_timestamp, msgs)]
-        readings, malformed = wire.decode_many(list(map(Message.value, msgs)), r.sensor, stamps,
-                                               self.job.lateness_ms)
+        got, malformed = wire.decode_many(list(map(Message.value, msgs)), r.sensor, stamps,
+                                          self.job.lateness_ms)
         if r.rows is not None:
-            self._keep_rows(r.rows, msgs, stamps, readings, malformed)
+            self._keep_rows(r.rows, msgs, stamps, got, malformed)
             return
         for reason in malformed.values():
             r.agg.count_malformed(reason)
-        ts = [x.ts for x in readings]
-        r.agg.add_readings(r.seen, r.late.on_time(ts), self.job.from_ms, self.job.to_ms,
-                           [x.device for x in readings], [x.seq for x in readings], ts,
-                           [x.value for x in readings])
+        r.agg.add_readings(r.seen, r.late.on_time(got.ts), self.job.from_ms, self.job.to_ms,
+                           *got)
 
     @staticmethod
     def _keep_rows(rows: list[Row], msgs: list[Message], stamps: list[int],
-                   readings: list[wire.Reading], malformed: dict[int, str]) -> None:
-        valid = iter(readings)
+                   got: wire.Readings, malformed: dict[int, str]) -> None:
+        valid = zip(*got, strict=True)
         for k, (msg, stamp) in enumerate(zip(msgs, stamps, strict=True)):
             offset = _offset(msg)
             reason = malformed.get(k)
             if reason is None:
-                x = next(valid)
-                rows.append((offset, stamp, x.device, x.seq, x.ts, x.value))
+                rows.append((offset, stamp, *next(valid)))
             else:
                 rows.append((offset, stamp, None, 0, 0, reason))
 

@@ -42,31 +42,30 @@ def decoded_batch(raws: pa.Array, partitions: pa.Array, stamps: pa.Array, sensor
     the order the task read them -> one `DECODED` struct per message (a malformed one: valid
     false, the other fields null). `late_filters`: per partition, what the task's earlier
     batches left."""
-    readings, malformed = wire.decode_many(raws.to_pylist(), sensor, stamps.to_pylist(),
-                                           lateness_ms)
-    rows: Sequence[wire.Reading | None] = readings
-    if malformed:
-        found = iter(readings)
-        rows = [None if i in malformed else next(found) for i in range(len(raws))]
-    late: list[bool | None] = [None if r is None else False for r in rows]
-    at = 0
+    got, malformed = wire.decode_many(raws.to_pylist(), sensor, stamps.to_pylist(),
+                                      lateness_ms)
+    valid = [i not in malformed for i in range(len(raws))]
+
+    def spread(field: Sequence[object]) -> Sequence[object]:
+        """One entry per message: None for a malformed one."""
+        found = iter(field)
+        return [next(found) if ok else None for ok in valid] if malformed else field
+
+    late: list[bool | None] = [False if ok else None for ok in valid]
+    at = read = 0  # messages, and valid readings, judged so far
     for partition, run in groupby(partitions.to_pylist()):
         end = at + sum(1 for _ in run)
-        judged = [i for i in range(at, end) if rows[i] is not None]
+        judged = [i for i in range(at, end) if valid[i]]
         judge = late_filters.setdefault(partition, LateFilter(lateness_ms))
-        on_time = judge.on_time([r.ts for r in rows[at:end] if r is not None])
+        on_time = judge.on_time(got.ts[read:read + len(judged)])
         if on_time is not None:
             for i, ok in zip(judged, on_time, strict=True):
                 late[i] = not ok
-        at = end
-    columns = [[None if r is None else r.device for r in rows],
-               [None if r is None else r.seq for r in rows],
-               [None if r is None else r.ts for r in rows],
-               # wire: an integer value is within a double's range
-               [None if r is None else float(r.value) for r in rows],
-               [r is not None for r in rows],
-               [None if r is None else type(r.value) is int for r in rows],
-               late]
+        at, read = end, read + len(judged)
+    # wire: an integer value is within a double's range
+    columns = [spread(got.devices), spread(got.seqs), spread(got.ts),
+               spread([float(v) for v in got.values]), valid,
+               spread([type(v) is int for v in got.values]), late]
     return pa.StructArray.from_arrays([pa.array(c, f.type) for c, f in zip(columns, _ARROW,
                                                                            strict=True)],
                                       fields=list(_ARROW))
