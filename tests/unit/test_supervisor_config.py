@@ -51,10 +51,11 @@ def test_values_it_cannot_pass_are_refused_clearly(tmp_path: Path) -> None:
         render_config(tmp_path / ("d" * 120), {}, {}, tmp_path)
     # supervisord's reader would cut these at a comment or a line break, or strip the space
     for env, run_dir in [({"IOTPIPE_X": "a ;b"}, tmp_path), ({"IOTPIPE_X": "a\tb #c"}, tmp_path),
-                         ({}, tmp_path / "x\n[program:evil]"), ({}, tmp_path / "y ;z"),
-                         ({}, tmp_path / "ends in a space ")]:
+                         ({}, tmp_path / "x\n[program:evil]"), ({}, tmp_path / "y ;z")]:
         with pytest.raises(SupervisorError, match="cannot be written to supervisord's config"):
             render_config(run_dir, {}, env, tmp_path)
+    with pytest.raises(SupervisorError, match="cannot be written to supervisord's config"):
+        render_config(tmp_path, {}, {}, tmp_path / "ends in a space ")  # (`directory=`)
 
 
 def test_restarts_and_last_exit_count_from_the_latest_supervisord_start(tmp_path: Path) -> None:

@@ -69,14 +69,14 @@ def render_config(run_dir: Path, commands: dict[str, list[str]], env: dict[str, 
         raise SupervisorError(f"{', '.join(bad)}: a value with a double quote cannot be "
                               "passed to the supervised processes")
     # its INI reader ends a line at a newline and a value at " ;" or " #" (a comment), and
-    # strips a value's ends: the folders are the values written unquoted
-    folders = [("the data folder", str(run_dir)), ("the working folder", str(cwd))]
-    for what, value in [*env.items(), *folders,
+    # strips a value's ends: the working folder is the one path written as a whole value
+    workdir = ("the working folder", str(cwd))
+    for what, value in [*env.items(), ("the data folder", str(run_dir)), workdir,
                         *((name, shlex.join(argv)) for name, argv in commands.items())]:
-        if _CUT.search(value) or ((what, value) in folders and value != value.strip()):
+        if _CUT.search(value) or ((what, value) == workdir and value != value.strip()):
             raise SupervisorError(f"{what}: a value holding a line break, or ';' or '#' after "
-                                  "a space, or a folder starting or ending with a space, cannot "
-                                  f"be written to supervisord's config: {value!r}")
+                                  "a space, or a working folder ending with a space, cannot be "
+                                  f"written to supervisord's config: {value!r}")
     sock = run_dir / "supervisor.sock"
     if len(str(sock).encode()) > 100:
         raise SupervisorError(f"{sock}: the path is too long for a unix socket; "
