@@ -201,7 +201,7 @@ def _members(seen: SeenReadings) -> set[tuple[str, int]]:
     return {(d, q) for d, lo, hi in runs for q in range(lo, hi + 1)}
 
 
-def test_devices_in_one_run_each_take_one_int() -> None:
+def test_devices_in_one_run_each_keep_only_its_ends() -> None:
     """Any interleaving of devices whose seqs go on by one keeps one run per device."""
     seen = SeenReadings()
     order = [f"d{i % 97}" for i in range(97 * 50)]

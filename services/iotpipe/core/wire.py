@@ -132,7 +132,7 @@ def _fields(readings: list[Reading]) -> Readings:
                     [r.ts for r in readings], [r.value for r in readings])
 
 
-def decode_many(raws: Sequence[bytes | None], sensor: str, written: Sequence[int],
+def decode_many(raws: Sequence[bytes | None], sensor: str, written: list[int],
                 slack_ms: int) -> tuple[Readings, dict[int, str]]:
     """The valid readings of a run of `sensor` messages, in order, and the reason each
     malformed one was refused, by its index in `raws`; the hot path of the query service and
@@ -145,7 +145,8 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: Sequence[int
                 and (b"".join(texts).isascii() or all(map(_utf8, texts)))
                 and _finite(min(got.values, default=0)) and _finite(max(got.values, default=0))
                 # most producers stamp a message with its reading's ts: no subtraction then
-                and (got.ts == written or max(map(sub, got.ts, written), default=0) <= slack_ms)):
+                and ((got.ts == written and slack_ms >= 0)
+                     or max(map(sub, got.ts, written), default=0) <= slack_ms)):
             return got, {}
     except (msgspec.MsgspecError, RecursionError):
         pass

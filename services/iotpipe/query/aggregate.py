@@ -74,10 +74,10 @@ LOOSE_MIN = 64  # loose seqs held before the runs are rebuilt, at the least
 
 
 class SeenReadings:
-    """The (device, seq) pairs counted so far, each device in as little memory as it needs: a
-    run [first, last] of consecutive seqs in two dicts (the common case, whatever the order of
-    the devices: extending it costs one lookup and one store), and a SeqSet only once a
-    device's seqs have a gap (filled later, or a reading sent again after others)."""
+    """The (device, seq) pairs counted so far, each device in little memory: a run [first,
+    last] of consecutive seqs in two dicts (the common case, whatever the order of the devices:
+    extending it costs one lookup and one store), and a SeqSet only once a device's seqs have a
+    gap (filled later, or a reading sent again after others)."""
 
     __slots__ = ("firsts", "lasts", "sets")
 
