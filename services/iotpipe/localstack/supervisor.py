@@ -75,8 +75,8 @@ def render_config(run_dir: Path, commands: dict[str, list[str]], env: dict[str, 
                         *((name, shlex.join(argv)) for name, argv in commands.items())]:
         if _CUT.search(value) or ((what, value) == workdir and value != value.strip()):
             raise SupervisorError(f"{what}: a value holding a line break, or ';' or '#' after "
-                                  "a space, or a working folder ending with a space, cannot be "
-                                  f"written to supervisord's config: {value!r}")
+                                  "a space, or a working folder starting or ending with a space, "
+                                  f"cannot be written to supervisord's config: {value!r}")
     sock = run_dir / "supervisor.sock"
     if len(str(sock).encode()) > 100:
         raise SupervisorError(f"{sock}: the path is too long for a unix socket; "
