@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.range_scan import PartitionRange, Row
-from iotpipe.query.window_cache import ASKED, WindowCache
+from iotpipe.query.window_cache import ASKED, Bounds, WindowCache
 
 NEVER_LATE = 10**15  # these tests are about what memory holds, not about lateness
 
@@ -161,23 +161,42 @@ def test_least_recently_used_segment_goes_first() -> None:
     assert cache.bounds(TOPIC, PART, 2600, 2901) is not None
 
 
-def test_range_split_over_two_segments_still_counts_each_reading_once() -> None:
-    """The held segment expires between reading and filling the gap: the range is folded from
-    two pieces, and a reading repeated across them counts once."""
+def test_a_range_whose_segment_expires_before_its_gap_is_kept_counts_each_reading_once(
+) -> None:
+    """The held segment expires between reading and filling the gap: the gap is appended to it
+    all the same (this request folds the range from it) but not kept, and a reading repeated
+    across the held part and the gap counts once."""
     seqs = [0, 1, 2, 3, 4, 5, 6, 7, 3, 8]  # offset 8 repeats seq 3 (offset 3)
     rows: list[Row] = [(o, 1000 + o * 10, "d", q, 1000 + o * 10, q) for o, q in
                        enumerate(seqs)]
     cache = WindowCache(1000, 0.2, NEVER_LATE)
     read_window(cache, rows, 1000, 1040)  # holds offsets [0, 5)
     read = cache.read(TOPIC, PART, 2, 10)
-    assert read.gap == (5, 10) and len(read.pieces) == 1
-    time.sleep(0.3)  # the held segment is now too old to be extended
+    assert read.gap == (5, 10) and read.seg is not None
+    time.sleep(0.3)  # the held segment is now too old to be kept
     read.fill(cache, TOPIC, PART, rows[5:], 1020, None)
-    assert len(read.pieces) == 2
+    assert cache.messages() == 0
     agg = WindowAggregate()
     read.fold(agg, SeenReadings(), 1020, 1200)
     assert same(agg, reference(rows, 2, 10, 1020, 1200))
     assert (agg.count, agg.duplicates) == (7, 1)
+
+
+def test_a_range_starting_before_a_segment_replaces_what_it_overlaps() -> None:
+    """Segments are never merged: a range read whole takes the place of those it overlaps,
+    and a segment extended into the next one takes its place."""
+    rows: list[Row] = [(o, 1000 + o * 10, "d", o, 1000 + o * 10, 1) for o in range(40)]
+    cache = WindowCache(1000, 300, NEVER_LATE)
+    for lo, hi in [(1100, 1140), (1300, 1340)]:  # offsets [10, 15) and [30, 35)
+        read_window(cache, rows, lo, hi)
+    assert cache.messages() == 10
+    read_window(cache, rows, 1050, 1120)  # [5, 13): read whole, in place of [10, 15)
+    assert cache.messages() == 13
+    assert cache.bounds(TOPIC, PART, 1130, 1141) is None  # offset 13 on: no longer held
+    got = read_window(cache, rows, 1060, 1320)  # [6, 33): [5, 13) extended into [30, 35)
+    assert same(got, reference(rows, 6, 33, 1060, 1320))
+    assert cache.messages() == 28  # one segment, [5, 33)
+    assert cache.bounds(TOPIC, PART, 1310, 1321) == Bounds(31, 33)
 
 
 def test_a_range_is_admitted_once_asked_again_or_touching_what_is_held() -> None:

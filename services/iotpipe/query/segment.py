@@ -65,12 +65,6 @@ class Segment:
             self.late.extend(k for k, ok in zip(valid, on_time, strict=True) if not ok)
         self.end, self.after = end, after
 
-    def rows(self, lo: int = 0) -> Iterable[Row]:
-        """The messages from index `lo` again, for a merge; their Kafka timestamp is the
-        running maximum (the same maximum once re-appended after the messages before them)."""
-        return zip(self.offsets[lo:], self.runmax[lo:], self.devices[lo:], self.seqs[lo:],
-                   self.ts[lo:], self.values[lo:], strict=True)
-
     def first_stamped(self, t: int, lo: int = 0) -> int | None:
         """Offset of the first message stamped at or after t (t >= anchor), if known here."""
         i = bisect_left(self.runmax, t, lo)

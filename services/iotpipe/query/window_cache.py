@@ -9,6 +9,10 @@ maximum of Kafka timestamps reaches `t` - the answer `offsets_for_times(t)` give
 segment ended at a timestamp lookup's answer, it also keeps that time (`after`: the message at
 `end` is stamped at or after it), so a closed window ending there needs no broker either.
 
+A range starting inside a segment (or right at its end) is folded from it, and what lies past
+the segment's end is read and appended: a window sliding forward extends one segment. Any other
+range is read whole and kept as a segment of its own, in place of those it overlaps.
+
 Bounded by a number of messages (least recently used segments go first) and by an age, so a
 topic's retention or its deletion is seen within `IOTPIPE_QUERY_CACHE_SECONDS`. A range enters
 only once it is asked for again (see `admits`).
@@ -28,32 +32,29 @@ from iotpipe.query.segment import Segment
 
 
 class RangeRead:
-    """One partition range of a request: the part memory holds, and the gap to fetch."""
+    """One partition range of a request: the segment holding its start, if any, and the gap
+    past that segment's end (or the whole range) to read from the broker."""
 
     def __init__(self, start: int, end: int, seg: Segment | None) -> None:
-        self.start = start
+        self.start, self.end, self.seg = start, end, seg
         held_to = start if seg is None else min(seg.end, end)
-        self.pieces = [] if seg is None else [(seg, start, held_to)]
         self.gap = (held_to, end) if held_to < end else None
 
     def fill(self, cache: WindowCache, topic: str, partition: int, rows: list[Row],
              from_ms: int, after: int | None) -> None:
-        """Keep the gap's messages (`rows`); `from_ms`: the window's start (when nothing was
-        held, the range's start is its lookup's answer: the anchor); `after`: see Segment."""
+        """Keep the gap's messages (`rows`): appended to the segment held, or else a segment of
+        their own, anchored at `from_ms`, the window's start (the range's start is the answer
+        of its lookup); `after`: see Segment."""
         assert self.gap is not None
-        start, end = self.gap
-        seg = cache.add(topic, partition, start, end, None if self.pieces else from_ms, rows,
-                        after, self.pieces[-1][0] if self.pieces else None)
-        if seg.start <= self.start:  # one segment now holds the whole range
-            self.pieces = [(seg, self.start, end)]
+        if self.seg is None:
+            self.seg = cache.add(topic, partition, self.start, self.end, from_ms, rows, after)
         else:
-            self.pieces.append((seg, start, end))
+            cache.extend(topic, partition, self.seg, rows, self.end, after)
         self.gap = None
 
     def fold(self, agg: WindowAggregate, seen: SeenReadings, lo: int, hi: int) -> None:
-        assert self.gap is None
-        for seg, start, end in self.pieces:
-            seg.fold(agg, seen, start, end, lo, hi)
+        assert self.gap is None and self.seg is not None
+        self.seg.fold(agg, seen, self.start, self.end, lo, hi)
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,13 @@ class WindowCache:
         self.max_messages, self.max_age_s = max_messages, max_age_s
         self.lateness_ms = lateness_ms  # the segments note which readings came late
         self._segments: dict[tuple[str, int], list[Segment]] = {}
-        self._size = 0
         self._names: dict[str, str] = {}  # one str object per device name
         self._asked: dict[tuple[str, int], deque[tuple[int, int]]] = {}
         self._lock = threading.Lock()
 
     def messages(self) -> int:
-        return self._size
+        with self._lock:
+            return self._held()
 
     def _live(self, key: tuple[str, int]) -> list[Segment]:
         old = time.monotonic() - self.max_age_s
@@ -121,91 +122,64 @@ class WindowCache:
         """What memory holds of [start, end): the segment holding offset `start` (or ending
         right at it) up to its end now (another thread may extend it later)."""
         with self._lock:
-            for s in self._live((topic, partition)):
-                if s.start <= start <= s.end:
-                    s.used = time.monotonic()
-                    return RangeRead(start, end, s)
-            return RangeRead(start, end, None)
+            seg = next((s for s in self._live((topic, partition)) if s.start <= start <= s.end),
+                       None)
+            if seg is not None:
+                seg.used = time.monotonic()
+            return RangeRead(start, end, seg)
 
-    def add(self, topic: str, partition: int, start: int, end: int, anchor: int | None,
-            rows: list[Row], after: int | None = None, held: Segment | None = None) -> Segment:
-        """Store the decoded messages of [start, end), merged with the segments it overlaps or
-        touches; returns a segment holding [start, end). Without an anchor (a range read past
-        the end of a segment, `held`) they can only extend the segment to their left: if that
-        one is gone, the returned segment is not stored, and judges lateness on from `held`'s
-        readings before `start`. `after`: see Segment."""
+    def add(self, topic: str, partition: int, start: int, end: int, anchor: int,
+            rows: list[Row], after: int | None = None) -> Segment:
+        """Keep the decoded messages of [start, end) as a segment (`anchor`, `after`: see
+        Segment), in place of the segments it overlaps."""
+        seg = Segment(start, start, anchor, time.monotonic(), self.lateness_ms)
+        seg.append(self._named(rows), end, after)
+        with self._lock:
+            self._segments.setdefault((topic, partition), []).append(seg)
+            self._settle((topic, partition), seg)
+        return seg
+
+    def extend(self, topic: str, partition: int, seg: Segment, rows: list[Row], end: int,
+               after: int | None) -> None:
+        """Append the messages of `rows` past `seg`'s end, up to `end` (another request may
+        have extended it meanwhile). A segment dropped meanwhile is extended all the same, as
+        the request holding it folds its range from it (judging lateness from the readings
+        before), but no longer kept."""
+        new = self._named(rows)
+        with self._lock:
+            if end > seg.end:
+                seg.append([r for r in new if r[0] >= seg.end], end, after)
+            elif end == seg.end and after is not None:
+                seg.after = max(after, seg.after or after)
+            if seg in self._live((topic, partition)):
+                self._settle((topic, partition), seg)
+
+    def _named(self, rows: list[Row]) -> list[Row]:
+        """The rows with one str object per device name (they may stay held a long time)."""
         names = self._names
         if len(names) > self.max_messages:  # device ids that came and went
             names.clear()
-        rows = [(o, k, d if d is None else names.setdefault(d, d), q, t, v)
+        return [(o, k, d if d is None else names.setdefault(d, d), q, t, v)
                 for o, k, d, q, t, v in rows]
-        key = (topic, partition)
-        with self._lock:
-            segs = self._live(key)
-            touching = sorted((s for s in segs if s.start <= end and start <= s.end),
-                              key=lambda s: s.start)
-            left = touching[0] if touching and touching[0].start < start else None
-            if left is not None and len(touching) == 1:
-                # the common case, a window sliding forward: extend in place
-                if end > left.end:
-                    new = [r for r in rows if r[0] >= left.end]
-                    left.append(new, end, after)
-                    self._size += len(new)
-                elif end == left.end and after is not None:
-                    left.after = max(after, left.after or after)
-                left.used = time.monotonic()
-                merged = left
-            elif anchor is None and left is None:
-                merged = Segment(start, start, 0, 0.0, self.lateness_ms)
-                if held is not None:
-                    merged.arrival.newest = max(held.ts[:held.index(start)],
-                                                default=merged.arrival.newest)
-                merged.append(rows, end, after)
-            else:
-                merged = self._merge(touching, left, start, end, anchor, rows, after)
-                for s in touching:
-                    self._drop(key, s)
-                self._segments.setdefault(key, []).append(merged)
-                self._size += len(merged)
-                merged.used = time.monotonic()
-            self._evict()
-            return merged
 
-    def _merge(self, touching: list[Segment], left: Segment | None, start: int, end: int,
-               anchor: int | None, rows: list[Row], after: int | None) -> Segment:
-        lo = min([start, *(s.start for s in touching)])
-        hi = max([end, *(s.end for s in touching)])
-        # the leftmost part's anchor; at an equal start either holds, the later one says more
-        if left is not None:
-            anchor = left.anchor
-        else:
-            assert anchor is not None
-            anchor = max([anchor, *(s.anchor for s in touching if s.start == start)])
-        born = min([time.monotonic(), *(s.born for s in touching)])
-        merged = Segment(lo, lo, anchor, born, self.lateness_ms)
-        ordered: list[Row] = []
-        for s in touching:
-            if s.start < start:
-                ordered += [r for r in s.rows() if r[0] < start]
-        ordered += rows
-        for s in touching:
-            if s.end > end:
-                ordered += s.rows(s.index(end))
-        known = [b for b in [after if end == hi else None, *(s.after for s in touching
-                                                             if s.end == hi)] if b is not None]
-        merged.append(ordered, hi, max(known, default=None))
-        return merged
+    def _settle(self, key: tuple[str, int], seg: Segment) -> None:
+        """After `seg` was kept or grew: drop the partition's segments it now overlaps, and
+        the least recently used ones while memory holds too many messages."""
+        seg.used = time.monotonic()
+        for s in [s for s in self._segments[key] if s is not seg
+                  and s.start < seg.end and seg.start < s.end]:
+            self._drop(key, s)
+        while self._held() > self.max_messages:
+            key, old = min(((k, s) for k, segs in self._segments.items() for s in segs),
+                           key=lambda ks: ks[1].used)
+            self._drop(key, old)
+
+    def _held(self) -> int:
+        return sum(len(s) for segs in self._segments.values() for s in segs)
 
     def _drop(self, key: tuple[str, int], seg: Segment) -> None:
         segs = self._segments.get(key, [])
         if seg in segs:
             segs.remove(seg)
-            self._size -= len(seg)
         if not segs:
             self._segments.pop(key, None)
-
-    def _evict(self) -> None:
-        while self._size > self.max_messages:
-            key, seg = min(((k, s) for k, segs in self._segments.items() for s in segs),
-                           key=lambda ks: ks[1].used)
-            self._drop(key, seg)
