@@ -182,21 +182,42 @@ def test_a_range_whose_segment_expires_before_its_gap_is_kept_counts_each_readin
     assert (agg.count, agg.duplicates) == (7, 1)
 
 
-def test_a_range_starting_before_a_segment_replaces_what_it_overlaps() -> None:
-    """Segments are never merged: a range read whole takes the place of those it overlaps,
-    and a segment extended into the next one takes its place."""
-    rows: list[Row] = [(o, 1000 + o * 10, "d", o, 1000 + o * 10, 1) for o in range(40)]
-    cache = WindowCache(1000, 300, NEVER_LATE)
+def test_a_range_reaching_into_a_segment_takes_it_over() -> None:
+    """A range read whole, or a segment extended, up to inside the next segment: one segment
+    holds both, and lateness is judged as reading it from its start."""
+    rows: list[Row] = [(o, 1000 + o * 10, "d", o, 1000 + o * 10, o % 5) for o in range(40)]
+    rows[12] = (12, 1055, "e", 0, 1055, 99)  # late
+    cache = WindowCache(1000, 300, 45)
     for lo, hi in [(1100, 1140), (1300, 1340)]:  # offsets [10, 15) and [30, 35)
         read_window(cache, rows, lo, hi)
     assert cache.messages() == 10
-    read_window(cache, rows, 1050, 1120)  # [5, 13): read whole, in place of [10, 15)
-    assert cache.messages() == 13
-    assert cache.bounds(TOPIC, PART, 1130, 1141) is None  # offset 13 on: no longer held
-    got = read_window(cache, rows, 1060, 1320)  # [6, 33): [5, 13) extended into [30, 35)
-    assert same(got, reference(rows, 6, 33, 1060, 1320))
-    assert cache.messages() == 28  # one segment, [5, 33)
+    got = read_window(cache, rows, 1050, 1120)  # [5, 13): read whole, then [13, 15) taken over
+    assert same(got, reference(rows, 5, 13, 1050, 1120, 45)) and got.late == 1
+    assert cache.messages() == 10 + 5
+    assert cache.bounds(TOPIC, PART, 1130, 1141) == Bounds(13, 15)
+    got = read_window(cache, rows, 1000, 1080)  # [0, 9): read whole, then [9, 15) taken over
+    assert same(got, reference(rows, 0, 9, 1000, 1080, 45))
+    got = read_window(cache, rows, 1000, 1140)  # [0, 15), from memory
+    assert same(got, reference(rows, 0, 15, 1000, 1140, 45))
+    assert cache.messages() == 15 + 5
+    got = read_window(cache, rows, 1060, 1320)  # [6, 33): extended, taking over [33, 35)
+    assert same(got, reference(rows, 6, 33, 1060, 1320, 45))
+    assert cache.messages() == 35  # one segment
     assert cache.bounds(TOPIC, PART, 1310, 1321) == Bounds(31, 33)
+    assert cache.bounds(TOPIC, PART, 1320, 1341) == Bounds(32, 35)
+
+
+def test_a_segment_grown_up_to_the_next_one_joins_it() -> None:
+    """Two segments that touch would leave a range starting where the first ends read from
+    the broker again: the grown one takes the next one over."""
+    rows: list[Row] = [(o, 1000 + o * 10, "d", o, 1000 + o * 10, o) for o in range(20)]
+    cache = WindowCache(1000, 300, NEVER_LATE)
+    read_window(cache, rows, 1000, 1040)  # [0, 5)
+    read_window(cache, rows, 1100, 1190)  # [10, 20)
+    read_window(cache, rows, 1030, 1090)  # [3, 10): [0, 5) grows to 10, joins [10, 20)
+    assert cache.messages() == 20
+    assert cache.read(TOPIC, PART, 10, 20).gap is None
+    assert cache.bounds(TOPIC, PART, 1100, 1191) == Bounds(10, None)  # open: ends not known
 
 
 def test_a_range_is_admitted_once_asked_again_or_touching_what_is_held() -> None:
@@ -221,8 +242,9 @@ def test_a_range_is_admitted_once_asked_again_or_touching_what_is_held() -> None
 
 def test_a_gap_read_after_its_held_segment_was_dropped_judges_lateness_from_it() -> None:
     """Between a request's look at memory and the keeping of what it read past it, the held
-    segment ages out (or is evicted): what was read past it is then kept apart, and must judge
-    lateness on from the readings held before it, as a scan of the range would."""
+    segment ages out (or is evicted): what was read past it is appended to it all the same (not
+    kept), and judged late or not from the readings held before it, as a scan of the range
+    would."""
     lateness = 30_000
     rows = [(0, 1000, "a", 0, 1000, 1), (1, 2000, "a", 1, 2000, 1),
             (2, 100_000, "b", 0, 100_000, 5),

@@ -65,6 +65,13 @@ class Segment:
             self.late.extend(k for k, ok in zip(valid, on_time, strict=True) if not ok)
         self.end, self.after = end, after
 
+    def rows(self, lo: int) -> Iterable[Row]:
+        """The messages from index `lo` again, to append to a segment holding those before
+        them: their Kafka timestamp is the running maximum, which gives the same maximum
+        there."""
+        return zip(self.offsets[lo:], self.runmax[lo:], self.devices[lo:], self.seqs[lo:],
+                   self.ts[lo:], self.values[lo:], strict=True)
+
     def first_stamped(self, t: int, lo: int = 0) -> int | None:
         """Offset of the first message stamped at or after t (t >= anchor), if known here."""
         i = bisect_left(self.runmax, t, lo)

@@ -11,7 +11,8 @@ segment ended at a timestamp lookup's answer, it also keeps that time (`after`: 
 
 A range starting inside a segment (or right at its end) is folded from it, and what lies past
 the segment's end is read and appended: a window sliding forward extends one segment. Any other
-range is read whole and kept as a segment of its own, in place of those it overlaps.
+range is read whole and kept as a segment of its own, in place of those it overlaps (taking
+over what one holds past its end, as a segment does that grows into the next).
 
 Bounded by a number of messages (least recently used segments go first) and by an age, so a
 topic's retention or its deletion is seen within `IOTPIPE_QUERY_CACHE_SECONDS`. A range enters
@@ -120,10 +121,11 @@ class WindowCache:
 
     def read(self, topic: str, partition: int, start: int, end: int) -> RangeRead:
         """What memory holds of [start, end): the segment holding offset `start` (or ending
-        right at it) up to its end now (another thread may extend it later)."""
+        right at it; of two, the one reaching further) up to its end now (another thread may
+        extend it later)."""
         with self._lock:
-            seg = next((s for s in self._live((topic, partition)) if s.start <= start <= s.end),
-                       None)
+            seg = max((s for s in self._live((topic, partition)) if s.start <= start <= s.end),
+                      key=lambda s: s.end, default=None)
             if seg is not None:
                 seg.used = time.monotonic()
             return RangeRead(start, end, seg)
@@ -163,16 +165,23 @@ class WindowCache:
                 for o, k, d, q, t, v in rows]
 
     def _settle(self, key: tuple[str, int], seg: Segment) -> None:
-        """After `seg` was kept or grew: drop the partition's segments it now overlaps, and
-        the least recently used ones while memory holds too many messages."""
+        """After `seg` was kept or grew: the partition's segments it now overlaps or runs into
+        go, the messages of one reaching past its end appended to it (in offset order, so
+        lateness is judged as in a scan from its start); then the least recently used
+        segments go while memory holds too many messages."""
         seg.used = time.monotonic()
         for s in [s for s in self._segments[key] if s is not seg
-                  and s.start < seg.end and seg.start < s.end]:
+                  and s.start <= seg.end and seg.start < s.end]:
             self._drop(key, s)
-        while self._held() > self.max_messages:
+            if seg.start <= s.start and seg.end < s.end:
+                seg.append(s.rows(s.index(seg.end)), s.end, s.after)
+                seg.born = min(seg.born, s.born)
+        held = self._held()
+        while held > self.max_messages:
             key, old = min(((k, s) for k, segs in self._segments.items() for s in segs),
                            key=lambda ks: ks[1].used)
             self._drop(key, old)
+            held -= len(old)
 
     def _held(self) -> int:
         return sum(len(s) for segs in self._segments.values() for s in segs)
