@@ -220,6 +220,21 @@ def test_a_segment_grown_up_to_the_next_one_joins_it() -> None:
     assert cache.bounds(TOPIC, PART, 1100, 1191) == Bounds(10, None)  # open: ends not known
 
 
+def test_a_range_kept_meanwhile_by_another_request_stays() -> None:
+    """Two requests find nothing held; the one keeping a range second does not drop what the
+    first kept that holds its start."""
+    rows: list[Row] = [(o, 1000 + o * 10, "d", o, 1000 + o * 10, o) for o in range(100)]
+    cache = WindowCache(1000, 300, NEVER_LATE)
+    read = cache.read(TOPIC, PART, 50, 60)
+    assert read.gap == (50, 60)
+    cache.add(TOPIC, PART, 0, 100, 1000, rows, 1990)
+    read.fill(cache, TOPIC, PART, rows[50:60], 1500, 1600)
+    assert cache.messages() == 100
+    agg = WindowAggregate()
+    read.fold(agg, SeenReadings(), 1500, 1590)
+    assert same(agg, reference(rows, 50, 60, 1500, 1590))
+
+
 def test_a_range_is_admitted_once_asked_again_or_touching_what_is_held() -> None:
     cache = WindowCache(1000, 300, NEVER_LATE)
 

@@ -133,12 +133,14 @@ class WindowCache:
     def add(self, topic: str, partition: int, start: int, end: int, anchor: int,
             rows: list[Row], after: int | None = None) -> Segment:
         """Keep the decoded messages of [start, end) as a segment (`anchor`, `after`: see
-        Segment), in place of the segments it overlaps."""
+        Segment), in place of the segments it overlaps; returns it, kept or not."""
         seg = Segment(start, start, anchor, time.monotonic(), self.lateness_ms)
         seg.append(self._named(rows), end, after)
-        with self._lock:
-            self._segments.setdefault((topic, partition), []).append(seg)
-            self._settle((topic, partition), seg)
+        key = (topic, partition)
+        with self._lock:  # unless another request has kept what holds `start` meanwhile
+            if not any(s.start < start < s.end for s in self._live(key)):
+                self._segments.setdefault(key, []).append(seg)
+                self._settle(key, seg)
         return seg
 
     def extend(self, topic: str, partition: int, seg: Segment, rows: list[Row], end: int,
@@ -176,6 +178,8 @@ class WindowCache:
             if seg.start <= s.start and seg.end < s.end:
                 seg.append(s.rows(s.index(seg.end)), s.end, s.after)
                 seg.born = min(seg.born, s.born)
+            elif seg.end == s.end and s.after is not None:
+                seg.after = max(s.after, seg.after or s.after)
         held = self._held()
         while held > self.max_messages:
             key, old = min(((k, s) for k, segs in self._segments.items() for s in segs),
