@@ -65,6 +65,14 @@ class Segment:
             self.late.extend(k for k, ok in zip(valid, on_time, strict=True) if not ok)
         self.end, self.after = end, after
 
+    def grow(self, rows: Iterable[Row], end: int, after: int | None) -> None:
+        """Append the messages of `rows` past this segment's end, up to `end` (it may already
+        reach further); at the same end, only a known `after` is added."""
+        if end > self.end:
+            self.append([r for r in rows if r[0] >= self.end], end, after)
+        elif end == self.end and after is not None:
+            self.after = max(after, self.after or after)
+
     def rows(self, lo: int) -> Iterable[Row]:
         """The messages from index `lo` again, to append to a segment holding those before
         them: their Kafka timestamp is the running maximum, which gives the same maximum

@@ -151,10 +151,7 @@ class WindowCache:
         before), but no longer kept."""
         new = self._named(rows)
         with self._lock:
-            if end > seg.end:
-                seg.append([r for r in new if r[0] >= seg.end], end, after)
-            elif end == seg.end and after is not None:
-                seg.after = max(after, seg.after or after)
+            seg.grow(new, end, after)
             if seg in self._live((topic, partition)):
                 self._settle((topic, partition), seg)
 
@@ -175,11 +172,10 @@ class WindowCache:
         for s in [s for s in self._segments[key] if s is not seg
                   and s.start <= seg.end and seg.start < s.end]:
             self._drop(key, s)
-            if seg.start <= s.start and seg.end < s.end:
-                seg.append(s.rows(s.index(seg.end)), s.end, s.after)
-                seg.born = min(seg.born, s.born)
-            elif seg.end == s.end and s.after is not None:
-                seg.after = max(s.after, seg.after or s.after)
+            if seg.start <= s.start:  # (one starting before seg would hold seg's start)
+                if s.end > seg.end:
+                    seg.born = min(seg.born, s.born)
+                seg.grow(s.rows(s.index(seg.end)), s.end, s.after)
         held = self._held()
         while held > self.max_messages:
             key, old = min(((k, s) for k, segs in self._segments.items() for s in segs),
