@@ -1,25 +1,20 @@
-"""The reading wire format: the one place that knows how a reading looks on a Kafka topic.
+"""The reading wire format: the one place that knows how a reading looks on a Kafka topic
+(the rules, the edges of JSON included: README, "Wire format").
 
 Topic = sensor type. Key = device id (UTF-8), so a device's readings stay ordered in one
 partition. Value = compact JSON object
 ``{"device": str, "sensor": str, "seq": int, "ts": int (epoch ms), "value": number}``;
-extra fields are allowed and ignored. The message timestamp (CreateTime) equals ``ts``; a
-reading stamped later than its message by more than a slack (the allowed lateness) is malformed:
-a clock far ahead would make every later reading of its partition late (the broker bounds the
-message timestamps themselves: an hour ahead of its clock, by default).
-(``device``, ``seq``) identifies a reading: ``seq`` grows by one per reading of a device.
-
-msgspec's JSON codec over the typed `Reading` applies every rule. At the edges of JSON: the
-whole message is UTF-8 (checked here, as msgspec skips the text of fields it ignores) without
-lone surrogate escapes; a field given twice counts once, the last copy, and every copy must be
-valid; an integer is at most 4300 characters long, its sign included; nesting deeper than the
-decoder's limit is malformed.
+extra fields are ignored; (``device``, ``seq``) identifies a reading. The message timestamp
+equals ``ts``; a reading stamped later than its message by more than a slack (the allowed
+lateness) is malformed: a clock far ahead would make every later reading of its partition late.
+msgspec's JSON codec over the typed `Reading` applies the rules; UTF-8 is checked here, as
+msgspec skips the text of fields it ignores.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import sub
 from typing import Annotated, NamedTuple
 
@@ -41,9 +36,8 @@ class MalformedReading(ValueError):
 
 
 class Reading(msgspec.Struct, frozen=True, gc=False):
-    """One reading. Integer values are exact, up to a double's largest finite value (the
-    stream computes in doubles; `_finite` checks it); floats must be finite (JSON has no NaN
-    or Infinity, and 1e999 is out of range)."""
+    """One reading. An integer value is exact and must lie within a double's range (the stream
+    computes in doubles: `_finite`); a float must be finite (no NaN; 1e999 overflows)."""
 
     device: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DEVICE)]
     sensor: str
@@ -52,7 +46,8 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     value: int | float
 
 
-_encode = msgspec.json.Encoder().encode
+# the message value of a reading: compact JSON, fields in the documented order
+encode: Callable[[Reading], bytes] = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Reading).decode
 _FIELD_RULES = {
     "device": f"device must be a string of 1 to {MAX_DEVICE} characters",
@@ -61,11 +56,6 @@ _FIELD_RULES = {
     "ts": "ts must be epoch milliseconds",
     "value": "value must be a finite number",
 }
-
-
-def encode(reading: Reading) -> bytes:
-    """The message value of a reading (compact JSON, fields in the documented order)."""
-    return _encode(reading)
 
 
 def key(reading: Reading) -> bytes:
@@ -92,11 +82,8 @@ def _utf8(raw: bytes) -> bool:
 
 
 def decode(raw: bytes | None, sensor: str | None = None) -> Reading:
-    """Parse and validate one message value; raise MalformedReading with the reason.
-
-    When `sensor` is given, a reading of another sensor type (a message in the wrong topic) is
-    malformed too: counting it would mix two quantities.
-    """
+    """Parse and validate one message value; raise MalformedReading with the reason. Given
+    `sensor`, a reading of another sensor (in the wrong topic) is malformed too."""
     if raw is None:
         raise MalformedReading("empty message")
     if not (raw.isascii() or _utf8(raw)):
@@ -212,7 +199,7 @@ def bucket_key(sensor: str, start: int) -> bytes:
 def encode_rollup(record: Bucket | Progress) -> tuple[bytes, bytes]:
     """Key and value of a rollup record."""
     key = PROGRESS_KEY if isinstance(record, Progress) else bucket_key(record.sensor, record.start)
-    return key, _encode(record)
+    return key, msgspec.json.encode(record)
 
 
 def decode_rollup(raw: bytes | None) -> Bucket | Progress:

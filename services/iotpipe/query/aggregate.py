@@ -1,9 +1,4 @@
-"""Streaming aggregation of readings: constant memory per device, mergeable across partitions.
-
-`SeenReadings` remembers which (device, seq) were counted, its memory growing with devices and
-gaps, not readings; `WindowAggregate` keeps an exact sum (Python ints) and shifted sums for a
-numerically stable variance.
-"""
+"""Streaming aggregation of readings: constant memory per device, mergeable across partitions."""
 
 from __future__ import annotations
 
@@ -21,10 +16,9 @@ METRICS = ("count", "min", "max", "average", "mean", "sum", "stddev")
 
 
 class SeqSet:
-    """Set of non-negative integers: disjoint, sorted, non-adjacent [lo, hi] runs, plus the
-    seqs added before the last run since the runs were built (`loose`), merged into them once
-    they outnumber the runs: an insertion into the runs' lists would cost their length, so
-    seqs arriving backwards or at random made adding quadratic."""
+    """Set of non-negative integers: disjoint, sorted, non-adjacent [lo, hi] runs, plus seqs
+    added below the last run, held `loose` until they outnumber the runs: inserting each into
+    the runs' lists costs their length (quadratic for seqs arriving backwards or at random)."""
 
     __slots__ = ("his", "loose", "los")
 
@@ -66,18 +60,16 @@ class SeqSet:
         return list(zip(self.los, self.his, strict=True))
 
     def __len__(self) -> int:
-        return len(self.loose) + sum(h - lo + 1 for lo, h in zip(self.los, self.his,
-                                                                 strict=True))
+        return len(self.loose) + sum(self.his) - sum(self.los) + len(self.los)
 
 
 LOOSE_MIN = 64  # loose seqs held before the runs are rebuilt, at the least
 
 
 class SeenReadings:
-    """The (device, seq) pairs counted so far, each device in little memory: a run [first,
-    last] of consecutive seqs in two dicts (the common case, whatever the order of the devices:
-    extending it costs one lookup and one store), and a SeqSet only once a device's seqs have a
-    gap (filled later, or a reading sent again after others)."""
+    """The (device, seq) pairs counted so far: per device a run [first, last] of consecutive
+    seqs in two dicts (extending it costs one lookup and one store), and a SeqSet only once its
+    seqs have a gap (filled later, or a reading sent again after others)."""
 
     __slots__ = ("firsts", "lasts", "sets")
 
@@ -207,10 +199,9 @@ class WindowAggregate:
     def add_readings(self, seen: SeenReadings, on_time: list[bool] | None, lo: int, hi: int,
                      devices: Sequence[str], seqs: Sequence[int], ts: Sequence[int],
                      values: Sequence[int | float]) -> None:
-        """Add the readings stamped in [lo, hi] that arrived on time (`on_time`: a flag per
-        reading, as `LateFilter.on_time` gives them; None: all did) and whose (device, seq) is
-        not in `seen` yet, and note them there; the others inside the window count as late or
-        duplicates."""
+        """Add the readings stamped in [lo, hi] that arrived on time (`on_time`, a flag each
+        from `LateFilter.on_time`; None: all did) and are not in `seen` yet, noting them there;
+        the others inside the window count as late or duplicates."""
         if not ts:
             return
         if on_time is not None:

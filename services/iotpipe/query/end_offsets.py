@@ -1,9 +1,8 @@
 """Partition end offsets for many concurrent requests from one broker call.
 
-Every window still open to late readings needs the current end of its partitions. Under load,
-many requests ask at once; `EndOffsets` lets one of them look up the ends of all the
-partitions waiting, while the others wait for that answer. A request only takes an answer
-from a lookup that started after it asked, so it is as fresh as its own lookup would have been.
+Every window still open to late readings needs the current end of its partitions; under load
+many requests ask at once: one looks up the ends of all the partitions waiting, the others wait.
+A request only takes an answer from a lookup that started after it asked (as fresh as its own).
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ _MISSING = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
 
 
 def is_missing(err: object) -> bool:
-    """Whether a librdkafka error (or the exception carrying one) says the topic, or one of its
-    partitions, does not exist."""
+    """Whether a librdkafka error (or its KafkaException) says a topic or partition is missing."""
     if isinstance(err, KafkaException) and err.args:
         err = err.args[0]
     return isinstance(err, KafkaError) and err.code() in _MISSING

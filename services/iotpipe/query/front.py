@@ -38,14 +38,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 class BufferedApp:
     """ASGI app: the body is read whole (or past the size limit), then Flask runs in a thread.
-
-    Flask sees a Content-Length that is the body's real length (chunked bodies too), so its own
-    413 check keeps working; a body that misses the deadline gets 408 and costs no thread. The
-    thread hands back the whole answer (small JSON documents) in one step: no thread waits on
-    the event loop, which matters when the threads keep the GIL busy. The environ says when
-    the request was whole (`RECEIVED`): time spent waiting for a free thread counts against the
-    request's deadline.
-    """
+    Flask sees the body's real Content-Length (chunked bodies too), so its 413 check keeps
+    working. The thread hands back the whole answer in one step: no thread waits on the event
+    loop, which matters when the threads keep the GIL busy."""
 
     def __init__(self, flask: Flask, settings: Settings) -> None:
         self.flask, self.settings = flask, settings
@@ -125,14 +120,9 @@ async def _send_json(send: Send, status: int, body: bytes, *headers: tuple[bytes
 
 
 class BoundedProtocol(ASGIProtocol):
-    """gunicorn's HTTP/1 connection with a header deadline, a write deadline and a per-worker
-    connection limit.
-
-    Kept-alive connections already have gunicorn's keep-alive timer until their next request's
-    headers are complete; the header deadline covers a new connection's first request. A
-    client that stops reading its answers (gunicorn waits for room to write without a limit)
-    is cut off after the same deadline, so it cannot hold a connection for ever.
-    """
+    """gunicorn's HTTP/1 connection with a per-worker connection limit, a deadline for a new
+    connection's first headers (kept-alive ones have gunicorn's keep-alive timer), and the same
+    for a client that stops reading its answers (gunicorn would wait to write for ever)."""
 
     _deadline: asyncio.TimerHandle | None = None
     _write_deadline: asyncio.TimerHandle | None = None

@@ -60,9 +60,8 @@ def when_ready(server: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """A worker lets go of the master's /metrics socket (inherited by the fork): a master
-    killed with -9 then frees that port at once, not once its orphaned workers have exited,
-    and its restart can bind it."""
+    """A worker closes the master's /metrics socket it inherited: a master killed with -9 then
+    frees that port at once for its restart, not once its orphaned workers have exited."""
     if _metrics_server is not None:
         _metrics_server.socket.close()
 
@@ -72,9 +71,7 @@ READY_S = 30.0  # at most (within the pod's startup probe), then serve: read raw
 
 def post_worker_init(worker: Any) -> None:
     """Connect the consumers, start the reader processes and read the rollup index before the
-    first request arrives (other workers already up take the requests meanwhile). All three
-    run in threads and are waited for in the worker's event loop, where its stop signals are
-    handled: a worker stopped meanwhile waits no longer."""
+    first request; waited for in the worker's event loop, where its stop signals are handled."""
     service = worker.asgi.flask.extensions.get("iotpipe.service")
     if service is None:
         return

@@ -68,9 +68,7 @@ class ScanJob:
 @dataclass
 class SensorScan:
     """What one scan read of one sensor: the aggregate, and a fingerprint (hash) of each device
-    it counted, one array per de-duplication state (the scan's, or each partition's), so that
-    they can be checked for a device two of them counted (then a reading may have been counted
-    twice: see the service)."""
+    it counted per de-duplication state (the scan's, or each partition's): see the service."""
 
     agg: WindowAggregate
     fingerprints: list[array[int]]
@@ -112,8 +110,7 @@ class RangeScan:
             sensor = self.sensors.setdefault(r.sensor, _Sensor())
             sensor.agg.scanned += r.end - r.start
             self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job)
-        # the largest last in the list, so read first: the end of a per-partition scan, with
-        # fewer than PARTITIONS_AT_ONCE left to read, is then short
+        # popped from the end, so the largest first: a per-partition scan ends on short ranges
         self.waiting = [(r.topic, r.partition)
                         for r in sorted(job.ranges, key=lambda r: r.end - r.start)]
         self.open: set[tuple[str, int]] = set()
@@ -207,12 +204,9 @@ class RangeScan:
                    got: wire.Readings, malformed: dict[int, str]) -> None:
         valid = zip(*got, strict=True)
         for k, (msg, stamp) in enumerate(zip(msgs, stamps, strict=True)):
-            offset = _offset(msg)
             reason = malformed.get(k)
-            if reason is None:
-                rows.append((offset, stamp, *next(valid)))
-            else:
-                rows.append((offset, stamp, None, 0, 0, reason))
+            rows.append((_offset(msg), stamp, *next(valid)) if reason is None
+                        else (_offset(msg), stamp, None, 0, 0, reason))
 
     def _close_finished(self, c: Consumer) -> None:
         """Finish the open ranges whose consumer position passed their end without a message

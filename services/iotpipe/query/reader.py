@@ -56,17 +56,13 @@ class Fetch:
     queued_messages: int  # per partition, before it stops fetching ahead
 
 
-# librdkafka prefetches each assigned partition until the scan lets go of it, so these (and
-# the response size, in consumer_config) bound what is read past a range's end (by the broker,
-# then decompressed and parsed here: CPU both take from these shared cores) and a reader
-# process's memory; a large fetch only has to stay ahead of the decoding. Chosen per scan by
-# the length of its ranges (benchmarks.md, Load).
+# librdkafka prefetches each assigned partition until the scan lets go of it, so these bound
+# what is read past a range's end (CPU of these shared cores) and a reader process's memory;
+# chosen per scan by its longest range (`_fetch_for`). Trials: benchmarks.md, Load, and "fetch
+# sizes of the reader processes".
 SHORT = Fetch(16, BATCH)  # a range of about one consume() batch: a small window
 WINDOW = Fetch(64, 10_000)
-# the reader processes': ranges of up to 10,000 messages fetch less per partition, as more
-# would only be read past their ends; longer ones fetch more (`_fetch_for` falls back to the
-# last kind). Trials: benchmarks.md, "fetch sizes of the reader processes".
-MEDIUM = Fetch(256, 10_000)
+MEDIUM = Fetch(256, 10_000)  # the reader processes'
 LARGE = Fetch(512, 10_000)
 
 
@@ -168,10 +164,9 @@ class KafkaWindowReader:
         return parts
 
     def warm_up(self, topics: list[str], consumers: dict[Fetch, int]) -> None:
-        """Connect idle consumers (how many of each fetch kind) to the brokers leading the
-        topics' partitions, and learn those partitions, before the first requests, which would
-        otherwise wait for both. Gives up at the first failure or after WARM_UP_S (the broker
-        away or slow at start, a topic not created yet): the requests connect then."""
+        """Connect idle consumers (how many of each fetch kind) to the partitions' leaders and
+        learn the partitions before the first requests; gives up at the first failure or after
+        WARM_UP_S (the broker away, a topic not created yet): the requests connect then."""
         deadline = time.monotonic() + WARM_UP_S
 
         def left() -> float:  # of the warm-up's time, for the next broker call
@@ -232,9 +227,7 @@ class KafkaWindowReader:
     def plan(self, topics: dict[str, str], from_ms: int, to_ms: int, lateness_ms: int,
              cache: WindowCache | None = None) -> dict[str, list[PartitionRange] | UnknownTopic]:
         """Per sensor ({topic: sensor}), the partition ranges that cover [from, to] with its
-        allowed lateness, or why its topic cannot be read. The starts of all topics are one
-        broker request, their ends another made at the same time; offsets the cache knows
-        exactly are not asked."""
+        allowed lateness, or why its topic cannot be read."""
         try:
             return self._plan(topics, from_ms, to_ms, lateness_ms, cache)
         except UnknownTopic:  # deleted since its partitions were listed: list them again
@@ -253,9 +246,8 @@ class KafkaWindowReader:
                 parts += [(topic, p) for p in self.partitions(topic)]
             except UnknownTopic as e:
                 plans[sensor] = e
-        # the first time past the window and its lateness, if it has passed: a window still
-        # open to late readings ends at the partition's end (no message can be stamped after
-        # it yet), so the (costly, for the broker) timestamp lookup is skipped
+        # the first time past the window and its lateness, if it has passed; a window still
+        # open ends at the partition's end, without the broker's costly timestamp lookup
         past = to_ms + lateness_ms + 1
         stop = past if past <= time.time() * 1000 else None
         known = {(t, p): b for t, p in parts if cache is not None
@@ -279,10 +271,9 @@ class KafkaWindowReader:
 
     def _offsets(self, parts: list[TP], known: dict[TP, Bounds], from_ms: int,
                  stop_ms: int | None) -> tuple[dict[TP, int], dict[TP, int]]:
-        """Start offsets of the partitions, and end offsets if the window is closed (`stop_ms`),
-        from the cache where it knows them, else from the broker. Which partitions hold
-        anything after `from` is only known once the starts return, so the ends of all the
-        others are asked at the same time as the starts: one round trip, not two."""
+        """Start offsets, and end offsets if the window is closed (`stop_ms`), from the cache
+        where it knows them, else from the broker: every end at the same time as the starts
+        (one round trip, not two), before the starts say which partitions hold anything."""
         starts = {tp: b.start for tp, b in known.items()}
         ends = {tp: b.end for tp, b in known.items() if b.end is not None}
         starts_wanted = [tp for tp in parts if tp not in known]
@@ -301,8 +292,7 @@ class KafkaWindowReader:
         return starts, ends
 
     @_kafka_call("looking up end offsets")
-    def _end_offsets(self, partitions: list[tuple[str, int]]
-                     ) -> dict[tuple[str, int], int | Exception]:
+    def _end_offsets(self, partitions: list[TP]) -> dict[TP, int | Exception]:
         """End offsets of partitions of several topics in one call; an error of one partition
         (e.g. its topic was deleted) is that partition's answer only."""
         found = self._offsets_for_times([TopicPartition(t, p, OFFSET_END) for t, p in partitions])

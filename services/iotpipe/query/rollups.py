@@ -1,12 +1,10 @@
 """The rollup topic, followed in memory: which part of a window the stream has already summed.
 
-Each worker reads the compacted rollup topic from its beginning, then follows it, into one
-column per aggregate and sensor, in chunks of consecutive bucket numbers (memory grows with the
-chunks holding buckets, not with readings, nor with the time between two buckets). `plan` cuts a
-window into the whole final buckets inside it, answered from these columns with a few sums in C,
-and the windows left to read from the readings: its partial buckets at both edges, what is newer
-than the final mark, and any bucket whose record could not be read. Every reading falls in
-exactly one part, so none is counted twice or missed.
+Each worker reads the compacted rollup topic from its beginning, then follows it, into columns
+per sensor (`_Columns`). `plan` cuts a window into the whole final buckets inside it, answered
+from these columns with a few sums in C, and the windows left to read from the readings: its
+partial buckets at both edges, what is newer than the final mark, and any bucket whose record
+could not be read. Every reading falls in exactly one part, so none is counted twice or missed.
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ log = logging.getLogger(__name__)
 RETRY_S = 2.0
 CHECK_S = 5.0  # how often the followed topic is looked up
 EXACT = 2**53  # doubles hold every integer up to this: integer sums stay exact below it
-# a final mark (or bucket) stamped further than this past the worker's clock is not believed: a
-# device clock far ahead (the mark would call every bucket until then final; such a bucket is
-# read from the readings, should anyone ask for it)
+# a final mark (or bucket) stamped further than this past the worker's clock is not believed
+# (a device clock far ahead): it would call every bucket until then final
 AHEAD_MS = 86_400_000
 CHUNK = 4096  # buckets per chunk of a sensor's columns
 
@@ -124,17 +121,14 @@ class _Columns:
 
     def put(self, n: int, b: wire.Bucket) -> None:
         k, i = divmod(n, CHUNK)
-        chunk = self.chunks.get(k)
-        if chunk is None:
-            chunk = self.chunks[k] = _Chunk()
-        chunk.put(i, b)
+        if k not in self.chunks:
+            self.chunks[k] = _Chunk()
+        self.chunks[k].put(i, b)
         self.first = min(self.first, n)
 
     def aggregate(self, first: int, last: int) -> WindowAggregate:
         """The buckets [first, last) merged."""
         agg = WindowAggregate()
-        if first >= last:  # (between two unreadable buckets: called once per hole)
-            return agg
         lo, hi = first // CHUNK, (last - 1) // CHUNK
         # the chunks in the window or the chunks held, whichever are fewer
         keys = range(lo, hi + 1) if hi - lo < len(self.chunks) else sorted(self.chunks)
@@ -161,9 +155,8 @@ class RollupIndex:
         self.bucket_ms = settings.rollup_s * 1000
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        # set once the topic was read up to where it ended when first found, or found missing:
-        # a worker waits for it before it takes requests (see gunicorn_conf), which it would
-        # otherwise read from the readings, slowly for long windows
+        # set once the topic was read up to its end when first found, or found missing: a
+        # worker waits for it before taking requests (see gunicorn_conf)
         self.loaded = threading.Event()
         self._clear()
         self._thread = threading.Thread(target=self._follow, name="rollups", daemon=True)
@@ -183,11 +176,6 @@ class RollupIndex:
             # (sensor, bucket number) whose latest record could not be read, or holds integers
             # a double cannot sum exactly: read from the readings
             self.unreadable: set[tuple[str, int]] = set()
-
-    def lag_s(self) -> float | None:
-        """How far behind now the final buckets end; None while nothing is final."""
-        p = self.progress
-        return None if p is None else max(0.0, time.time() - p.final / 1000)
 
     def plan(self, sensors: list[str], lo: int, hi: int, expired: int | None = None
              ) -> RollupPlan:
@@ -222,14 +210,11 @@ class RollupIndex:
             holes = sorted({n for sensor, n in self.unreadable
                             if first <= n < last and sensor in sensors})
             runs = list(zip([first] + [n + 1 for n in holes], [*holes, last], strict=True))
-            rolled = {}
-            for sensor in sensors:
-                agg = WindowAggregate()
-                columns = self.sensors.get(sensor)
-                if columns is not None:
+            rolled = {sensor: WindowAggregate() for sensor in sensors}
+            for sensor, agg in rolled.items():
+                if (columns := self.sensors.get(sensor)) is not None:
                     for a, b in runs:
                         agg.merge(columns.aggregate(a, b))
-                rolled[sensor] = agg
         raw: list[tuple[int, int]] = []  # one read per run of adjacent parts
         for a, b in [(lo, first * r - 1), *((n * r, n * r + r - 1) for n in holes),
                      (last * r, hi)]:
@@ -285,10 +270,10 @@ class RollupIndex:
                     consumer.close()
 
     def _report_lag(self) -> None:
-        """+Inf while nothing is final (the topic lost, or no progress read yet): windows are
-        then read from the readings, which the gauge's alert is there to say."""
-        lag = self.lag_s()
-        prom.ROLLUP_LAG.set(math.inf if lag is None else lag)
+        """How far behind now the final buckets end; +Inf while none is (the topic lost, or no
+        progress read yet): windows are then read from the readings, as the alert says."""
+        p = self.progress
+        prom.ROLLUP_LAG.set(math.inf if p is None else max(0.0, time.time() - p.final / 1000))
 
     def _check(self, consumer: Consumer, topic: str) -> None:
         """A deleted topic sends a follower no error: ask for it. One recreated since (its

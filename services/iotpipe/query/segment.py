@@ -1,9 +1,4 @@
-"""A run of one partition's offsets, decoded: the unit the window cache keeps.
-
-Readings are stored column-wise (arrays of 64-bit ints, one list of values), with the running
-maximum of Kafka timestamps that makes offset lookups exact (see window_cache) and the
-malformed messages' indices.
-"""
+"""A run of one partition's offsets, decoded column-wise: the unit the window cache keeps."""
 
 from __future__ import annotations
 
@@ -74,9 +69,8 @@ class Segment:
             self.after = max(after, self.after or after)
 
     def rows(self, lo: int) -> Iterable[Row]:
-        """The messages from index `lo` again, to append to a segment holding those before
-        them: their Kafka timestamp is the running maximum, which gives the same maximum
-        there."""
+        """The messages from index `lo`, to append to a segment holding those before them
+        (their Kafka timestamp is the running maximum: the same maximum there)."""
         return zip(self.offsets[lo:], self.runmax[lo:], self.devices[lo:], self.seqs[lo:],
                    self.ts[lo:], self.values[lo:], strict=True)
 
@@ -92,9 +86,8 @@ class Segment:
 
     def fold(self, agg: WindowAggregate, seen: SeenReadings, start: int, end: int,
              lo: int, hi: int) -> None:
-        """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each
-        (device, seq) once across everything folded with the same `seen` - the same as a scan
-        of that range from the broker."""
+        """Aggregate the readings of offsets [start, end) stamped in [lo, hi], each (device,
+        seq) once per `seen`: the same as a scan of that range from the broker."""
         agg.scanned += end - start
         i, j = self.index(start), self.index(end)
         # malformed messages (device None, value their reason) are stamped NO_TS: the window

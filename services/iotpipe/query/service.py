@@ -1,12 +1,9 @@
 """Answers a MetricsRequest: the whole final buckets of the window from the rollups (see
 `rollups`), the rest from the readings, every part, topic and partition read in parallel.
 
-The offset lookups of all the sensors asked are a few broker requests, made in the request's
-thread. Scans of small windows run in threads (their time is network latency); once a window
-is asked for again, what they decode is kept in the worker's WindowCache (see its `admits`).
-Scans of large windows are CPU-bound (decoding JSON), so with `IOTPIPE_QUERY_READERS > 0` they
-run in that many reader processes, each keeping its own reused consumer, and are not cached
-(memory stays bounded by the fetch sizes).
+Scans of small windows run in threads (their time is network latency), through the worker's
+WindowCache once asked for again. Scans of large windows are CPU-bound (decoding JSON), so with
+`IOTPIPE_QUERY_READERS > 0` they run in that many reader processes, and are not cached.
 """
 
 from __future__ import annotations
@@ -184,12 +181,10 @@ class WindowMetricsService:
 
     def compute(self, req: MetricsRequest, received: float) -> dict[str, dict[str, object]]:
         """Result per sensor in request order; sensors that cannot be read go to req.errors:
-        parse (done) -> plan (rollups for the whole final buckets, readings for the rest) ->
-        read the raw parts in parallel -> merge the aggregates -> respond.
-        The deadline counts from `received` (time.time() when the request arrived), so a
-        request that waited that long for a thread is not started at all.
-        Raises BrokerUnavailable, ReaderLost or ScanTimeout when the window cannot be read at
-        all."""
+        plan (rollups for the whole final buckets, readings for the rest) -> read the raw parts
+        in parallel -> merge the aggregates. The deadline counts from `received` (time.time()
+        when the request arrived). Raises BrokerUnavailable, ReaderLost or ScanTimeout when the
+        window cannot be read at all."""
         s = self.settings
         deadline = received + s.query_deadline_s
         if time.time() >= deadline:
@@ -238,12 +233,8 @@ class WindowMetricsService:
         plans = self.reader.plan(topics, lo, hi, s.allowed_lateness_ms, cache)
         ranges: list[PartitionRange] = []
         totals: dict[str, WindowAggregate] = {}
-        unknown = set()
         for sensor in sensors:
-            plan = plans[sensor]
-            if isinstance(plan, UnknownTopic):
-                unknown.add(sensor)
-            else:
+            if not isinstance(plan := plans[sensor], UnknownTopic):
                 ranges += plan
                 totals[sensor] = WindowAggregate()
         messages = sum(r.end - r.start for r in ranges)
@@ -252,15 +243,13 @@ class WindowMetricsService:
             self._fold_cached(cache, ranges, job, totals)
         else:
             self._fold_scanned(ranges, messages, job, totals)
-        return totals, unknown
+        return totals, set(sensors) - totals.keys()
 
     def _fold_scanned(self, ranges: list[PartitionRange], messages: int,
                       job: ScanJob, totals: dict[str, WindowAggregate]) -> None:
-        """Aggregate the ranges in parallel scans of whole partitions. Each scan counts a
-        (device, seq) once, a large one in each partition on its own (then it holds a few
-        partitions' devices at a time); a device found by two scans or partitions (its
-        readings written to two partitions) could have a reading counted by both, so then that
-        sensor is read again in one scan (holding all its devices at once)."""
+        """Aggregate the ranges in parallel scans of whole partitions, each counting a
+        (device, seq) once (a large one per partition); a device found by two scans or
+        partitions may have had a reading counted twice, so its sensor is read again in one."""
         deadline = job.deadline
         groups = split(ranges, self.scans.groups(messages, len(totals)))
         per_partition = messages >= PER_PARTITION_SCAN
@@ -287,17 +276,13 @@ class WindowMetricsService:
         reads = [(r, cache.read(r.topic, r.partition, r.start, r.end)) for r in ranges]
         gaps = [(PartitionRange(r.topic, r.sensor, r.partition, *read.gap, r.end_stamp), read)
                 for r, read in reads if read.gap is not None]
-        if gaps:
-            messages = sum(g.end - g.start for g, _ in gaps)
-            groups = split([g for g, _ in gaps], self.scans.groups(messages, len(totals)))
-            rows: dict[tuple[str, int], list[Row]] = {}
-            for future in [self.scans.submit_rows(replace(job, ranges=group))
-                           for group in groups]:
-                read_rows: dict[tuple[str, int], list[Row]] = self._wait(future, job.deadline)
-                rows |= read_rows
-            for g, read in gaps:
-                read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)], job.from_ms,
-                          g.end_stamp)
+        messages = sum(g.end - g.start for g, _ in gaps)
+        groups = split([g for g, _ in gaps], self.scans.groups(messages, len(totals)))
+        futures = [self.scans.submit_rows(replace(job, ranges=group)) for group in groups]
+        rows = {tp: got for f in futures for tp, got in self._wait(f, job.deadline).items()}
+        for g, read in gaps:
+            read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)], job.from_ms,
+                      g.end_stamp)
         for sensor, total in totals.items():
             seen = SeenReadings()  # one per sensor: a repeat in another partition counts once
             for r, read in reads:
@@ -331,11 +316,9 @@ class WindowMetricsService:
 
 
 def _shared(parts: list[array[int]]) -> bool:
-    """Whether two parts' device fingerprints meet (a shared device, or a hash collision: then
-    the sensor is read again needlessly, never wrongly), each part's fingerprints being
-    distinct: a fingerprint found twice once all are sorted together, in numpy (a set of
-    millions of Python ints takes many times longer). Imported here, so that the reader
-    processes, which import this module, do not load it."""
+    """Whether two parts' (each distinct) device fingerprints meet (a hash collision only
+    costs a needless re-read), sorted together in numpy: a set of millions of Python ints is
+    far slower. Imported here, so that the reader processes do not load it."""
     if len(parts) < 2:
         return False
     import numpy as np

@@ -9,14 +9,10 @@ maximum of Kafka timestamps reaches `t` - the answer `offsets_for_times(t)` give
 segment ended at a timestamp lookup's answer, it also keeps that time (`after`: the message at
 `end` is stamped at or after it), so a closed window ending there needs no broker either.
 
-A range starting inside a segment (or right at its end) is folded from it, and what lies past
-the segment's end is read and appended: a window sliding forward extends one segment. Any other
-range is read whole and kept as a segment of its own, in place of those it overlaps (taking
-over what one holds past its end, as a segment does that grows into the next).
-
-Bounded by a number of messages (least recently used segments go first) and by an age, so a
-topic's retention or its deletion is seen within `IOTPIPE_QUERY_CACHE_SECONDS`. A range enters
-only once it is asked for again (see `admits`).
+A range starting inside a segment (or right at its end) is folded from it, the segment extended
+with what lies past its end (a window sliding forward); any other range is kept whole, in place
+of the segments it overlaps. Bounded by messages (least recently used first) and by age, so a
+topic's retention or deletion shows within `IOTPIPE_QUERY_CACHE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -44,8 +40,7 @@ class RangeRead:
     def fill(self, cache: WindowCache, topic: str, partition: int, rows: list[Row],
              from_ms: int, after: int | None) -> None:
         """Keep the gap's messages (`rows`): appended to the segment held, or else a segment of
-        their own, anchored at `from_ms`, the window's start (the range's start is the answer
-        of its lookup); `after`: see Segment."""
+        their own anchored at `from_ms` (the range's start answered its lookup); see Segment."""
         assert self.gap is not None
         if self.seg is None:
             self.seg = cache.add(topic, partition, self.start, self.end, from_ms, rows, after)
@@ -91,11 +86,9 @@ class WindowCache:
         return self._segments.get(key, [])
 
     def admits(self, ranges: Iterable[PartitionRange]) -> bool:
-        """Whether to read these ranges through memory: it holds or touches one of them, or a
-        recent request asked for one overlapping it (a window asked again: a dashboard
-        refreshing, a window sliding forward). Ranges asked for the first time are read from
-        the broker and only remembered: keeping windows that are never asked again (random
-        history) would cost a copy each and evict what is."""
+        """Whether to read these ranges through memory: it holds or touches one, or a recent
+        request asked for one overlapping it. Keeping windows that are never asked again
+        (random history) would cost a copy each and evict those that are."""
         again = False
         with self._lock:
             for r in ranges:
@@ -120,9 +113,8 @@ class WindowCache:
             return Bounds(start, end)
 
     def read(self, topic: str, partition: int, start: int, end: int) -> RangeRead:
-        """What memory holds of [start, end): the segment holding offset `start` (or ending
-        right at it; of two, the one reaching further) up to its end now (another thread may
-        extend it later)."""
+        """What memory holds of [start, end) now: the segment holding offset `start` (or ending
+        right at it; of two, the one reaching further)."""
         with self._lock:
             seg = max((s for s in self._live((topic, partition)) if s.start <= start <= s.end),
                       key=lambda s: s.end, default=None)
@@ -145,10 +137,8 @@ class WindowCache:
 
     def extend(self, topic: str, partition: int, seg: Segment, rows: list[Row], end: int,
                after: int | None) -> None:
-        """Append the messages of `rows` past `seg`'s end, up to `end` (another request may
-        have extended it meanwhile). A segment dropped meanwhile is extended all the same, as
-        the request holding it folds its range from it (judging lateness from the readings
-        before), but no longer kept."""
+        """Grow `seg` (see Segment.grow); a segment dropped meanwhile is grown all the same (the
+        request holding it folds its range from it), but no longer kept."""
         new = self._named(rows)
         with self._lock:
             seg.grow(new, end, after)
@@ -164,10 +154,9 @@ class WindowCache:
                 for o, k, d, q, t, v in rows]
 
     def _settle(self, key: tuple[str, int], seg: Segment) -> None:
-        """After `seg` was kept or grew: the partition's segments it now overlaps or runs into
-        go, the messages of one reaching past its end appended to it (in offset order, so
-        lateness is judged as in a scan from its start); then the least recently used
-        segments go while memory holds too many messages."""
+        """After `seg` was kept or grew: the segments it overlaps or runs into go, what one
+        holds past its end appended to it (in offset order: lateness is judged as in a scan
+        from its start); then the least recently used go while too many messages are held."""
         seg.used = time.monotonic()
         for s in [s for s in self._segments[key] if s is not seg
                   and s.start <= seg.end and seg.start < s.end]:
