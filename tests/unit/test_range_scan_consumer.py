@@ -1,5 +1,6 @@
 """RangeScan against a stand-in consumer: what it assigns and when, ranges that end in offsets
-holding no message (transaction markers), and the consumer left unassigned whatever happens."""
+holding no message (transaction markers), closed windows' ranges whose looked-up end is such an
+offset, and the consumer left unassigned whatever happens."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class StandInConsumer:
 
     def unassign(self) -> None:
         self.at = {}
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return 0, self.ends[tp.partition]
 
     def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, self._skip(tp.partition))
@@ -122,3 +126,59 @@ def test_a_scan_past_its_deadline_says_how_many_partitions_were_not_read() -> No
     with pytest.raises(ScanTimeout, match=r"^5 partitions not read"):
         RangeScan(_job(ends, time.time() - 1, True)).run(consumer)
     assert consumer.at == {}
+
+
+LATENESS = 5_000
+STOP = T0 + 9_999 + LATENESS + 1  # where a closed window [T0, T0 + 9,999] is read up to
+
+
+def _marked_log(after_marker: list[int]) -> dict[int, bytes]:
+    """Readings stamped each second from T0 at offsets 0-9, then offset 10 holding no message:
+    a transaction marker, stamped when its transaction committed (after STOP, so that the
+    lookup of STOP answers 10), then readings stamped `after_marker` (ms past T0)."""
+    stamps = [k * 1000 for k in range(10)] + [-1] + after_marker
+    return {o: wire.encode(wire.Reading("d", SENSOR, o, T0 + t, o)) for o, t in enumerate(stamps)
+            if t >= 0}
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_a_closed_range_whose_end_holds_no_reading_reads_on_to_the_first_stamped_past(
+        record: bool) -> None:
+    """Offsets 11-13 are on time and inside the window; 14 is stamped past it and its
+    lateness, so 15 and 16 (late) are not read."""
+    log = _marked_log([9_500, 9_800, 9_900, STOP - T0, 9_000, 9_100])
+    consumer = StandInConsumer({0: log}, {0: 17})
+    scan = RangeScan(ScanJob((PartitionRange(TOPIC, SENSOR, 0, 0, 10, STOP),), T0, T0 + 9_999,
+                             time.time() + 10, LATENESS, record=record))
+    scan.run(consumer)
+    if record:
+        got = scan.rows()[(TOPIC, 0)]
+        assert ([row[0] for row in got.rows], got.end, got.end_stamp) == (
+            [*range(10), 11, 12, 13], 14, STOP)
+    else:
+        agg = scan.results()[SENSOR].agg
+        assert (agg.count, agg.total, agg.scanned) == (13, sum(range(10)) + 11 + 12 + 13, 14)
+    assert consumer.at == {}
+
+
+def test_a_closed_range_with_nothing_stamped_past_its_end_reads_to_the_partition_end() -> None:
+    log = _marked_log([9_500, 9_800])
+    consumer = StandInConsumer({0: log}, {0: 14})  # 13: a marker again
+    scan = RangeScan(ScanJob((PartitionRange(TOPIC, SENSOR, 0, 0, 10, STOP),), T0, T0 + 9_999,
+                             time.time() + 10, LATENESS, record=True))
+    scan.run(consumer)
+    got = scan.rows()[(TOPIC, 0)]
+    assert ([row[0] for row in got.rows], got.end, got.end_stamp) == (
+        [*range(10), 11, 12], 14, None)
+
+
+def test_a_closed_range_ending_at_a_reading_stops_there() -> None:
+    """The common case: the lookup's answer holds the reading stamped past the window."""
+    log = {o: wire.encode(wire.Reading("d", SENSOR, o, T0 + t, o))
+           for o, t in enumerate([0, 1_000, 2_000, STOP - T0, 3_000])}
+    consumer = StandInConsumer({0: log}, {0: 5})
+    scan = RangeScan(ScanJob((PartitionRange(TOPIC, SENSOR, 0, 0, 3, STOP),), T0, T0 + 9_999,
+                             time.time() + 10, LATENESS))
+    scan.run(consumer)
+    agg = scan.results()[SENSOR].agg
+    assert (agg.count, agg.total, agg.scanned) == (3, 3, 3)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
-from iotpipe.query.range_scan import PartitionRange, Row
+from iotpipe.query.range_scan import PartitionRange, RangeRows, Row
 from iotpipe.query.window_cache import ASKED, Bounds, WindowCache
 
 NEVER_LATE = 10**15  # these tests are about what memory holds, not about lateness
@@ -90,8 +90,8 @@ def read_window(cache: WindowCache, rows: list[Row], lo: int, hi: int) -> Window
         return agg
     read = cache.read(TOPIC, PART, start, end)
     if read.gap is not None:
-        read.fill(cache, TOPIC, PART, [r for r in rows if read.gap[0] <= r[0] < read.gap[1]],
-                  lo, end_stamp)
+        gap = [r for r in rows if read.gap[0] <= r[0] < read.gap[1]]
+        read.fill(cache, TOPIC, PART, RangeRows(gap, end, end_stamp), lo)
     read.fold(agg, SeenReadings(), lo, hi)
     return agg
 
@@ -174,7 +174,7 @@ def test_a_range_whose_segment_expires_before_its_gap_is_kept_counts_each_readin
     read = cache.read(TOPIC, PART, 2, 10)
     assert read.gap == (5, 10) and read.seg is not None
     time.sleep(0.3)  # the held segment is now too old to be kept
-    read.fill(cache, TOPIC, PART, rows[5:], 1020, None)
+    read.fill(cache, TOPIC, PART, RangeRows(rows[5:], 10, None), 1020)
     assert cache.messages() == 0
     agg = WindowAggregate()
     read.fold(agg, SeenReadings(), 1020, 1200)
@@ -228,7 +228,7 @@ def test_a_range_kept_meanwhile_by_another_request_stays() -> None:
     read = cache.read(TOPIC, PART, 50, 60)
     assert read.gap == (50, 60)
     cache.add(TOPIC, PART, 0, 100, 1000, rows, 1990)
-    read.fill(cache, TOPIC, PART, rows[50:60], 1500, 1600)
+    read.fill(cache, TOPIC, PART, RangeRows(rows[50:60], 60, 1600), 1500)
     assert cache.messages() == 100
     agg = WindowAggregate()
     read.fold(agg, SeenReadings(), 1500, 1590)
@@ -270,7 +270,7 @@ def test_a_gap_read_after_its_held_segment_was_dropped_judges_lateness_from_it()
     read = cache.read(TOPIC, PART, 0, 6)
     assert read.gap == (3, 6)
     time.sleep(0.1)  # the held segment ages out before the gap is kept
-    read.fill(cache, TOPIC, PART, rows[3:], 1000, None)
+    read.fill(cache, TOPIC, PART, RangeRows(rows[3:], 6, None), 1000)
     got = WindowAggregate()
     read.fold(got, SeenReadings(), 1000, 130_000)
     want = reference(rows, 0, 6, 1000, 130_000, lateness)

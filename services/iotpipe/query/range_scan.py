@@ -12,7 +12,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -23,7 +23,9 @@ from iotpipe.query.errors import BrokerUnavailable, ScanTimeout
 
 BATCH = 1000  # messages per consume(): a batch and its decoded readings stay in the CPU caches
 PARTITIONS_AT_ONCE = 2  # of a per-partition scan: while one ends and the next starts, one reads
-POLL_S = 0.5
+# consume() waits this long at most for a batch it asked for in full: offsets that hold no
+# message (transaction markers) make a range's last batch short
+POLL_S = 0.01
 # a consumed message that is not an error event always has these (the stubs say "or None")
 _topic = cast(Callable[[Message], str], Message.topic)
 _partition = cast(Callable[[Message], int], Message.partition)
@@ -45,9 +47,19 @@ class PartitionRange:
     partition: int
     start: int
     end: int
-    # the message at `end` is stamped at or after this (the end came from that timestamp
-    # lookup); None when `end` is the partition's end
+    # a closed window's range: the first message stamped at or after this (the lookup's
+    # answer `end`, unless that offset holds no reading: see RangeScan._end_in); None when
+    # `end` is the partition's end
     end_stamp: int | None = None
+
+
+class RangeRows(NamedTuple):
+    """What a scan in record mode read of a range: its messages, where it ended, and the
+    range's stop if it ended at a message stamped at or after it (see PartitionRange)."""
+
+    rows: list[Row]
+    end: int
+    end_stamp: int | None
 
 
 @dataclass(frozen=True)
@@ -88,12 +100,15 @@ class _Sensor:
 
 
 class _Range:
-    __slots__ = ("agg", "end", "last", "late", "left", "rows", "seen", "sensor", "start")
+    __slots__ = ("agg", "end", "late", "limit", "next", "rows", "seen", "sensor", "start",
+                 "stop")
 
     def __init__(self, r: PartitionRange, sensor: _Sensor, job: ScanJob) -> None:
-        self.end, self.last, self.sensor = r.end, r.end - 1, r.sensor
+        self.end, self.stop, self.sensor = r.end, r.end_stamp, r.sensor
         self.start = TopicPartition(r.topic, r.partition, r.start)
-        self.left = r.end - r.start  # offsets not read yet (a transaction marker holds one too)
+        # offsets below `limit` are read (a transaction marker holds one too): a closed range
+        # reads the message at its end as well, which confirms the end
+        self.next, self.limit = r.start, r.end + (r.end_stamp is not None)
         self.agg, self.late = sensor.agg, LateFilter(job.lateness_ms)
         self.seen = SeenReadings() if job.per_partition else sensor.seen
         self.rows: list[Row] | None = [] if job.record else None
@@ -108,7 +123,6 @@ class RangeScan:
         self.ranges: dict[tuple[str, int], _Range] = {}
         for r in job.ranges:
             sensor = self.sensors.setdefault(r.sensor, _Sensor())
-            sensor.agg.scanned += r.end - r.start
             self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job)
         # popped from the end, so the largest first: a per-partition scan ends on short ranges
         self.waiting = [(r.topic, r.partition)
@@ -142,7 +156,8 @@ class RangeScan:
             unread = len(self.open) + len(self.waiting)
             raise ScanTimeout(f"{unread} partitions not read before the deadline")
         # consume() returns early only once it has as many messages as asked for
-        asked = max(1, min(BATCH, sum(self.ranges[key].left for key in self.open)))
+        asked = max(1, min(BATCH, sum(self.ranges[key].limit - self.ranges[key].next
+                                      for key in self.open)))
         batch = c.consume(asked, min(POLL_S, remaining))
         if batch:
             self._fold(c, batch)
@@ -154,8 +169,9 @@ class RangeScan:
                                  else [_fingerprints(s.seen)])
                 for name, s in self.sensors.items()}
 
-    def rows(self) -> dict[tuple[str, int], list[Row]]:
-        return {key: r.rows for key, r in self.ranges.items() if r.rows is not None}
+    def rows(self) -> dict[tuple[str, int], RangeRows]:
+        return {key: RangeRows(r.rows, r.end, r.stop) for key, r in self.ranges.items()
+                if r.rows is not None}
 
     def _fold(self, c: Consumer, batch: list[Message]) -> None:
         """Fold one consumed batch, a run of messages of one partition at a time."""
@@ -164,25 +180,58 @@ class RangeScan:
         finished: list[TopicPartition] = []
         topics, partitions = list(map(_topic, batch)), list(map(_partition, batch))
         for key, i, j in _runs(topics, partitions):
+            if key not in self.open:  # fetched past the range's end before it was let go
+                continue
             r = self.ranges[key]
-            if _offset(batch[j - 1]) >= r.last:  # the run reaches the range's last offset
-                if key in self.open:
+            # the run reaches the range's last offset (a read-on range's: any)
+            if _offset(batch[j - 1]) >= min(r.end, r.limit - 1):
+                end = self._end_in(c, key, r, batch, i, j)
+                if end is not None:
                     self.open.discard(key)
                     finished.append(TopicPartition(*key))
-                j = bisect_left(batch, r.end, i, j, key=_offset)
+                    j = end
             if i < j:
-                r.left -= j - i
+                r.next = _offset(batch[j - 1]) + 1
                 self._fold_run(r, batch[i:j])
         if finished:  # stop prefetching what lies past the range
             self._finish(c, finished)
+
+    def _end_in(self, c: Consumer, key: tuple[str, int], r: _Range, batch: list[Message],
+                i: int, j: int) -> int | None:
+        """Where in the run batch[i:j] the range ends, or None if it goes on past it. A closed
+        range ends at the first message from its `end` on stamped at or after its stop: the
+        lookup's answer, unless that offset holds no reading (a transaction marker, stamped
+        when its transaction committed: after the readings before it, long after when they
+        were written late); then it reads on."""
+        k = bisect_left(batch, r.end, i, j, key=_offset)
+        if r.stop is None:
+            return k
+        k = next((x for x in range(k, j) if _timestamp(batch[x])[1] >= r.stop), j)
+        if k < j:
+            r.end = _offset(batch[k])
+            return k
+        return None if self._read_on(c, key, r, _offset(batch[j - 1]) + 1) else j
+
+    def _read_on(self, c: Consumer, key: tuple[str, int], r: _Range, read_to: int) -> bool:
+        """A closed range holds no message stamped at or after its stop below `read_to`:
+        whether it reads on (to the partition's end, as the broker gives it now)."""
+        r.end = read_to
+        if read_to >= r.limit:
+            remaining = max(0.1, self.job.deadline - time.time())
+            r.limit = c.get_watermark_offsets(TopicPartition(*key), timeout=remaining)[1]
+        if read_to < r.limit:
+            return True
+        r.stop = None  # it ends at the partition's end: no message there is stamped yet
+        return False
 
     def _finish(self, c: Consumer, finished: list[TopicPartition]) -> None:
         """Let go of ranges read to their end; in a per-partition scan, keep only their
         devices' fingerprints (their states are what it frees to hold a few at a time)."""
         c.incremental_unassign(finished)
-        if self.job.per_partition:
-            for tp in finished:
-                r = self.ranges[(tp.topic, tp.partition)]
+        for tp in finished:
+            r = self.ranges[(tp.topic, tp.partition)]
+            r.agg.scanned += r.end - r.start.offset
+            if self.job.per_partition:
                 self.sensors[r.sensor].fingerprints.append(_fingerprints(r.seen))
                 r.seen = SeenReadings()
 
@@ -211,8 +260,13 @@ class RangeScan:
     def _close_finished(self, c: Consumer) -> None:
         """Finish the open ranges whose consumer position passed their end without a message
         at their last offset (e.g. ranges ending in transaction markers)."""
-        finished = [tp for tp in c.position([TopicPartition(t, p) for t, p in self.open])
-                    if tp.offset >= self.ranges[(tp.topic, tp.partition)].end]
+        finished = []
+        for tp in c.position([TopicPartition(t, p) for t, p in self.open]):
+            key = (tp.topic, tp.partition)
+            r = self.ranges[key]
+            if tp.offset >= r.limit and (r.stop is None
+                                         or not self._read_on(c, key, r, tp.offset)):
+                finished.append(tp)
         if finished:
             self.open.difference_update((tp.topic, tp.partition) for tp in finished)
             self._finish(c, finished)

@@ -23,7 +23,14 @@ from confluent_kafka.admin import TopicMetadata
 from iotpipe.core.settings import KafkaSettings
 from iotpipe.query.end_offsets import TP, EndOffsets
 from iotpipe.query.errors import BrokerUnavailable, UnknownTopic, is_missing
-from iotpipe.query.range_scan import BATCH, PartitionRange, RangeScan, Row, ScanJob, SensorScan
+from iotpipe.query.range_scan import (
+    BATCH,
+    PartitionRange,
+    RangeRows,
+    RangeScan,
+    ScanJob,
+    SensorScan,
+)
 from iotpipe.query.window_cache import Bounds, WindowCache
 
 log = logging.getLogger(__name__)
@@ -266,7 +273,9 @@ class KafkaWindowReader:
                 plans[sensor] = [
                     PartitionRange(t, sensor, p, starts[(t, p)], ends[(t, p)],
                                    None if (t, p) in open_ended else stop)
-                    for t, p in live if t == topic and ends[(t, p)] > starts[(t, p)]]
+                    for t, p in live if t == topic
+                    # (a closed range's end is read to be confirmed: see RangeScan._end_in)
+                    and (ends[(t, p)] > starts[(t, p)] or (t, p) not in open_ended)]
         return plans
 
     def _offsets(self, parts: list[TP], known: dict[TP, Bounds], from_ms: int,
@@ -305,7 +314,7 @@ class KafkaWindowReader:
         return self._run(job).results()
 
     @_kafka_call("reading partitions")
-    def read_rows(self, job: ScanJob) -> dict[tuple[str, int], list[Row]]:
+    def read_rows(self, job: ScanJob) -> dict[tuple[str, int], RangeRows]:
         """Every decoded message of the job's ranges, per (topic, partition)."""
         return self._run(dataclasses.replace(job, record=True)).rows()
 

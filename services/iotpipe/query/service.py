@@ -26,7 +26,7 @@ from iotpipe.core.settings import KafkaSettings, Settings
 from iotpipe.query import metrics as prom
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
 from iotpipe.query.errors import BrokerUnavailable, ReaderLost, ScanTimeout, UnknownTopic
-from iotpipe.query.range_scan import PartitionRange, Row, ScanJob, SensorScan
+from iotpipe.query.range_scan import PartitionRange, RangeRows, ScanJob, SensorScan
 from iotpipe.query.reader import LARGE, MEDIUM, SHORT, WINDOW, KafkaWindowReader, split
 from iotpipe.query.request import MetricsRequest
 from iotpipe.query.retention import Retention, retention_note
@@ -131,7 +131,7 @@ class ScanPool:
         if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
             self.reset(pool)
 
-    def submit_rows(self, job: ScanJob) -> cf.Future[dict[tuple[str, int], list[Row]]]:
+    def submit_rows(self, job: ScanJob) -> cf.Future[dict[tuple[str, int], RangeRows]]:
         return self._threads.submit(self._reader.read_rows, job)
 
     def reset(self, broken: cf.ProcessPoolExecutor | None = None) -> None:
@@ -273,7 +273,8 @@ class WindowMetricsService:
     def _fold_cached(self, cache: WindowCache, ranges: list[PartitionRange],
                      job: ScanJob, totals: dict[str, WindowAggregate]) -> None:
         """Aggregate the ranges from memory; parts not held yet are read from the broker, kept."""
-        reads = [(r, cache.read(r.topic, r.partition, r.start, r.end)) for r in ranges]
+        reads = [(r, cache.read(r.topic, r.partition, r.start, r.end, r.end_stamp))
+                 for r in ranges]
         gaps = [(PartitionRange(r.topic, r.sensor, r.partition, *read.gap, r.end_stamp), read)
                 for r, read in reads if read.gap is not None]
         messages = sum(g.end - g.start for g, _ in gaps)
@@ -281,8 +282,7 @@ class WindowMetricsService:
         futures = [self.scans.submit_rows(replace(job, ranges=group)) for group in groups]
         rows = {tp: got for f in futures for tp, got in self._wait(f, job.deadline).items()}
         for g, read in gaps:
-            read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)], job.from_ms,
-                      g.end_stamp)
+            read.fill(cache, g.topic, g.partition, rows[(g.topic, g.partition)], job.from_ms)
         for sensor, total in totals.items():
             seen = SeenReadings()  # one per sensor: a repeat in another partition counts once
             for r, read in reads:

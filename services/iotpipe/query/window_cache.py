@@ -24,24 +24,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from iotpipe.query.aggregate import SeenReadings, WindowAggregate
-from iotpipe.query.range_scan import PartitionRange, Row
+from iotpipe.query.range_scan import PartitionRange, RangeRows, Row
 from iotpipe.query.segment import Segment
 
 
 class RangeRead:
     """One partition range of a request: the segment holding its start, if any, and the gap
-    past that segment's end (or the whole range) to read from the broker."""
+    past that segment's end (or the whole range) to read from the broker. A closed range's end
+    (`stop`: see PartitionRange) that the segment does not confirm is read too, from there."""
 
-    def __init__(self, start: int, end: int, seg: Segment | None) -> None:
+    def __init__(self, start: int, end: int, stop: int | None, seg: Segment | None) -> None:
         self.start, self.end, self.seg = start, end, seg
         held_to = start if seg is None else min(seg.end, end)
-        self.gap = (held_to, end) if held_to < end else None
+        confirmed = stop is None or (seg is not None
+                                     and seg.first_stamped(stop, seg.index(start)) == end)
+        self.gap = (held_to, end) if held_to < end or not confirmed else None
 
-    def fill(self, cache: WindowCache, topic: str, partition: int, rows: list[Row],
-             from_ms: int, after: int | None) -> None:
-        """Keep the gap's messages (`rows`): appended to the segment held, or else a segment of
-        their own anchored at `from_ms` (the range's start answered its lookup); see Segment."""
+    def fill(self, cache: WindowCache, topic: str, partition: int, read: RangeRows,
+             from_ms: int) -> None:
+        """Keep the gap's messages as read (the range ends where the read did): appended to the
+        segment held, or else a segment of their own anchored at `from_ms` (the range's start
+        answered its lookup); see Segment."""
         assert self.gap is not None
+        rows, self.end, after = read
         if self.seg is None:
             self.seg = cache.add(topic, partition, self.start, self.end, from_ms, rows, after)
         else:
@@ -112,7 +117,8 @@ class WindowCache:
             end = seg.first_stamped(stop_ms, seg.index(start)) if stop_ms is not None else None
             return Bounds(start, end)
 
-    def read(self, topic: str, partition: int, start: int, end: int) -> RangeRead:
+    def read(self, topic: str, partition: int, start: int, end: int,
+             stop: int | None = None) -> RangeRead:
         """What memory holds of [start, end) now: the segment holding offset `start` (or ending
         right at it; of two, the one reaching further)."""
         with self._lock:
@@ -120,7 +126,7 @@ class WindowCache:
                       key=lambda s: s.end, default=None)
             if seg is not None:
                 seg.used = time.monotonic()
-            return RangeRead(start, end, seg)
+            return RangeRead(start, end, stop, seg)
 
     def add(self, topic: str, partition: int, start: int, end: int, anchor: int,
             rows: list[Row], after: int | None = None) -> Segment:
