@@ -37,7 +37,8 @@ def _write_in_transactions(bootstrap: str, topic: str, base: int, rng: random.Ra
         n += PER_TRANSACTION
         for r in batch:
             p.produce(topic, wire.encode(r), wire.key(r), timestamp=r.ts)
-        if t % 3 == 2:
+        if t % 3 == 2:  # written first: an abort drops what the producer has not sent yet
+            assert p.flush(30) == 0
             p.abort_transaction(30)
         else:
             p.commit_transaction(30)

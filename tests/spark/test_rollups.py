@@ -4,8 +4,8 @@ answers every window the same with them as without them, and as a reference comp
 The data follows the README's rule of what counts: readings out of order within the lateness,
 repeats next to each other and seconds apart, malformed messages, and readings sent long after
 their time (late beyond the lateness, in the stream's first micro-batch and in a later one:
-they count on neither path). Buckets are 2 s long, so
-the data spans thousands of them.
+they count on neither path), and readings in Kafka transactions, committed and aborted.
+Buckets are 2 s long, so the data spans thousands of them.
 """
 
 from __future__ import annotations
@@ -77,6 +77,28 @@ def _send(bootstrap: str, settings: Settings, rng: random.Random,
         produce(bootstrap, settings.topic(sensor), stream)
 
 
+def _in_transactions(bootstrap: str, settings: Settings, rng: random.Random,
+                     sent: list[wire.Reading]) -> None:
+    """Per sensor, a committed transaction of repeats (count once: no change) and an aborted
+    one of new readings (count in no window), each leaving its marker in the topic."""
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": unique_prefix() + "tx"})
+    p.init_transactions(30)
+    for sensor in settings.sensors:
+        mine = [r for r in sent if r.sensor == sensor]
+        newest = max(r.ts for r in mine)  # the aborted ones on time, if they counted
+        aborted = [wire.Reading(r.device, sensor, r.seq + 3 * 10**6, r.ts, 10**4)
+                   for r in mine if r.ts > newest - 20_000]
+        for batch, commit in ((rng.sample(mine, 20), True), (aborted, False)):
+            p.begin_transaction()
+            for r in batch:
+                p.produce(settings.topic(sensor), wire.encode(r), wire.key(r), timestamp=r.ts)
+            if commit:
+                p.commit_transaction(30)
+            else:  # written first: an abort drops what the producer has not sent yet
+                assert p.flush(30) == 0
+                p.abort_transaction(30)
+
+
 def _run_stream(spark: SparkSession, settings: Settings) -> None:
     runner = StreamRunner(settings)
     query = start(spark, settings, runner.store, runner.on_batch, available_now=True)
@@ -103,6 +125,7 @@ def rolled(spark: SparkSession, bootstrap: str, tmp_path_factory: pytest.TempPat
         produce(bootstrap, settings.topic(sensor),
                 [wire.Reading(r.device, r.sensor, r.seq + 2 * 10**6, r.ts, 10**4)
                  for r in rng.sample(first, 60) if r.sensor == sensor and r.ts < half - 60_000])
+    _in_transactions(bootstrap, settings, rng, first)  # their buckets final after `second`
     _run_stream(spark, settings)
     # later: readings of minutes ago sent now (late beyond the lateness), then new ones
     late = [wire.Reading(r.device, r.sensor, r.seq + 10**6, r.ts, r.value)

@@ -27,7 +27,7 @@ from iotpipe.localstack.kafka_broker import free_port
 from iotpipe.localstack.processes import start_service, stop_process
 from iotpipe.localstack.status import scrape
 from iotpipe.localstack.topics import ensure_topics
-from iotpipe.stream.job import KAFKA_POLL, MAX_OFFSETS_PER_TRIGGER
+from iotpipe.stream.job import KAFKA_CONSUMER, MAX_OFFSETS_PER_TRIGGER
 
 RATES = (20_000, 40_000, 50_000, 60_000, 80_000)
 BACKLOG_PER_SENSOR = 2_000_000  # ten full micro-batches: the first one's warm-up is a small part
@@ -210,7 +210,7 @@ def backlog(bootstrap: str, tmp: Path, log: Callable[[str], None]) -> str:
                     f"{ph.get('addBatch', 0):.1f} | {r['state_update_s']:.1f} | "
                     f"{r['state_removal_s']:.1f} | {r['state_commit_s']:.1f} | {other:.1f} |")
     ratio = runs["ours"]["rate"] / runs["native"]["rate"]
-    per_poll = int(KAFKA_POLL["max.poll.records"])
+    per_poll = int(KAFKA_CONSUMER["max.poll.records"])
     return (
         f"Backlog catch-up: {n:,} readings already in the topics ({BACKLOG_DEVICES:,} devices "
         "per sensor sending in random order), each pipeline in a fresh process with the same "

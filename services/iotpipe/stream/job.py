@@ -28,9 +28,14 @@ log = logging.getLogger("iotpipe.stream")
 SCAN_TASKS = 2  # local[2]
 
 MAX_OFFSETS_PER_TRIGGER = 200_000  # per sensor: a backlog is read in bounded micro-batches
-# Spark's Kafka consumer polls one partition at a time for the records of a task: the default
-# of 500 records per poll makes a micro-batch of a backlog thousands of polls
-KAFKA_POLL = {"max.poll.records": "20000"}
+KAFKA_CONSUMER = {
+    # Spark's Kafka consumer polls one partition at a time for the records of a task: the
+    # default of 500 records per poll makes a micro-batch of a backlog thousands of polls
+    "max.poll.records": "20000",
+    # readings of aborted transactions count nowhere, as in the query service (the Java
+    # client's default reads them)
+    "isolation.level": "read_committed",
+}
 ROCKSDB_PROVIDER = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 ROCKSDB_MEMORY_MB = 256  # all state stores together (native memory, in the pod's overhead)
 
@@ -80,7 +85,7 @@ def _messages(spark: SparkSession, settings: Settings, sensor: str) -> DataFrame
               .option("startingOffsets", "earliest")
               .option("failOnDataLoss", "false")  # retention may delete what was never read
               .option("maxOffsetsPerTrigger", str(MAX_OFFSETS_PER_TRIGGER)))
-    for key, value in (KAFKA_POLL | settings.kafka.java_client_config()).items():
+    for key, value in (KAFKA_CONSUMER | settings.kafka.java_client_config()).items():
         reader = reader.option(f"kafka.{key}", value)
     # one task per topic partition would mean many tiny tasks per micro-batch on 2 cores
     return reader.load().coalesce(SCAN_TASKS)
