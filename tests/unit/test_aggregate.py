@@ -279,15 +279,17 @@ def test_an_integer_wins_a_tie_with_an_equal_float_in_any_order(
         assert (repr(agg.metric("min")), repr(agg.metric("max"))) == ("5", "7")
 
 
-def test_integer_stddev_is_exact_whole_or_merged_from_parts() -> None:
+@pytest.mark.parametrize("seed", range(8))
+def test_integer_stddev_is_exact_whole_or_merged_from_parts(seed: int) -> None:
     """Integer readings far from zero with a small spread: merging the parts of several scans
     (partitions, reader processes) keeps the sums exact, so every way of reading them gives
-    the same standard deviation as one pass, the exact one rounded."""
-    rng = random.Random(5)
+    the same standard deviation as one pass, the exact one rounded (the variance once, then
+    its square root: within a few units of the last place of the correctly rounded one)."""
+    rng = random.Random(seed)
     xs = [10**12 + p + rng.randint(0, 4) for p in range(3) for _ in range(2000)]
     whole = WindowAggregate()
     whole.add_many(xs)
-    assert whole.metric("stddev") == statistics.pstdev(xs)
+    assert math.isclose(whole.metric("stddev"), statistics.pstdev(xs), rel_tol=1e-15)
     for parts in (2, 3, 7):
         merged = WindowAggregate()
         for k in range(parts):
@@ -332,3 +334,13 @@ def test_seqset_adds_seqs_in_any_order(order: str) -> None:
     assert s.loose  # (some still loose: repeats of them found too)
     assert not any(s.add(q) for q in list(s.loose)[:100])
     assert len(s) == len(seqs) and s.runs() == [(q, q) for q in sorted(seqs)]
+
+
+def test_integer_stddev_keeps_its_precision_as_readings_grow() -> None:
+    """A first reading far from the rest (the sums are shifted by it) and many readings: the
+    variance from the exact integer sums, not a difference of large doubles, whose error
+    grows with the count."""
+    xs = [0] + [10**12 + i % 3 for i in range(100_000)]
+    agg = WindowAggregate()
+    agg.add_many(xs)
+    assert math.isclose(agg.metric("stddev"), statistics.pstdev(xs), rel_tol=1e-15)

@@ -220,17 +220,12 @@ class WindowAggregate:
         self.add_many(values)
 
     def _moments(self) -> tuple[float, float]:
-        """Mean and sum of squared deviations (M2)."""
-        n = self.count
-        try:
-            mean = self.shift + self.s1 / n
-            m2 = self.s2 - self.s1 * self.s1 / n
-        except OverflowError:  # integer sums past a double's range: exactly, then rounded
-            if not all(map(_finite, (self.shift, self.s1, self.s2))):
-                return math.nan, math.inf  # a sum overflowed already: so does the variance
-            mean = _rounded(Fraction(self.shift) + Fraction(self.s1) / n)
-            m2 = _rounded(Fraction(self.s2) - Fraction(self.s1) ** 2 / n)
-        return mean, max(m2, 0.0)
+        """Mean and sum of squared deviations (M2); of integer sums exact, rounded once (in
+        doubles, the subtraction's error would grow with the count)."""
+        n, shift, s1, s2 = self.count, self.shift, self.s1, self.s2
+        if isinstance(shift, int) and isinstance(s1, int) and isinstance(s2, int):
+            return _rounded(shift + Fraction(s1, n)), _rounded(Fraction(n * s2 - s1 * s1, n))
+        return shift + s1 / n, max(s2 - s1 * s1 / n, 0.0)
 
     def merge(self, other: WindowAggregate) -> None:
         """Fold another partial (another partition) into this one (Chan et al. for M2)."""
