@@ -182,3 +182,23 @@ def test_a_closed_range_ending_at_a_reading_stops_there() -> None:
     scan.run(consumer)
     agg = scan.results()[SENSOR].agg
     assert (agg.count, agg.total, agg.scanned) == (3, 3, 3)
+
+
+def test_reading_on_stops_at_the_partition_end_first_given() -> None:
+    """A partition still being written (readings stamped before the stop keep coming): the
+    range read on past its marker ends where the partition ended when first asked."""
+
+    class Growing(StandInConsumer):
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+            end = self.ends[0]
+            for o in range(end, end + 5):  # written meanwhile
+                self.logs[0][o] = wire.encode(wire.Reading("d", SENSOR, o, T0 + 9_000, o))
+            self.ends[0] = end + 5
+            return 0, end
+
+    consumer = Growing({0: _marked_log([9_500, 9_800])}, {0: 14})
+    scan = RangeScan(ScanJob((PartitionRange(TOPIC, SENSOR, 0, 0, 10, STOP),), T0, T0 + 9_999,
+                             time.time() + 10, LATENESS, record=True))
+    scan.run(consumer)
+    got = scan.rows()[(TOPIC, 0)]
+    assert ([row[0] for row in got.rows], got.end) == ([*range(10), 11, 12], 14)

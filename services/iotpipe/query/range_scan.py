@@ -100,8 +100,8 @@ class _Sensor:
 
 
 class _Range:
-    __slots__ = ("agg", "end", "late", "limit", "next", "rows", "seen", "sensor", "start",
-                 "stop")
+    __slots__ = ("agg", "end", "late", "limit", "next", "read_on", "rows", "seen", "sensor",
+                 "start", "stop")
 
     def __init__(self, r: PartitionRange, sensor: _Sensor, job: ScanJob) -> None:
         self.end, self.stop, self.sensor = r.end, r.end_stamp, r.sensor
@@ -109,6 +109,7 @@ class _Range:
         # offsets below `limit` are read (a transaction marker holds one too): a closed range
         # reads the message at its end as well, which confirms the end
         self.next, self.limit = r.start, r.end + (r.end_stamp is not None)
+        self.read_on = False  # past its end, to the partition's end when first asked
         self.agg, self.late = sensor.agg, LateFilter(job.lateness_ms)
         self.seen = SeenReadings() if job.per_partition else sensor.seen
         self.rows: list[Row] | None = [] if job.record else None
@@ -206,19 +207,24 @@ class RangeScan:
         k = bisect_left(batch, r.end, i, j, key=_offset)
         if r.stop is None:
             return k
+        read_to = _offset(batch[j - 1]) + 1
+        if r.read_on and read_to > r.limit:  # past the partition's end as first given
+            j, read_to = bisect_left(batch, r.limit, k, j, key=_offset), r.limit
         k = next((x for x in range(k, j) if _timestamp(batch[x])[1] >= r.stop), j)
         if k < j:
             r.end = _offset(batch[k])
             return k
-        return None if self._read_on(c, key, r, _offset(batch[j - 1]) + 1) else j
+        return None if self._read_on(c, key, r, read_to) else j
 
     def _read_on(self, c: Consumer, key: tuple[str, int], r: _Range, read_to: int) -> bool:
         """A closed range holds no message stamped at or after its stop below `read_to`:
-        whether it reads on (to the partition's end, as the broker gives it now)."""
+        whether it reads on (to the partition's end as the broker gives it the first time, so
+        that a partition still being written is not followed)."""
         r.end = read_to
-        if read_to >= r.limit:
+        if read_to >= r.limit and not r.read_on:
             remaining = max(0.1, self.job.deadline - time.time())
             r.limit = c.get_watermark_offsets(TopicPartition(*key), timeout=remaining)[1]
+            r.read_on = True
         if read_to < r.limit:
             return True
         r.stop = None  # it ends at the partition's end: no message there is stamped yet

@@ -271,10 +271,12 @@ class KafkaWindowReader:
         for topic, sensor in topics.items():
             if sensor not in plans:
                 plans[sensor] = [
-                    PartitionRange(t, sensor, p, starts[(t, p)], ends[(t, p)],
+                    # (a closed range's end is read to be confirmed: see RangeScan._end_in;
+                    # a marker may answer its lookup before a message answers its start's)
+                    PartitionRange(t, sensor, p, starts[(t, p)],
+                                   max(ends[(t, p)], starts[(t, p)]),
                                    None if (t, p) in open_ended else stop)
                     for t, p in live if t == topic
-                    # (a closed range's end is read to be confirmed: see RangeScan._end_in)
                     and (ends[(t, p)] > starts[(t, p)] or (t, p) not in open_ended)]
         return plans
 

@@ -30,15 +30,16 @@ from iotpipe.query.segment import Segment
 
 class RangeRead:
     """One partition range of a request: the segment holding its start, if any, and the gap
-    past that segment's end (or the whole range) to read from the broker. A closed range's end
-    (`stop`: see PartitionRange) that the segment does not confirm is read too, from there."""
+    past that segment's end (or the whole range) to read from the broker. A closed range ends
+    at the first message stamped at or after its `stop` (see PartitionRange): where the segment
+    holds it, else it is read, from the planned end on."""
 
     def __init__(self, start: int, end: int, stop: int | None, seg: Segment | None) -> None:
-        self.start, self.end, self.seg = start, end, seg
-        held_to = start if seg is None else min(seg.end, end)
-        confirmed = stop is None or (seg is not None
-                                     and seg.first_stamped(stop, seg.index(start)) == end)
-        self.gap = (held_to, end) if held_to < end or not confirmed else None
+        known = None if stop is None or seg is None else seg.first_stamped(stop, seg.index(start))
+        self.start, self.end, self.seg = start, end if known is None else known, seg
+        held_to = start if seg is None else min(seg.end, self.end)
+        confirmed = stop is None or known is not None
+        self.gap = (held_to, self.end) if held_to < self.end or not confirmed else None
 
     def fill(self, cache: WindowCache, topic: str, partition: int, read: RangeRows,
              from_ms: int) -> None:
