@@ -9,13 +9,12 @@ The offsets bracket the window: a partition is read from the first message stamp
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import logging
 import queue
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import TopicMetadata
@@ -318,7 +317,7 @@ class KafkaWindowReader:
     @_kafka_call("reading partitions")
     def read_rows(self, job: ScanJob) -> dict[tuple[str, int], RangeRows]:
         """Every decoded message of the job's ranges, per (topic, partition)."""
-        return self._run(dataclasses.replace(job, record=True)).rows()
+        return self._run(replace(job, record=True)).rows()
 
     def _run(self, job: ScanJob) -> RangeScan:
         with self._consumer(self._fetch_for(job)) as c:
