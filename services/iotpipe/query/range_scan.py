@@ -116,8 +116,6 @@ class _Range:
 
 
 class RangeScan:
-    """The hot loop: decode, keep readings inside the window, count each (device, seq) once."""
-
     def __init__(self, job: ScanJob) -> None:
         self.job = job
         self.sensors: dict[str, _Sensor] = {}
@@ -151,7 +149,6 @@ class RangeScan:
         return [self.ranges[key].start for key in keys]
 
     def _consume(self, c: Consumer) -> None:
-        """Fold one consume() batch."""
         remaining = self.job.deadline - time.time()
         if remaining <= 0:
             unread = len(self.open) + len(self.waiting)
