@@ -250,14 +250,13 @@ class WindowMetricsService:
         """Aggregate the ranges in parallel scans of whole partitions, each counting a
         (device, seq) once (a large one per partition); a device found by two scans or
         partitions may have had a reading counted twice, so its sensor is read again in one."""
-        deadline = job.deadline
         groups = split(ranges, self.scans.groups(messages, len(totals)))
         per_partition = messages >= PER_PARTITION_SCAN
         futures = [self.scans.submit(replace(job, ranges=group, per_partition=per_partition),
                                      messages) for group in groups]
         fingerprints: dict[str, list[array[int]]] = {sensor: [] for sensor in totals}
         for future in futures:
-            for sensor, scan in self._wait(future, deadline).items():
+            for sensor, scan in self._wait(future, job.deadline).items():
                 totals[sensor].merge(scan.agg)
                 fingerprints[sensor] += scan.fingerprints
         rereads: dict[str, cf.Future[dict[str, SensorScan]]] = {}
@@ -268,7 +267,7 @@ class WindowMetricsService:
             rereads[sensor] = self.scans.submit(replace(job, ranges=mine),
                                                 sum(r.end - r.start for r in mine))
         for sensor, future in rereads.items():
-            totals[sensor] = self._wait(future, deadline)[sensor].agg
+            totals[sensor] = self._wait(future, job.deadline)[sensor].agg
 
     def _fold_cached(self, cache: WindowCache, ranges: list[PartitionRange],
                      job: ScanJob, totals: dict[str, WindowAggregate]) -> None:
