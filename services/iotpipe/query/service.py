@@ -180,11 +180,9 @@ class WindowMetricsService:
         self.reader.close()
 
     def compute(self, req: MetricsRequest, received: float) -> dict[str, dict[str, object]]:
-        """Result per sensor in request order; sensors that cannot be read go to req.errors:
-        plan (rollups for the whole final buckets, readings for the rest) -> read the raw parts
-        in parallel -> merge the aggregates. The deadline counts from `received` (time.time()
-        when the request arrived). Raises BrokerUnavailable, ReaderLost or ScanTimeout when the
-        window cannot be read at all."""
+        """Result per sensor in request order; sensors that cannot be read go to req.errors.
+        The deadline counts from `received` (time.time() when the request arrived). Raises
+        BrokerUnavailable, ReaderLost or ScanTimeout when the window cannot be read at all."""
         s = self.settings
         deadline = received + s.query_deadline_s
         if time.time() >= deadline:
