@@ -86,7 +86,10 @@ def consumer_config(kafka: KafkaSettings, fetch: Fetch) -> dict[str, object]:
         "fetch.max.bytes": max(16 * fetch.kib, 1024) * 1024,
         "queued.max.messages.kbytes": max(2 * fetch.kib, 512),
         "queued.min.messages": fetch.queued_messages,
-        "fetch.queue.backoff.ms": 10,  # the default 1 s would stall a scan whose queue filled
+        # how long a partition's next fetch waits while the queue is over these limits (default
+        # 1 s). Messages prefetched past the previous scan's ranges stay queued after unassign()
+        # until consume() drops them, so a scan's first fetch often waits this long: keep it short
+        "fetch.queue.backoff.ms": 1,
         "socket.timeout.ms": max(1000, int(kafka.timeout_s * 1000)),
         "log_level": 3,
         "logger": logging.getLogger("iotpipe.kafka.consumer"),
