@@ -1,5 +1,6 @@
 """Broker down: the API answers 503 within its timeout (except for a window it already holds in
-its cache), then recovers by itself."""
+its cache, also once its list of the topic's partitions is due again), then recovers by
+itself."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from iotpipe.core.wire import Reading
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
+from iotpipe.query import reader as reader_module
 from iotpipe.query.app import create_app
 from iotpipe.query.timestamps import format_ms
 from kafka_helpers import create_topics, produce, reference, settings_for
@@ -19,7 +21,8 @@ T0 = 1_700_000_000_000
 
 @pytest.mark.faults
 @pytest.mark.parametrize("readers", ["0", "1"])
-def test_503_while_broker_down_then_recovers(tmp_path: Path, readers: str) -> None:
+def test_503_while_broker_down_then_recovers(tmp_path: Path, readers: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     broker = KafkaBroker(tmp_path / "kafka", port=free_port()).start()
     try:
         settings = settings_for(broker.bootstrap, sensors="temperature",
@@ -47,6 +50,11 @@ def test_503_while_broker_down_then_recovers(tmp_path: Path, readers: str) -> No
 
         broker.kill()
         resp = client.post("/compute/metrics", json=body)  # closed and held: from memory
+        assert resp.status_code == 200
+        assert resp.get_json()["result"] == {"temperature": want}
+        # the partitions are listed again (every 30 s): that fails, the ones known stay
+        monkeypatch.setattr(reader_module, "PARTITIONS_MAX_AGE_S", 0.0)
+        resp = client.post("/compute/metrics", json=body)
         assert resp.status_code == 200
         assert resp.get_json()["result"] == {"temperature": want}
         started = time.monotonic()

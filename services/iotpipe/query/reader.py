@@ -160,8 +160,17 @@ class KafkaWindowReader:
         cached = self._partitions.get(topic)
         if cached and time.monotonic() - cached[0] < PARTITIONS_MAX_AGE_S:
             return cached[1]
-        with self._consumer() as c:
-            meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
+        try:
+            with self._consumer() as c:
+                meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
+        except KafkaException as e:
+            if cached is None or is_missing(e.args[0] if e.args else None):
+                raise
+            # the broker away: the partitions known stay (a topic never loses one), so windows
+            # held in the cache are still answered; every topic is listed again after that age
+            now = time.monotonic()
+            self._partitions = {t: (now, known) for t, (_, known) in self._partitions.items()}
+            return cached[1]
         return self._learn(topic, meta)
 
     def _learn(self, topic: str, meta: TopicMetadata) -> list[int]:
