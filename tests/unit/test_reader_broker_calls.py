@@ -1,4 +1,5 @@
-"""What a reader asks of the broker (warm-up, offset lookups), librdkafka's Consumer replaced."""
+"""What a reader asks of the broker (warm-up, offset lookups, partition lists), librdkafka's
+Consumer replaced."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from iotpipe.query.reader import SHORT, WINDOW, KafkaWindowReader
 class FakeConsumer:
     made: ClassVar[list[FakeConsumer]] = []
     fail_lookup = False
+    fail_listing = False
 
     def __init__(self, config: dict) -> None:
         self.config, self.listed, self.looked_up = config, 0, []
@@ -26,6 +28,8 @@ class FakeConsumer:
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> SimpleNamespace:
         self.listed += 1
+        if FakeConsumer.fail_listing:  # as librdkafka, with no broker to ask within the timeout
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
         part = SimpleNamespace(error=None, partitions={0: None, 1: None})
         return SimpleNamespace(topics={"t-a": part, "t-b": part, "other": part})
 
@@ -41,7 +45,7 @@ class FakeConsumer:
 
 @pytest.fixture
 def reader(monkeypatch: pytest.MonkeyPatch) -> KafkaWindowReader:
-    FakeConsumer.made, FakeConsumer.fail_lookup = [], False
+    FakeConsumer.made, FakeConsumer.fail_lookup, FakeConsumer.fail_listing = [], False, False
     monkeypatch.setattr(reader_module, "Consumer", FakeConsumer)
     return KafkaWindowReader(Settings.from_env({}).kafka)
 
@@ -120,3 +124,29 @@ def test_a_leader_not_found_again_is_a_broker_error_within_the_timeout(
     with pytest.raises(BrokerUnavailable, match="leader moved"):
         moved_reader.plan({"t-a": "a"}, 0, 1_000, 0)
     assert 1.5 < time.monotonic() - started < 2.5
+
+
+def test_a_known_partition_list_is_kept_while_the_broker_cannot_list_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeConsumer.made, FakeConsumer.fail_listing = [], False
+    monkeypatch.setattr(reader_module, "Consumer", FakeConsumer)
+    clock = [1000.0]
+    monkeypatch.setattr(reader_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    reader = KafkaWindowReader(Settings.from_env({}).kafka, kept_s=300)
+
+    def listings() -> int:
+        return sum(c.listed for c in FakeConsumer.made)
+
+    assert reader.partitions("t-a") == [0, 1] and listings() == 1
+    FakeConsumer.fail_listing = True
+    clock[0] += reader_module.PARTITIONS_MAX_AGE_S  # due to be listed again: that fails
+    assert reader.partitions("t-a") == [0, 1] and listings() == 2
+    clock[0] += 1  # nor is any topic listed again (a wait for the timeout) for a while
+    assert reader.partitions("t-a") == [0, 1] and listings() == 2
+    with pytest.raises(BrokerUnavailable):  # never listed: nothing to keep
+        reader.partitions("t-b")
+    clock[0] += 300  # older than anything the window cache can hold: not used any more
+    with pytest.raises(BrokerUnavailable):
+        reader.partitions("t-a")
+    FakeConsumer.fail_listing = False
+    assert reader.partitions("t-a") == [0, 1]

@@ -118,13 +118,16 @@ def _as_error(err: object, what: str) -> UnknownTopic | BrokerUnavailable:
 class KafkaWindowReader:
     """Owns consumers, reused across requests; every broker call has a timeout."""
 
-    def __init__(self, kafka: KafkaSettings, large: bool = False) -> None:
+    def __init__(self, kafka: KafkaSettings, large: bool = False, kept_s: float = 0.0) -> None:
         self._fetches = (MEDIUM, LARGE) if large else (SHORT, WINDOW)
         self._configs = {f: consumer_config(kafka, f) for f in self._fetches}
         self._timeout = kafka.timeout_s
         self._idle: dict[Fetch, queue.SimpleQueue[Consumer]] = {
             f: queue.SimpleQueue() for f in self._fetches}
         self._partitions: dict[str, tuple[float, list[int]]] = {}
+        # while the partitions cannot be listed, a list this recent is used (the window cache's
+        # age: no window it holds was read with an older one); since when they cannot be
+        self._kept_s, self._unlisted = kept_s, 0.0
         self._ends = EndOffsets(self._end_offsets, kafka.timeout_s)
         # one per window read at the same time (the service reads up to 8: see its _parts)
         self._lookups = cf.ThreadPoolExecutor(8, thread_name_prefix="lookup")
@@ -158,18 +161,18 @@ class KafkaWindowReader:
     @_kafka_call("reading topic metadata")
     def partitions(self, topic: str) -> list[int]:
         cached = self._partitions.get(topic)
-        if cached and time.monotonic() - cached[0] < PARTITIONS_MAX_AGE_S:
+        now = time.monotonic()
+        if cached and now - max(cached[0], self._unlisted) < PARTITIONS_MAX_AGE_S:
             return cached[1]
         try:
             with self._consumer() as c:
                 meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
-        except KafkaException as e:
-            if cached is None or is_missing(e.args[0] if e.args else None):
+        except KafkaException:
+            if cached is None or now - cached[0] > self._kept_s:
                 raise
-            # the broker away: the partitions known stay (a topic never loses one), so windows
-            # held in the cache are still answered; every topic is listed again after that age
-            now = time.monotonic()
-            self._partitions = {t: (now, known) for t, (_, known) in self._partitions.items()}
+            # the broker away: the window cache's windows read with this list are still
+            # answered; no topic is listed again (a wait for the timeout) for a while
+            self._unlisted = time.monotonic()
             return cached[1]
         return self._learn(topic, meta)
 

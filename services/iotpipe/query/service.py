@@ -163,7 +163,7 @@ class ScanPool:
 class WindowMetricsService:
     def __init__(self, settings: Settings, reader: KafkaWindowReader | None = None) -> None:
         self.settings = settings
-        self.reader = reader or KafkaWindowReader(settings.kafka)
+        self.reader = reader or KafkaWindowReader(settings.kafka, kept_s=settings.query_cache_s)
         self.scans = ScanPool(settings, self.reader)
         self.cache = WindowCache(settings.query_cache_messages, settings.query_cache_s,
                                  settings.allowed_lateness_ms)
