@@ -138,15 +138,18 @@ def test_a_known_partition_list_is_kept_while_the_broker_cannot_list_it(
         return sum(c.listed for c in FakeConsumer.made)
 
     assert reader.partitions("t-a") == [0, 1] and listings() == 1
+    clock[0] += 250
+    assert reader.partitions("t-b") == [0, 1] and listings() == 2  # (t-a: 250 s old now)
     FakeConsumer.fail_listing = True
     clock[0] += reader_module.PARTITIONS_MAX_AGE_S  # due to be listed again: that fails
-    assert reader.partitions("t-a") == [0, 1] and listings() == 2
-    clock[0] += 1  # nor is any topic listed again (a wait for the timeout) for a while
-    assert reader.partitions("t-a") == [0, 1] and listings() == 2
+    assert reader.partitions("t-b") == [0, 1] and listings() == 3
+    clock[0] += 1  # nor is another topic listed again (a wait for the timeout) for a while
+    assert reader.partitions("t-a") == [0, 1] and listings() == 3
     with pytest.raises(BrokerUnavailable):  # never listed: nothing to keep
-        reader.partitions("t-b")
-    clock[0] += 300  # older than anything the window cache can hold: not used any more
+        reader.partitions("other")
+    clock[0] += 20  # t-a's list is older than anything the window cache can hold: not used
     with pytest.raises(BrokerUnavailable):
         reader.partitions("t-a")
+    assert reader.partitions("t-b") == [0, 1]  # t-b's still is
     FakeConsumer.fail_listing = False
     assert reader.partitions("t-a") == [0, 1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import math
 import queue
 import time
 from collections.abc import Iterator
@@ -126,8 +127,8 @@ class KafkaWindowReader:
             f: queue.SimpleQueue() for f in self._fetches}
         self._partitions: dict[str, tuple[float, list[int]]] = {}
         # while the partitions cannot be listed, a list this recent is used (the window cache's
-        # age: no window it holds was read with an older one); since when they cannot be
-        self._kept_s, self._unlisted = kept_s, 0.0
+        # age: no window it holds was read with an older one); when a listing last failed
+        self._kept_s, self._unlisted = kept_s, -math.inf
         self._ends = EndOffsets(self._end_offsets, kafka.timeout_s)
         # one per window read at the same time (the service reads up to 8: see its _parts)
         self._lookups = cf.ThreadPoolExecutor(8, thread_name_prefix="lookup")
@@ -162,17 +163,19 @@ class KafkaWindowReader:
     def partitions(self, topic: str) -> list[int]:
         cached = self._partitions.get(topic)
         now = time.monotonic()
-        if cached and now - max(cached[0], self._unlisted) < PARTITIONS_MAX_AGE_S:
+        age = now - cached[0] if cached else math.inf
+        # a listing failed lately (the broker away): no topic is listed again (a wait for the
+        # timeout) for a while, a list still usable is used
+        failing = now - self._unlisted < PARTITIONS_MAX_AGE_S
+        if cached and (age < PARTITIONS_MAX_AGE_S or (failing and age <= self._kept_s)):
             return cached[1]
         try:
             with self._consumer() as c:
                 meta = c.list_topics(topic, timeout=self._timeout).topics[topic]
         except KafkaException:
-            if cached is None or now - cached[0] > self._kept_s:
+            if cached is None or age > self._kept_s:
                 raise
-            # the broker away: the window cache's windows read with this list are still
-            # answered; no topic is listed again (a wait for the timeout) for a while
-            self._unlisted = time.monotonic()
+            self._unlisted = time.monotonic()  # the window cache's windows are still answered
             return cached[1]
         return self._learn(topic, meta)
 
