@@ -3,11 +3,15 @@ them, saved with the state, and kept when a save fails."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from iotpipe.core import wire
+from iotpipe.core.settings import KafkaSettings, SettingsError
+from iotpipe.stream import rollups
 from iotpipe.stream.job import state_path
 from iotpipe.stream.runner import StreamRunner
 from iotpipe.stream.state import StateStore
@@ -72,3 +76,63 @@ def test_counters_lost_with_a_failed_batch_are_folded_again_without_false_duplic
     runner.absorb_progress(_Query([_report(0, 0, valid=5)]))
     saved = StateStore(state_path(settings), 60_000, 30_000, 60_000).state
     assert (saved.progress_id, saved.duplicates[sensor]) == (0, 0)
+
+
+def test_a_start_the_checkpoint_would_get_wrong_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Spark's checkpoint holds one source per sensor by position, and the state skips every
+    batch id it has folded: another sensor list, or a Spark checkpoint deleted while the
+    state stays (its new batches, from 0 again, would all be skipped), is refused."""
+    settings = settings_for("127.0.0.1:9", checkpoint_dir=str(tmp_path))
+    runner = StreamRunner(settings)
+    runner.store.state.fold_batch(0, [])
+    runner.store.save()  # a state of one batch, saved with the sensors it was made for
+    assert StateStore(state_path(settings), 60_000, 30_000, 60_000).state.sensors == list(
+        settings.sensors)
+    spark = tmp_path / "spark"
+    spark.mkdir()
+    (spark / "metadata").write_text('{"id": "x"}')
+    StreamRunner(settings)  # the same sensors, the checkpoint there: starts
+    for sensors in (settings.sensors[1:], (*settings.sensors[1:], settings.sensors[0]),
+                    (*settings.sensors, "wind")):
+        with pytest.raises(SettingsError, match=(
+                f"^IOTPIPE_SENSORS={','.join(sensors)}, but the checkpoint in {tmp_path} reads "
+                f"{','.join(settings.sensors)}: set it back, or start afresh")):
+            StreamRunner(replace(settings, sensors=sensors))
+    (spark / "metadata").unlink()
+    with pytest.raises(SettingsError, match="has counted batches up to 0, but Spark's "
+                                            f"checkpoint {spark} is gone"):
+        StreamRunner(settings)
+
+
+def test_a_failed_publish_makes_a_new_producer_that_reads_the_password_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotated password or certificate: the publisher kept across the query's restarts
+    must not keep retrying with the old one."""
+    made: list[dict[str, Any]] = []
+
+    class Undelivered:  # librdkafka's producer, as it is when the broker refuses the login
+        def __init__(self, config: dict[str, Any]) -> None:
+            made.append(config)
+            self.purged = False
+
+        def produce(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def flush(self, timeout: float) -> int:
+            return 1
+
+        def purge(self) -> None:
+            self.purged = True
+
+    monkeypatch.setattr(rollups, "Producer", Undelivered)
+    password = tmp_path / "password"
+    password.write_text("old")
+    settings = replace(settings_for("127.0.0.1:9"), kafka=KafkaSettings(
+        "127.0.0.1:9", "SASL_PLAINTEXT", "SCRAM-SHA-512", "stream", str(password)))
+    publisher = rollups.RollupPublisher(settings)
+    first = publisher.producer
+    password.write_text("new")
+    with pytest.raises(rollups.RollupPublishError, match="not delivered"):
+        publisher.publish([wire.Progress(0, 0, 60_000)])
+    assert [c["sasl.password"] for c in made] == ["old", "new"]
+    assert first.purged and publisher.producer is not first

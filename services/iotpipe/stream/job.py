@@ -169,9 +169,14 @@ def state_path(settings: Settings) -> Path:
     return Path(settings.checkpoint_dir) / "iotpipe-state.json"
 
 
+def spark_checkpoint(settings: Settings) -> Path:
+    return Path(settings.checkpoint_dir) / "spark"
+
+
 @functools.cache
 def _publisher(settings: Settings) -> RollupPublisher:
-    """One producer per app, kept across restarts of the query."""
+    """One publisher per app, kept across restarts of the query (it makes a new producer
+    itself after a failure)."""
     return RollupPublisher(settings)
 
 
@@ -193,7 +198,7 @@ def start(spark: SparkSession, settings: Settings, store: StateStore, on_batch: 
         on_batch(batch_id, emitted)
 
     writer = (deduped.writeStream.queryName("iotpipe_live_metrics").foreachBatch(fold)
-              .option("checkpointLocation", str(Path(settings.checkpoint_dir) / "spark")))
+              .option("checkpointLocation", str(spark_checkpoint(settings))))
     writer = (writer.trigger(availableNow=True) if available_now
               else writer.trigger(processingTime=f"{settings.trigger_s} seconds"))
     return writer.start()

@@ -18,14 +18,28 @@ class RollupPublishError(RuntimeError):
 
 class RollupPublisher:
     def __init__(self, settings: Settings) -> None:
-        self.topic = settings.rollup_topic
+        self.topic, self.kafka = settings.rollup_topic, settings.kafka
         self.timeout_s = max(30.0, settings.kafka.timeout_s * 6)
-        self.producer = Producer(settings.kafka.client_config() | {
+        self.producer = self._producer()
+
+    def _producer(self) -> Producer:
+        return Producer(self.kafka.client_config() | {
             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
             "message.timeout.ms": int(self.timeout_s * 1000), "log_level": 3})
 
     def publish(self, records: list[wire.Bucket | wire.Progress]) -> None:
-        """Write the records in order and wait until the broker has them all."""
+        """Write the records in order and wait until the broker has them all. If they are not
+        all delivered, the next try has a new producer, which reads the credentials again (a
+        rotated password or certificate: the old ones may be why)."""
+        try:
+            self._publish(records)
+        except RollupPublishError:
+            fresh = self._producer()  # (a credential file gone: this raises, the old stays)
+            self.producer.purge()  # the batch is written again in full when Spark retries it
+            self.producer = fresh
+            raise
+
+    def _publish(self, records: list[wire.Bucket | wire.Progress]) -> None:
         failures: list[str] = []
 
         def delivered(err: KafkaError | None, _: Message) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 from pyspark.sql.streaming import StreamingQuery
 
-from iotpipe.core.settings import Settings
-from iotpipe.stream.job import progress_counters, state_path
+from iotpipe.core.settings import Settings, SettingsError
+from iotpipe.stream.job import progress_counters, spark_checkpoint, state_path
 from iotpipe.stream.metrics import StreamCollector
 from iotpipe.stream.state import StateStore, Stats, StreamState
 
@@ -29,6 +29,7 @@ class StreamRunner:
         self.settings = settings
         self.store = StateStore(state_path(settings), settings.window_s * 1000,
                                 settings.allowed_lateness_ms, settings.rollup_s * 1000)
+        check_checkpoint(settings, self.store.state)
         self.collector = StreamCollector()
         self._emitted: dict[int, dict[str, int]] = {}
         self._lock = threading.Lock()
@@ -77,6 +78,23 @@ class StreamRunner:
         with self.store.lock:
             snapshot = self.store.state.snapshot(self.settings.sensors)
         self.collector.publish(snapshot)
+
+
+def check_checkpoint(settings: Settings, state: StreamState) -> None:
+    """Refuse, with one clear line, a start that Spark's checkpoint and the state would get
+    wrong: the checkpoint holds one source per sensor by position (another IOTPIPE_SENSORS
+    would stop the query, or read a topic with another's offsets), and the state skips every
+    batch id it has folded (a new checkpoint numbers its batches from 0 again: all skipped)."""
+    afresh = (f"or start afresh (delete the rollup topic and {settings.checkpoint_dir})")
+    if state.sensors and state.sensors != list(settings.sensors):
+        raise SettingsError(
+            f"IOTPIPE_SENSORS={','.join(settings.sensors)}, but the checkpoint in "
+            f"{settings.checkpoint_dir} reads {','.join(state.sensors)}: set it back, {afresh}")
+    if state.batch_id >= 0 and not (spark_checkpoint(settings) / "metadata").exists():
+        raise SettingsError(
+            f"{state_path(settings)} has counted batches up to {state.batch_id}, but Spark's "
+            f"checkpoint {spark_checkpoint(settings)} is gone: restore it, {afresh}")
+    state.sensors = list(settings.sensors)  # saved with the next batch
 
 
 def _clock(ms: int, fmt: str) -> str:
