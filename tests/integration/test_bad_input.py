@@ -25,7 +25,10 @@ def _post(client: FlaskClient, body: object, **kwargs: object) -> tuple[int, dic
 @pytest.mark.parametrize("body,status,message", [
     ("{", 400, "Request body is not valid JSON: Expecting property name"),
     ("", 400, "Request body is not valid JSON"),
-    (b"\xff\xfe", 400, "Request body is not valid JSON: not UTF-8"),
+    (b"\xff\xfe", 400, "Request body is not valid JSON: Expecting value"),  # a UTF-16 BOM
+    (b'{"a": "\xff"}', 400, "Request body is not valid JSON: not UTF-8 text"),
+    ('{"temperature": ["count"], "note": ' + "9" * 5000 + "}", 400,
+     "Request body has an integer of more than 4300 digits"),
     ('{"from": NaN}', 400, "Request body is not valid JSON: NaN is not valid JSON"),
     ("[1, 2]", 400, "Request body must be a JSON object"),
     ('"text"', 400, "Request body must be a JSON object"),
@@ -104,6 +107,20 @@ def test_oversize_body_is_refused_before_reading(client: FlaskClient) -> None:
     status, payload = _post(client, body)
     assert status == 413
     assert payload["errors"] == ["Request body is larger than 65536 bytes"]
+
+
+@pytest.mark.parametrize("encoding,content_type", [
+    ("utf-8-sig", "application/json"), ("utf-16", "application/json"),
+    ("utf-32-le", "application/json; charset=utf-32"),
+    ("utf-8", "application/merge-patch+json"), ("utf-8", "application/vnd.api+json")])
+def test_json_as_the_prototype_took_it(client: FlaskClient, encoding: str,
+                                       content_type: str) -> None:
+    """The prototype's Flask read JSON in UTF-8, -16 or -32 (a byte order mark too) and under
+    any application/*+json type."""
+    body = {"temperature": ["count"]} | WINDOW
+    want = _post(client, body)
+    assert want[0] == 200 and want[1]["result"]["temperature"]["count"] == 61
+    assert _post(client, json.dumps(body).encode(encoding), content_type=content_type) == want
 
 
 def test_wrong_content_type(client: FlaskClient) -> None:

@@ -26,6 +26,12 @@ def test_defaults_are_valid_and_documented_values() -> None:
     ({"IOTPIPE_LOG_FORMAT": "xml"}, "must be one of text, json"),
     ({"IOTPIPE_STREAM_CONSOLE": "maybe"}, "must be true or false"),
     ({"IOTPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
+    # Java's clients would get the PLAIN login module for any other (or a lower-case) name
+    ({"IOTPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "IOTPIPE_KAFKA_SASL_USERNAME": "q",
+      "IOTPIPE_KAFKA_SASL_MECHANISM": "scram-sha-512"},
+     "IOTPIPE_KAFKA_SASL_MECHANISM='scram-sha-512' must be one of PLAIN, SCRAM-SHA-256, "
+     "SCRAM-SHA-512"),
+    ({"IOTPIPE_KAFKA_SASL_MECHANISM": "GSSAPI"}, "must be one of PLAIN"),
     ({"IOTPIPE_QUERY_PORT": "70000"}, "must be between 0 and 65535"),
     ({"IOTPIPE_ALLOWED_LATENESS_SECONDS": "0"}, "must be between 0.001 and 86400"),
     ({"IOTPIPE_TYPO": "1"}, "unknown setting(s): IOTPIPE_TYPO"),
@@ -86,6 +92,21 @@ def test_lateness_in_milliseconds_is_the_one_written() -> None:
         assert Settings.from_env(env).allowed_lateness_ms == ms
 
 
+def test_gunicorn_waits_for_a_body_past_the_read_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gunicorn's timeout also bounds its wait for a body's next bytes: shorter than the read
+    deadline, a slow body got a 408 that named the read deadline before it had passed."""
+    import importlib
+    import sys
+
+    monkeypatch.setenv("IOTPIPE_QUERY_READ_DEADLINE_SECONDS", "40")
+    monkeypatch.setenv("IOTPIPE_QUERY_DEADLINE_SECONDS", "1")
+    sys.modules.pop("iotpipe.query.gunicorn_conf", None)
+    try:
+        assert importlib.import_module("iotpipe.query.gunicorn_conf").timeout > 40
+    finally:
+        sys.modules.pop("iotpipe.query.gunicorn_conf", None)
+
+
 @pytest.mark.parametrize("host,bind", [("127.0.0.1", "127.0.0.1:5000"), ("0.0.0.0", "0.0.0.0:5000"),
                                        ("::", "[::]:5000"), ("::1", "[::1]:5000"),
                                        ("[::]", "[::]:5000"), ("localhost", "localhost:5000")])
@@ -102,6 +123,17 @@ def test_gunicorn_binds_ipv4_and_ipv6_hosts(monkeypatch: pytest.MonkeyPatch, hos
         sys.modules.pop("iotpipe.query.gunicorn_conf", None)
 
 
+@pytest.mark.parametrize("name", ["IOTPIPE_KAFKA_SASL_PASSWORD_FILE", "IOTPIPE_KAFKA_SSL_CA_FILE",
+                                  "IOTPIPE_KAFKA_SSL_CERT_FILE", "IOTPIPE_KAFKA_SSL_KEY_FILE"])
+def test_a_credential_file_that_cannot_be_read_is_a_settings_error(tmp_path, name: str) -> None:
+    """At start-up, not inside the first client made (the stream's would end in a traceback)."""
+    for path, why in ((tmp_path / "missing.pem", "No such file"), (tmp_path, "Is a directory")):
+        with pytest.raises(SettingsError, match=f"^{name}='{path}': cannot read: {why}"):
+            Settings.from_env({name: str(path)})
+    (tmp_path / "ok.pem").write_text("PEM")
+    assert str(tmp_path / "ok.pem") in repr(Settings.from_env({name: str(tmp_path / "ok.pem")}))
+
+
 def test_a_password_with_a_line_break_is_escaped_for_java(tmp_path) -> None:
     (tmp_path / "pw").write_text("line\none\r\n")
     s = Settings.from_env({
@@ -110,3 +142,26 @@ def test_a_password_with_a_line_break_is_escaped_for_java(tmp_path) -> None:
         str(tmp_path / "pw")}).kafka
     assert s.client_config()["sasl.password"] == "line\none"
     assert s.java_client_config()["sasl.jaas.config"].endswith('password="line\\none";')
+
+
+@pytest.mark.parametrize("env,line", [
+    ({"IOTPIPE_API_TOKEN_FILE": "short"},
+     "iotpipe query: IOTPIPE_API_TOKEN_FILE: the token must have 16 characters or more"),
+    ({"IOTPIPE_KAFKA_SSL_CA_FILE": "missing.pem"},
+     "iotpipe query: IOTPIPE_KAFKA_SSL_CA_FILE='missing.pem': cannot read: No such file or "
+     "directory"),
+])
+def test_the_query_service_refuses_bad_files_in_one_line_before_gunicorn(
+        tmp_path, env: dict[str, str], line: str) -> None:
+    """Checked by `python -m iotpipe.query` itself: in gunicorn's workers a bad token file
+    ended in a traceback per worker."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "short").write_text("abc")
+    done = subprocess.run([sys.executable, "-m", "iotpipe.query"], cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("IOTPIPE_")} | env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (1, line + "\n")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SENSOR_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,99}$")
 
 
@@ -40,7 +41,7 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     # Kafka connection, shared by every client (confluent-kafka and Spark's Kafka source)
     ("IOTPIPE_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)"),
     ("IOTPIPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
-    ("IOTPIPE_KAFKA_SASL_MECHANISM", "", "SASL mechanism, e.g. SCRAM-SHA-512"),
+    ("IOTPIPE_KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
     ("IOTPIPE_KAFKA_SASL_USERNAME", "", "SASL user name"),
     ("IOTPIPE_KAFKA_SASL_PASSWORD_FILE", "", "file holding the SASL password (mounted Secret)"),
     ("IOTPIPE_KAFKA_SSL_CA_FILE", "", "PEM file of the CA that signed the broker certificates"),
@@ -132,6 +133,19 @@ def _number(env: Mapping[str, str], name: str, kind: Callable[[str], Any], lo: f
     if not lo <= value <= hi:
         raise SettingsError(f"{name}={raw!r} must be between {lo} and {hi}")
     return value
+
+
+def _file(env: Mapping[str, str], name: str) -> str:
+    """A file the clients read (each time one is made: a rotated secret is read anew), checked
+    now so that a wrong path stops the service with one clear line."""
+    path = _read(env, name)
+    if path:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise SettingsError(f"{name}={path!r}: cannot read: {e.strerror}") from None
+    return path
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
@@ -345,15 +359,18 @@ class Settings:
                                       ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
             sasl_mechanism=_read(env, "IOTPIPE_KAFKA_SASL_MECHANISM"),
             sasl_username=_read(env, "IOTPIPE_KAFKA_SASL_USERNAME"),
-            sasl_password_file=_read(env, "IOTPIPE_KAFKA_SASL_PASSWORD_FILE"),
-            ssl_ca_file=_read(env, "IOTPIPE_KAFKA_SSL_CA_FILE"),
-            ssl_cert_file=_read(env, "IOTPIPE_KAFKA_SSL_CERT_FILE"),
-            ssl_key_file=_read(env, "IOTPIPE_KAFKA_SSL_KEY_FILE"),
+            sasl_password_file=_file(env, "IOTPIPE_KAFKA_SASL_PASSWORD_FILE"),
+            ssl_ca_file=_file(env, "IOTPIPE_KAFKA_SSL_CA_FILE"),
+            ssl_cert_file=_file(env, "IOTPIPE_KAFKA_SSL_CERT_FILE"),
+            ssl_key_file=_file(env, "IOTPIPE_KAFKA_SSL_KEY_FILE"),
             timeout_s=n(env, "IOTPIPE_KAFKA_TIMEOUT_SECONDS", float, 0.1, 300),
         )
         if kafka.security_protocol.startswith("SASL") and not (
                 kafka.sasl_mechanism and kafka.sasl_username):
             raise SettingsError("SASL needs IOTPIPE_KAFKA_SASL_MECHANISM and _SASL_USERNAME")
+        if kafka.sasl_mechanism not in ("", *SASL_MECHANISMS):  # the ones both clients map
+            raise SettingsError(f"IOTPIPE_KAFKA_SASL_MECHANISM={kafka.sasl_mechanism!r} must be "
+                                f"one of {', '.join(SASL_MECHANISMS)}")
         jars = tuple(j for j in _read(env, "IOTPIPE_SPARK_JARS").split(",") if j)
         prefix = _read(env, "IOTPIPE_TOPIC_PREFIX")
         if prefix and not SENSOR_NAME.match(prefix):

@@ -8,11 +8,13 @@ import sys
 import tempfile
 
 from iotpipe.core.settings import Settings, SettingsError
+from iotpipe.query.app import read_token
 
 
 def main() -> None:
-    try:
-        Settings.from_env()  # fail fast with one clear line, before gunicorn starts
+    try:  # fail fast with one clear line, before gunicorn starts (its workers would
+        # log a traceback each)
+        read_token(Settings.from_env())
     except SettingsError as e:
         sys.exit(f"iotpipe query: {e}")
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -53,7 +53,7 @@ def compute_metrics() -> Response:
     service: WindowMetricsService = current_app.extensions["iotpipe.service"]
     settings = service.settings
     try:
-        if request.mimetype != "application/json":
+        if not request.is_json:  # application/json or application/*+json, as the prototype
             raise RequestError(415, "Content-Type must be application/json")
         body = parse_body(_read_body(settings.max_body_bytes))
         req = validate(body, settings.sensors, settings.max_window_s)

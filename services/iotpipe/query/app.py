@@ -22,7 +22,8 @@ _SENDABLE = re.compile(rb"[!-~]+")  # printable ASCII, no space: a header carrie
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _token(settings: Settings) -> bytes | None:
+def read_token(settings: Settings) -> bytes | None:
+    """The API token of IOTPIPE_API_TOKEN_FILE (None: no token); SettingsError if unusable."""
     if not settings.api_token_file:
         return None
     try:
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None,
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["iotpipe.service"] = service or WindowMetricsService(settings)
-    token = _token(settings)
+    token = read_token(settings)
     app.register_blueprint(bp)
 
     @app.before_request

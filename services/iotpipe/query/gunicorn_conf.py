@@ -27,7 +27,9 @@ asgi_lifespan = "off"
 # uvloop, not asyncio's pure-Python loop: the loop shares the worker's GIL with the Flask
 # threads, and asyncio's spent most of it under load (a dependency; a test checks it is used)
 asgi_loop = "uvloop"
-timeout = int(_s.query_deadline_s) + 10  # a worker is killed only well after its deadline
+# a worker is killed only well after its deadline; gunicorn also stops waiting for a body's next
+# bytes after this long (http.disconnect), so it must not cut the front's read deadline short
+timeout = int(max(_s.query_deadline_s, _s.query_read_deadline_s)) + 10
 # a stop lets the requests under way finish: a body read and the request's deadline
 graceful_timeout = int(_s.query_read_deadline_s + _s.query_deadline_s) + 5
 # a request whose client left is dropped at once, not run for nobody (queued for a thread)

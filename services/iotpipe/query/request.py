@@ -7,6 +7,7 @@ The prototype's contract: bad parts of a request (unknown keys or metrics) are r
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 
 from iotpipe.query.aggregate import METRICS
@@ -37,17 +38,19 @@ def _reject_constant(name: str) -> object:
 
 
 def parse_body(raw: bytes) -> object:
-    """JSON of the body; RequestError(400) with the parser's own words when it is not JSON."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RequestError(400, "Request body is not valid JSON: not UTF-8") from None
+    """JSON of the body; RequestError(400) with the parser's own words when it is not JSON.
+    UTF-8, or UTF-16 or -32, a byte order mark allowed: what the prototype's Flask took."""
     too_deep = RequestError(400, f"Request body is nested deeper than {MAX_DEPTH} levels")
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise RequestError(400, "Request body is not valid JSON: not UTF-8 text") from None
     except RecursionError:
         raise too_deep from None
     except ValueError as e:
+        if "integer string conversion" in str(e):  # (Python's advice would mislead a client)
+            raise RequestError(400, "Request body has an integer of more than "
+                                    f"{sys.get_int_max_str_digits()} digits") from None
         raise RequestError(400, f"Request body is not valid JSON: {e}") from None
     if _nesting(body) > MAX_DEPTH:
         raise too_deep
