@@ -116,6 +116,29 @@ def test_a_body_trickling_in_within_the_deadline_is_answered(
         assert (status, body) == (200, expected(dataset))
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_client_sending_an_oversize_body_whole_reads_its_413(
+        server: tuple[str, int], dataset: Dataset, framing: str) -> None:
+    """Like Python's http.client, it sends the whole body before it reads: answered unread and
+    closed, its connection was reset while it sent (the 413 lost); read and dropped, it reads
+    the 413 and the connection stays usable."""
+    _, port = server
+    pad = b" " * (8 * 65_536)  # 8 times the default limit, sent in one go
+    big = BODY[:-1] + b', "pad": "' + pad + b'"}'
+    head = HEAD % len(big) if framing == "length" else HEAD.replace(
+        b"Content-Length: %d", b"Transfer-Encoding: chunked")
+    with ExitStack() as stack:
+        sock = connect(stack, port)
+        sock.sendall(head + (big if framing == "length" else b"%x\r\n%s\r\n0\r\n\r\n" % (
+            len(big), big)))
+        status, body, rest = read_response(sock, 60)
+        assert (status, body, rest) == (
+            413, {"result": {}, "errors": ["Request body is larger than 65536 bytes"]},
+            b"(kept alive)")
+        sock.sendall(HEAD % len(BODY) + BODY)
+        assert read_response(sock, 60)[:2] == (200, expected(dataset))
+
+
 def test_connections_past_the_limit_are_refused_at_once(server: tuple[str, int]) -> None:
     _, port = server
     with ExitStack() as stack:

@@ -57,7 +57,8 @@ class BufferedApp:
         limit = self.settings.max_body_bytes
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         body = b""
-        if not (declared.isdigit() and int(declared) > limit):  # else Flask answers 413 unread
+        if not (declared.isdigit() and int(declared) > DRAINED * limit):  # else Flask
+            # answers 413 unread, and the connection is closed
             read: bytes | None = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.query_read_deadline_s):
@@ -92,17 +93,26 @@ class BufferedApp:
         return started[0], started[1], b"".join(chunks)
 
 
+# a body past the size limit is still read, and dropped, up to this many times the limit: a
+# client that sends its whole body before it reads then gets its 413 (a connection closed with
+# bytes unread is reset, and the answer may be lost)
+DRAINED = 16
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The body's bytes, at most limit + 1 of them; None if the client disconnected."""
-    body = bytearray()
-    while len(body) <= limit:
+    """The body's bytes, at most limit + 1 of them (see DRAINED for the rest); None if the
+    client disconnected."""
+    body, size = bytearray(), 0
+    while size <= DRAINED * limit:
         message = await receive()
         if message["type"] != "http.request":
             return None
-        body += message.get("body", b"")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        body += chunk[:limit + 1 - len(body)]
         if not message.get("more_body"):
             break
-    return bytes(body[:limit + 1])
+    return bytes(body)
 
 
 async def _send_408(send: Send, deadline_s: float) -> None:
