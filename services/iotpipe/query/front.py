@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from typing import Any, cast
 
 from a2wsgi.wsgi import build_environ
 from flask import Flask
+from gunicorn.asgi.parser import ParseError
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
@@ -204,7 +206,12 @@ class BoundedProtocol(ASGIProtocol):
     def _send_error_response(self, status: int, message: str,
                              extra_headers: Iterable[tuple[str, str]] = ()) -> None:
         """Also gunicorn's answer to a request it cannot parse (bad framing, a line or headers
-        too long): in the API's JSON envelope, not plain text."""
+        too long): in the API's JSON envelope, not plain text, and saying what the part it
+        quotes is (its parser's error may be the bad token alone: "post")."""
+        error = sys.exc_info()[1]
+        kind = (type(error).__doc__ or "").strip().rstrip(".")
+        if isinstance(error, ParseError) and kind and kind.lower() not in message.lower():
+            message = f"{kind}: {message}"
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:  # (gunicorn sends only standard codes)
