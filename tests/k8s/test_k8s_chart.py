@@ -225,6 +225,19 @@ def test_query_pods_leave_their_service_before_they_stop(rendering: Rendering) -
         "terminationGracePeriodSeconds"]
 
 
+def test_the_stream_driver_stops_within_its_grace_period(rendering: Rendering) -> None:
+    """On SIGTERM the driver waits for a running batch to end, and that batch's rollup
+    publish may then still wait for the broker: both fit before SIGKILL, with Spark's stop."""
+    from iotpipe.core.settings import Settings
+    from iotpipe.stream.main import BATCH_END_WAIT_S
+    from iotpipe.stream.rollups import RollupPublisher
+
+    driver = rendering.one("SparkApplication", "iotpipe-stream")["spec"]["driver"]
+    env = {k: v for k, v in env_of(driver).items() if k == "IOTPIPE_KAFKA_TIMEOUT_SECONDS"}
+    publish_s = RollupPublisher.timeout(Settings.from_env(env))
+    assert BATCH_END_WAIT_S + publish_s + 10 <= driver["terminationGracePeriodSeconds"]
+
+
 def test_a_sensor_is_never_sent_by_two_pods(rendering: Rendering) -> None:
     sensors = [d for d in rendering.of_kind("Deployment")
                if d["metadata"]["labels"].get("iotpipe.dev/sensor")]

@@ -21,7 +21,9 @@ from iotpipe.stream.runner import StreamRunner, progress_dict
 log = logging.getLogger("iotpipe.stream")
 RESTART_PAUSE_S = 2.0
 MAX_RESTART_PAUSE_S = 30.0
-BATCH_END_WAIT_S = 40.0  # the chart gives the driver pod 60 s between SIGTERM and SIGKILL
+# the chart gives the driver pod 90 s between SIGTERM and SIGKILL: this wait, then the batch's
+# rollup publish may still wait for the broker (RollupPublisher.timeout), then Spark's stop
+BATCH_END_WAIT_S = 40.0
 
 
 def _check_checkpoint_dir(path: str) -> None:

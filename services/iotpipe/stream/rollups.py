@@ -19,8 +19,13 @@ class RollupPublishError(RuntimeError):
 class RollupPublisher:
     def __init__(self, settings: Settings) -> None:
         self.topic, self.kafka = settings.rollup_topic, settings.kafka
-        self.timeout_s = max(30.0, settings.kafka.timeout_s * 6)
+        self.timeout_s = self.timeout(settings)
         self.producer = self._producer()
+
+    @staticmethod
+    def timeout(settings: Settings) -> float:
+        """How long a batch's records may take to be delivered."""
+        return max(30.0, settings.kafka.timeout_s * 6)
 
     def _producer(self) -> Producer:
         return Producer(self.kafka.client_config() | {
