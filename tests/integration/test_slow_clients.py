@@ -139,6 +139,22 @@ def test_a_client_sending_an_oversize_body_whole_reads_its_413(
         assert read_response(sock, 60)[:2] == (200, expected(dataset))
 
 
+def test_a_websocket_upgrade_is_answered_as_plain_http(
+        server: tuple[str, int], dataset: Dataset) -> None:
+    """The API serves no WebSocket; RFC 9110 lets a server ignore Upgrade (gunicorn's answer
+    was an empty 403, not the JSON envelope)."""
+    upgrade = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    _, port = server
+    with ExitStack() as stack:
+        sock = connect(stack, port, (HEAD % len(BODY)).replace(b"\r\n\r\n", b"\r\n" + upgrade)
+                       + BODY)
+        assert read_response(sock, 60)[:2] == (200, expected(dataset))
+        sock.sendall(b"GET /compute/metrics HTTP/1.1\r\nHost: t\r\n" + upgrade)
+        status, body, _ = read_response(sock, 60)
+        assert status == 405 and body["errors"][0].startswith("Method Not Allowed"), body
+
+
 def test_connections_past_the_limit_are_refused_at_once(server: tuple[str, int]) -> None:
     _, port = server
     with ExitStack() as stack:

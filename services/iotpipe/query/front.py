@@ -72,6 +72,7 @@ class BufferedApp:
                        if k not in (b"content-length", b"transfer-encoding")]
             scope = scope | {"headers": [*headers, (b"content-length", b"%d" % len(body))]}
         environ = _environ(scope, io.BytesIO(body))
+        environ.pop("HTTP_UPGRADE", None)  # (Werkzeug refuses a WebSocket's to plain routes)
         environ[RECEIVED] = time.time()  # the deadline counts from here, not from a free thread
         status, headers, content = await asyncio.get_running_loop().run_in_executor(
             self.threads, self._flask, environ)
@@ -155,6 +156,11 @@ class BoundedProtocol(ASGIProtocol):
         self._deadline = _cancel(self._deadline)
         self._write_deadline = _cancel(self._write_deadline)
         super().connection_lost(exc)
+
+    def _is_websocket_upgrade(self, request: object) -> bool:
+        """The API serves no WebSocket: a request asking to switch to one is answered as plain
+        HTTP (RFC 9110 lets a server ignore Upgrade; gunicorn's answer was an empty 403)."""
+        return False
 
     def eof_received(self) -> bool | None:
         """A client that closed its sending side after its request's headers still gets the
