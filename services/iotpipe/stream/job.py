@@ -173,6 +173,11 @@ def spark_checkpoint(settings: Settings) -> Path:
     return Path(settings.checkpoint_dir) / "spark"
 
 
+def sensors_path(settings: Settings) -> Path:
+    """The sensors Spark's checkpoint reads (see `runner.check_checkpoint`)."""
+    return Path(settings.checkpoint_dir) / "iotpipe-sensors.json"
+
+
 @functools.cache
 def _publisher(settings: Settings) -> RollupPublisher:
     """One publisher per app, kept across restarts of the query (it makes a new producer

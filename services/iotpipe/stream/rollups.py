@@ -6,10 +6,17 @@ batch counts as folded, so what the query service reads is never behind the save
 
 from __future__ import annotations
 
+import logging
+
 from confluent_kafka import KafkaError, Message, Producer
 
 from iotpipe.core import wire
 from iotpipe.core.settings import Settings
+
+log = logging.getLogger(__name__)
+# what a new password or certificate may cure (an authorization error is the broker's ACLs)
+LOGIN_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL,
+                          KafkaError.SASL_AUTHENTICATION_FAILED})
 
 
 class RollupPublishError(RuntimeError):
@@ -28,20 +35,29 @@ class RollupPublisher:
         return max(30.0, settings.kafka.timeout_s * 6)
 
     def _producer(self) -> Producer:
+        self.login_failed = False
         return Producer(self.kafka.client_config() | {
             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-            "message.timeout.ms": int(self.timeout_s * 1000), "log_level": 3})
+            "message.timeout.ms": int(self.timeout_s * 1000), "log_level": 3,
+            "error_cb": self._on_error})
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("rollup producer: %s", err.str())  # (librdkafka's own log line, before)
+        if err.code() in LOGIN_ERRORS:
+            self.login_failed = True
 
     def publish(self, records: list[wire.Bucket | wire.Progress]) -> None:
         """Write the records in order and wait until the broker has them all. If they are not
-        all delivered, the next try has a new producer, which reads the credentials again (a
-        rotated password or certificate: the old ones may be why)."""
+        all delivered because the producer could not log in, the next try has a new one, which
+        reads the credentials again (a rotated password or certificate). Otherwise the
+        producer stays: its retries keep the records of a bucket in order."""
         try:
             self._publish(records)
         except RollupPublishError:
-            fresh = self._producer()  # (a credential file gone: this raises, the old stays)
-            self.producer.purge()  # the batch is written again in full when Spark retries it
-            self.producer = fresh
+            if self.login_failed:  # (nothing of its is in flight: it could not log in)
+                fresh = self._producer()  # (a credential file gone: raises, the old stays)
+                self.producer.purge()  # Spark retries the batch, which writes them in full
+                self.producer = fresh
             raise
 
     def _publish(self, records: list[wire.Bucket | wire.Progress]) -> None:

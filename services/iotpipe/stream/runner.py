@@ -11,7 +11,7 @@ from typing import Any
 from pyspark.sql.streaming import StreamingQuery
 
 from iotpipe.core.settings import Settings, SettingsError
-from iotpipe.stream.job import progress_counters, spark_checkpoint, state_path
+from iotpipe.stream.job import progress_counters, sensors_path, spark_checkpoint, state_path
 from iotpipe.stream.metrics import StreamCollector
 from iotpipe.stream.state import StateStore, Stats, StreamState
 
@@ -84,17 +84,26 @@ def check_checkpoint(settings: Settings, state: StreamState) -> None:
     """Refuse, with one clear line, a start that Spark's checkpoint and the state would get
     wrong: the checkpoint holds one source per sensor by position (another IOTPIPE_SENSORS
     would stop the query, or read a topic with another's offsets), and the state skips every
-    batch id it has folded (a new checkpoint numbers its batches from 0 again: all skipped)."""
-    afresh = (f"or start afresh (delete the rollup topic and {settings.checkpoint_dir})")
-    if state.sensors and state.sensors != list(settings.sensors):
+    batch id it has folded (a new checkpoint numbers its batches from 0 again: all skipped).
+    The sensors are noted in a file of their own, at the first start: an older app's state
+    loader would refuse a field it does not know (a rollback)."""
+    afresh = f"or start afresh (delete the rollup topic and {settings.checkpoint_dir})"
+    noted = sensors_path(settings)
+    try:
+        sensors = json.loads(noted.read_text())
+    except FileNotFoundError:
+        sensors = None
+    if sensors is not None and sensors != list(settings.sensors):
         raise SettingsError(
             f"IOTPIPE_SENSORS={','.join(settings.sensors)}, but the checkpoint in "
-            f"{settings.checkpoint_dir} reads {','.join(state.sensors)}: set it back, {afresh}")
+            f"{settings.checkpoint_dir} reads {','.join(sensors)}: set it back, {afresh}")
     if state.batch_id >= 0 and not (spark_checkpoint(settings) / "metadata").exists():
         raise SettingsError(
             f"{state_path(settings)} has counted batches up to {state.batch_id}, but Spark's "
             f"checkpoint {spark_checkpoint(settings)} is gone: restore it, {afresh}")
-    state.sensors = list(settings.sensors)  # saved with the next batch
+    if sensors is None:
+        noted.with_suffix(".tmp").write_text(json.dumps(settings.sensors))
+        noted.with_suffix(".tmp").replace(noted)
 
 
 def _clock(ms: int, fmt: str) -> str:

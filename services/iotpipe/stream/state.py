@@ -99,7 +99,6 @@ class StreamState:
     health: dict[str, float] = field(default_factory=dict)
     behind: dict[str, int] = field(default_factory=dict)
     buckets: dict[str, dict[int, BucketStats]] = field(default_factory=dict)  # not final yet
-    sensors: list[str] = field(default_factory=list)  # IOTPIPE_SENSORS it was made with
 
     def __post_init__(self) -> None:
         if self.watermark_ms == -(2**63):
