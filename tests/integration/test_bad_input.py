@@ -26,7 +26,7 @@ def _post(client: FlaskClient, body: object, **kwargs: object) -> tuple[int, dic
     ("{", 400, "Request body is not valid JSON: Expecting property name"),
     ("", 400, "Request body is not valid JSON"),
     (b"\xff\xfe", 400, "Request body is not valid JSON: Expecting value"),  # a UTF-16 BOM
-    (b'{"a": "\xff"}', 400, "Request body is not valid JSON: not UTF-8 text"),
+    (b'{"a": "\xff"}', 400, "Request body is not valid JSON: not UTF-8, UTF-16 or UTF-32 text"),
     ('{"temperature": ["count"], "note": ' + "9" * 5000 + "}", 400,
      "Request body has an integer of more than 4300 digits"),
     ('{"from": NaN}', 400, "Request body is not valid JSON: NaN is not valid JSON"),
@@ -127,7 +127,7 @@ def test_wrong_content_type(client: FlaskClient) -> None:
     status, payload = _post(client, {"temperature": ["count"]} | WINDOW,
                             content_type="text/plain")
     assert status == 415
-    assert payload["errors"] == ["Content-Type must be application/json"]
+    assert payload["errors"] == ["Content-Type must be application/json (or application/*+json)"]
 
 
 def test_wrong_method_and_unknown_route_are_json(client: FlaskClient) -> None:

@@ -6,11 +6,13 @@ import asyncio
 import json
 import threading
 import time
+from typing import Any, cast
 
 from flask import Flask, request
 
 from iotpipe.core.settings import Settings
 from iotpipe.query.api import RECEIVED
+from iotpipe.query.app import create_app
 from iotpipe.query.front import BufferedApp, Message
 
 
@@ -95,3 +97,56 @@ def test_health_is_answered_while_every_thread_is_busy() -> None:
     assert still_busy and answered[0]["status"] == 200
     assert health[0]["status"] == 200 and json.loads(health[1]["body"]) == {"status": "Healthy!"}
     assert (b"content-type", b"application/json") in health[0]["headers"]
+
+
+class _NoService:
+    """The body is answered before any window is read."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+
+def _post(headers: list[tuple[bytes, bytes]], parts: list[bytes]) -> tuple[int, list[str], int]:
+    """A POST through the front and the API with a 1,000-byte body limit and a 0.3 s read
+    deadline; the body arrives in `parts`, then stalls. Status, errors and receive() calls."""
+    settings = Settings.from_env({"IOTPIPE_MAX_BODY_BYTES": "1000",
+                                  "IOTPIPE_QUERY_READ_DEADLINE_SECONDS": "0.3"})
+    app = BufferedApp(create_app(settings, cast(Any, _NoService(settings))), settings)
+    scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/compute/metrics", "raw_path": b"/compute/metrics", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json"), *headers],
+             "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 40000)}
+    sent: list[Message] = []
+    asked = 0
+
+    async def receive() -> Message:
+        nonlocal asked
+        asked += 1
+        if asked > len(parts):
+            await asyncio.sleep(60)  # the client stalls
+        return {"type": "http.request", "body": parts[asked - 1], "more_body": True}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(sent[1]["body"])["errors"], asked
+
+
+TOO_LARGE = ["Request body is larger than 1000 bytes"]
+
+
+def test_a_slow_body_known_to_be_too_large_gets_413_not_408() -> None:
+    """By its declared length, or by the bytes it has sent (chunked): told it was slow, the
+    client would send it again."""
+    declared = [(b"content-length", b"5000")]
+    assert _post(declared, [b"x" * 500])[:2] == (413, TOO_LARGE)
+    assert _post([], [b"x" * 600, b"x" * 600])[:2] == (413, TOO_LARGE)
+    assert _post([], [b"x" * 600])[:2] == (408, [
+        "Request Timeout: the body did not arrive within 0.3 seconds"])
+
+
+def test_a_client_waiting_for_100_continue_is_refused_before_it_sends() -> None:
+    """It sends its body only once asked for it (gunicorn asks at the first receive())."""
+    expects = [(b"content-length", b"5000"), (b"expect", b"100-continue")]
+    assert _post(expects, []) == (413, TOO_LARGE, 0)

@@ -54,7 +54,8 @@ def compute_metrics() -> Response:
     settings = service.settings
     try:
         if not request.is_json:  # application/json or application/*+json, as the prototype
-            raise RequestError(415, "Content-Type must be application/json")
+            raise RequestError(415, "Content-Type must be application/json (or "
+                                    "application/*+json)")
         body = parse_body(_read_body(settings.max_body_bytes))
         req = validate(body, settings.sensors, settings.max_window_s)
         result = service.compute(req, g.received) if req.operations else {}

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from a2wsgi.wsgi import build_environ
 from flask import Flask
-from gunicorn.asgi.parser import ParseError
+from gunicorn.asgi.parser import InvalidHeaderName, InvalidHTTPVersion, InvalidRequestMethod
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
@@ -58,20 +58,24 @@ class BufferedApp:
             return await _send_json(send, 200, HEALTHY.encode())
         limit = self.settings.max_body_bytes
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        body = b""
-        if not (declared.isdigit() and int(declared) > DRAINED * limit):  # else Flask
-            # answers 413 unread, and the connection is closed
-            read: bytes | None = None
+        oversize = declared.isdigit() and int(declared) > limit  # Flask answers 413 unread
+        # a client that waits for "100 Continue" sends nothing unless asked: none is drained
+        waits = any(k == b"expect" for k, _ in scope["headers"])
+        body = bytearray()
+        if not (oversize and (waits or int(declared) > DRAINED * limit)):
+            whole = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.query_read_deadline_s):
-                    read = await _read_body(receive, limit)
-            if read is None:  # late (or the client left, and the answer goes nowhere)
+                    whole = await _read_body(receive, limit, body)
+            # late (or the client left, and the answer goes nowhere); a body known to be too
+            # large is answered 413 all the same
+            if not (whole or oversize or len(body) > limit):
                 return await _send_408(send, self.settings.query_read_deadline_s)
-            body = read
-            headers = [(k, v) for k, v in scope["headers"]
-                       if k not in (b"content-length", b"transfer-encoding")]
-            scope = scope | {"headers": [*headers, (b"content-length", b"%d" % len(body))]}
-        environ = _environ(scope, io.BytesIO(body))
+            if not oversize:  # Flask sees the body's real length (chunked bodies too)
+                headers = [(k, v) for k, v in scope["headers"]
+                           if k not in (b"content-length", b"transfer-encoding")]
+                scope = scope | {"headers": [*headers, (b"content-length", b"%d" % len(body))]}
+        environ = _environ(scope, io.BytesIO(bytes(body)))
         environ.pop("HTTP_UPGRADE", None)  # (Werkzeug refuses a WebSocket's to plain routes)
         environ[RECEIVED] = time.time()  # the deadline counts from here, not from a free thread
         status, headers, content = await asyncio.get_running_loop().run_in_executor(
@@ -102,20 +106,20 @@ class BufferedApp:
 DRAINED = 16
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The body's bytes, at most limit + 1 of them (see DRAINED for the rest); None if the
-    client disconnected."""
-    body, size = bytearray(), 0
+async def _read_body(receive: Receive, limit: int, body: bytearray) -> bool:
+    """Read the body into `body`, at most limit + 1 bytes of it (see DRAINED for the rest);
+    False if the client disconnected."""
+    size = 0
     while size <= DRAINED * limit:
         message = await receive()
         if message["type"] != "http.request":
-            return None
+            return False
         chunk = message.get("body", b"")
         size += len(chunk)
         body += chunk[:limit + 1 - len(body)]
         if not message.get("more_body"):
             break
-    return bytes(body)
+    return True
 
 
 async def _send_408(send: Send, deadline_s: float) -> None:
@@ -130,6 +134,12 @@ async def _send_json(send: Send, status: int, body: bytes, *headers: tuple[bytes
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", b"%d" % len(body)), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+# the parse errors of gunicorn's parser whose message is the bad token alone ("post")
+BARE_TOKEN_ERRORS = {InvalidRequestMethod: "Invalid HTTP method",
+                     InvalidHTTPVersion: "Invalid HTTP version",
+                     InvalidHeaderName: "Invalid header name"}
 
 
 class BoundedProtocol(ASGIProtocol):
@@ -214,9 +224,8 @@ class BoundedProtocol(ASGIProtocol):
         """Also gunicorn's answer to a request it cannot parse (bad framing, a line or headers
         too long): in the API's JSON envelope, not plain text, and saying what the part it
         quotes is (its parser's error may be the bad token alone: "post")."""
-        error = sys.exc_info()[1]
-        kind = (type(error).__doc__ or "").strip().rstrip(".")
-        if isinstance(error, ParseError) and kind and kind.lower() not in message.lower():
+        kind = BARE_TOKEN_ERRORS.get(type(sys.exc_info()[1]))
+        if kind is not None:
             message = f"{kind}: {message}"
         try:
             reason = HTTPStatus(status).phrase

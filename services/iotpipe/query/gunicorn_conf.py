@@ -35,6 +35,8 @@ graceful_timeout = int(_s.query_read_deadline_s + _s.query_deadline_s) + 5
 # a request whose client left is dropped at once, not run for nobody (queued for a thread)
 asgi_disconnect_grace_period = 0
 keepalive = 5
+# the pure Python parser, whatever else is installed: the front names its errors (front.py)
+http_parser = "python"
 limit_request_line = 4094
 limit_request_fields = 50
 accesslog = "-"

@@ -44,7 +44,8 @@ def parse_body(raw: bytes) -> object:
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except UnicodeDecodeError:
-        raise RequestError(400, "Request body is not valid JSON: not UTF-8 text") from None
+        raise RequestError(400, "Request body is not valid JSON: not UTF-8, UTF-16 or UTF-32 "
+                                "text") from None
     except RecursionError:
         raise too_deep from None
     except ValueError as e:
