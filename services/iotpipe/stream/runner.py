@@ -102,6 +102,7 @@ def check_checkpoint(settings: Settings, state: StreamState) -> None:
             f"{state_path(settings)} has counted batches up to {state.batch_id}, but Spark's "
             f"checkpoint {spark_checkpoint(settings)} is gone: restore it, {afresh}")
     if sensors is None:
+        noted.parent.mkdir(parents=True, exist_ok=True)  # (a new checkpoint: Spark's is later)
         noted.with_suffix(".tmp").write_text(json.dumps(settings.sensors))
         noted.with_suffix(".tmp").replace(noted)
 
