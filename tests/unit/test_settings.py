@@ -126,12 +126,14 @@ def test_gunicorn_binds_ipv4_and_ipv6_hosts(monkeypatch: pytest.MonkeyPatch, hos
 @pytest.mark.parametrize("name", ["IOTPIPE_KAFKA_SASL_PASSWORD_FILE", "IOTPIPE_KAFKA_SSL_CA_FILE",
                                   "IOTPIPE_KAFKA_SSL_CERT_FILE", "IOTPIPE_KAFKA_SSL_KEY_FILE"])
 def test_a_credential_file_that_cannot_be_read_is_a_settings_error(tmp_path, name: str) -> None:
-    """At start-up, not inside the first client made (the stream's would end in a traceback)."""
+    """Checked at start-up, not inside the first client made (the stream's would end in a
+    traceback); parsing alone does not read them (the chart's tests parse its pods' env)."""
     for path, why in ((tmp_path / "missing.pem", "No such file"), (tmp_path, "Is a directory")):
+        kafka = Settings.from_env({name: str(path)}).kafka
         with pytest.raises(SettingsError, match=f"^{name}='{path}': cannot read: {why}"):
-            Settings.from_env({name: str(path)})
+            kafka.check_files()
     (tmp_path / "ok.pem").write_text("PEM")
-    assert str(tmp_path / "ok.pem") in repr(Settings.from_env({name: str(tmp_path / "ok.pem")}))
+    Settings.from_env({name: str(tmp_path / "ok.pem")}).kafka.check_files()
 
 
 def test_a_password_with_a_line_break_is_escaped_for_java(tmp_path) -> None:
@@ -144,23 +146,26 @@ def test_a_password_with_a_line_break_is_escaped_for_java(tmp_path) -> None:
     assert s.java_client_config()["sasl.jaas.config"].endswith('password="line\\none";')
 
 
-@pytest.mark.parametrize("env,line", [
-    ({"IOTPIPE_API_TOKEN_FILE": "short"},
+MISSING_CA = "IOTPIPE_KAFKA_SSL_CA_FILE='missing.pem': cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize("app,env,line", [
+    ("query", {"IOTPIPE_API_TOKEN_FILE": "short"},
      "iotpipe query: IOTPIPE_API_TOKEN_FILE: the token must have 16 characters or more"),
-    ({"IOTPIPE_KAFKA_SSL_CA_FILE": "missing.pem"},
-     "iotpipe query: IOTPIPE_KAFKA_SSL_CA_FILE='missing.pem': cannot read: No such file or "
-     "directory"),
+    ("query", {"IOTPIPE_KAFKA_SSL_CA_FILE": "missing.pem"}, f"iotpipe query: {MISSING_CA}"),
+    ("stream", {"IOTPIPE_KAFKA_SSL_CA_FILE": "missing.pem"}, f"iotpipe stream: {MISSING_CA}"),
+    ("sensors", {"IOTPIPE_KAFKA_SSL_CA_FILE": "missing.pem"}, f"iotpipe sensors: {MISSING_CA}"),
 ])
-def test_the_query_service_refuses_bad_files_in_one_line_before_gunicorn(
-        tmp_path, env: dict[str, str], line: str) -> None:
-    """Checked by `python -m iotpipe.query` itself: in gunicorn's workers a bad token file
-    ended in a traceback per worker."""
+def test_an_app_refuses_bad_files_in_one_line_at_its_start(
+        tmp_path, app: str, env: dict[str, str], line: str) -> None:
+    """Checked by `python -m iotpipe.<app>` itself: in gunicorn's workers a bad token file
+    ended in a traceback per worker, in the stream's first client a missing file too."""
     import os
     import subprocess
     import sys
 
     (tmp_path / "short").write_text("abc")
-    done = subprocess.run([sys.executable, "-m", "iotpipe.query"], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-m", f"iotpipe.{app}"], cwd=tmp_path,
                           env={k: v for k, v in os.environ.items()
                                if not k.startswith("IOTPIPE_")} | env,
                           capture_output=True, text=True, timeout=60, check=False)

@@ -135,19 +135,6 @@ def _number(env: Mapping[str, str], name: str, kind: Callable[[str], Any], lo: f
     return value
 
 
-def _file(env: Mapping[str, str], name: str) -> str:
-    """A file the clients read (each time one is made: a rotated secret is read anew), checked
-    now so that a wrong path stops the service with one clear line."""
-    path = _read(env, name)
-    if path:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as e:
-            raise SettingsError(f"{name}={path!r}: cannot read: {e.strerror}") from None
-    return path
-
-
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     raw = _read(env, name)
     if raw not in choices:
@@ -221,6 +208,19 @@ class KafkaSettings:
     ssl_cert_file: str = ""
     ssl_key_file: str = ""
     timeout_s: float = 5.0
+
+    def check_files(self) -> None:
+        """Every credential file can be read: a wrong path stops a service at its start with
+        one clear line (the clients read them again whenever one is made: a rotated secret)."""
+        for name, path in (("IOTPIPE_KAFKA_SASL_PASSWORD_FILE", self.sasl_password_file),
+                           ("IOTPIPE_KAFKA_SSL_CA_FILE", self.ssl_ca_file),
+                           ("IOTPIPE_KAFKA_SSL_CERT_FILE", self.ssl_cert_file),
+                           ("IOTPIPE_KAFKA_SSL_KEY_FILE", self.ssl_key_file)):
+            try:
+                if path:
+                    open(path, "rb").close()
+            except OSError as e:
+                raise SettingsError(f"{name}={path!r}: cannot read: {e.strerror}") from None
 
     def sasl_password(self) -> str:
         if not self.sasl_password_file:
@@ -359,10 +359,10 @@ class Settings:
                                       ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
             sasl_mechanism=_read(env, "IOTPIPE_KAFKA_SASL_MECHANISM"),
             sasl_username=_read(env, "IOTPIPE_KAFKA_SASL_USERNAME"),
-            sasl_password_file=_file(env, "IOTPIPE_KAFKA_SASL_PASSWORD_FILE"),
-            ssl_ca_file=_file(env, "IOTPIPE_KAFKA_SSL_CA_FILE"),
-            ssl_cert_file=_file(env, "IOTPIPE_KAFKA_SSL_CERT_FILE"),
-            ssl_key_file=_file(env, "IOTPIPE_KAFKA_SSL_KEY_FILE"),
+            sasl_password_file=_read(env, "IOTPIPE_KAFKA_SASL_PASSWORD_FILE"),
+            ssl_ca_file=_read(env, "IOTPIPE_KAFKA_SSL_CA_FILE"),
+            ssl_cert_file=_read(env, "IOTPIPE_KAFKA_SSL_CERT_FILE"),
+            ssl_key_file=_read(env, "IOTPIPE_KAFKA_SSL_KEY_FILE"),
             timeout_s=n(env, "IOTPIPE_KAFKA_TIMEOUT_SECONDS", float, 0.1, 300),
         )
         if kafka.security_protocol.startswith("SASL") and not (

@@ -14,7 +14,9 @@ from iotpipe.query.app import read_token
 def main() -> None:
     try:  # fail fast with one clear line, before gunicorn starts (its workers would
         # log a traceback each)
-        read_token(Settings.from_env())
+        settings = Settings.from_env()
+        settings.kafka.check_files()
+        read_token(settings)
     except SettingsError as e:
         sys.exit(f"iotpipe query: {e}")
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -51,6 +51,7 @@ def main() -> None:
     faulthandler.enable()  # SIGABRT (or a crash) prints every thread's stack: a hang shows where
     try:
         settings = Settings.from_env()
+        settings.kafka.check_files()
     except SettingsError as e:
         sys.exit(f"iotpipe sensors: {e}")
     configure_logging(settings)

@@ -37,6 +37,7 @@ def main() -> None:
     stop.set_on_signals()  # first: a SIGTERM during start-up is a stop request too
     try:
         settings = Settings.from_env()
+        settings.kafka.check_files()
         _check_checkpoint_dir(settings.checkpoint_dir)
     except SettingsError as e:
         sys.exit(f"iotpipe stream: {e}")
