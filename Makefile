@@ -40,7 +40,8 @@ up: install
 	$(PY) -m iotpipe up
 
 down:
-	@if test -x $(PY); then $(PY) -m iotpipe down; else echo "nothing to stop (no venv)"; fi
+	@if $(PY) -c 'import iotpipe' 2>/dev/null; then $(PY) -m iotpipe down; \
+	else echo "nothing to stop (no venv with iotpipe: an install never finished)"; fi
 
 stop: down
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import runpy
+import subprocess
 import sys
 import xmlrpc.client
+
+from confluent_kafka import KafkaException
 
 from iotpipe.core.settings import Settings, SettingsError
 from iotpipe.localstack.stack import LocalStack, StackError
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     stack = LocalStack(settings)
     try:
         _dispatch(args.command, stack, settings)
-    except (StackError, TimeoutError, RuntimeError, OSError, xmlrpc.client.Error) as e:
+    except (StackError, TimeoutError, RuntimeError, OSError, xmlrpc.client.Error,
+            KafkaException, subprocess.SubprocessError) as e:
         sys.exit(f"iotpipe {args.command}: {e}")
 
 

@@ -240,7 +240,8 @@ def test_nothing_acknowledged_is_lost_and_the_stream_counts_once(stack: Stack) -
 
 def test_run_shows_the_table_and_ctrl_c_stops_everything(stack: Stack) -> None:
     """`run` on the running stack starts what is down (the sensors stopped above), shows the
-    live table, and on Ctrl-C (SIGINT) stops every process."""
+    live table, and on Ctrl-C (SIGINT) stops every process, also when the terminal then
+    closes while it stops (SIGHUP, SIGTERM)."""
     run = subprocess.Popen([sys.executable, "-m", "iotpipe", "run"], env=stack.env,
                            cwd=stack.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert run.stdout is not None
@@ -251,9 +252,13 @@ def test_run_shows_the_table_and_ctrl_c_stops_everything(stack: Stack) -> None:
             assert seen[-1] or run.poll() is None, b"".join(seen).decode()[-3000:]
     finally:
         run.send_signal(signal.SIGINT)
-        out, _ = run.communicate(timeout=300)
+    while b"stopping..." not in seen[-1]:
+        seen.append(run.stdout.readline())
+        assert seen[-1], b"".join(seen).decode()[-3000:]
+    for sig in (signal.SIGHUP, signal.SIGTERM):  # while it stops the stack
+        run.send_signal(sig)
+    out, _ = run.communicate(timeout=300)
     assert run.returncode == 0, (b"".join(seen) + out).decode()[-3000:]
-    assert b"stopping..." in out
     assert stack.supervisor.leftovers() == {}
     assert not stack.supervisor.alive()
     assert stack.cli("status").returncode == 3

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exposition import promtool_check
+from iotpipe.core.exporter import serve_metrics
 from iotpipe.sensors import metrics as sensor_metrics
 from iotpipe.stream.state import BatchRow, BucketStats, StreamState
 
@@ -37,3 +41,14 @@ def test_stream_exposition_with_every_family() -> None:
 def test_sensor_exposition() -> None:
     sensor_metrics.READINGS_SENT.labels("temperature").inc(3)
     promtool_check(generate_latest(sensor_metrics.REGISTRY).decode())
+
+
+def test_a_metrics_port_another_program_holds_stops_the_app_in_one_line() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            serve_metrics("sensors", "127.0.0.1", port, CollectorRegistry())
+    assert str(e.value) == (f"iotpipe sensors: cannot serve /metrics on 127.0.0.1:{port}: "
+                            "Address already in use")

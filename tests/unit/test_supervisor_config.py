@@ -25,7 +25,8 @@ def test_supervisord_reads_back_the_commands_and_settings_unchanged(tmp_path: Pa
     env = {"IOTPIPE_SENSORS": "a,b", "IOTPIPE_TOPIC_PREFIX": "%(here)s", "IOTPIPE_X": "it's a=b",
            "IOTPIPE_Y": "a;b#c"}  # (a comment only after a space)
     conf = tmp_path / "supervisord.conf"
-    conf.write_text(render_config(tmp_path, commands, env, tmp_path))
+    # a query service whose deadlines let its requests run longer waits longer to be killed
+    conf.write_text(render_config(tmp_path, commands, env, tmp_path, {"query": 3615}))
     options = ServerOptions()
     options.realize(args=["-c", str(conf)])
     programs = {pc.name: pc for g in options.process_group_configs for pc in g.process_configs}
@@ -35,7 +36,7 @@ def test_supervisord_reads_back_the_commands_and_settings_unchanged(tmp_path: Pa
         assert shlex.split(pc.command) == argv
         assert pc.environment == env
         assert pc.priority == PROGRAMS[name].priority
-        assert pc.stopwaitsecs == PROGRAMS[name].stop_wait_s
+        assert pc.stopwaitsecs == (3615 if name == "query" else PROGRAMS[name].stop_wait_s)
         assert pc.autorestart is not False and pc.killasgroup
         assert pc.stdout_logfile == str(tmp_path / f"{name}.log")
     # the broker starts first and stops last; the sensors stop first (they flush)

@@ -341,6 +341,12 @@ class Settings:
             else f"{host}:{self.query_port}"
 
     @property
+    def query_stop_s(self) -> int:
+        """How long a stopping query service lets the requests under way finish: a body read
+        and the request's deadline (gunicorn's graceful timeout)."""
+        return int(self.query_read_deadline_s + self.query_deadline_s) + 5
+
+    @property
     def allowed_lateness_ms(self) -> int:
         return round(self.allowed_lateness_s * 1000)  # (int() would make 1.001 s 1000 ms)
 

@@ -46,13 +46,29 @@ class StackError(RuntimeError):
 
 def _port_of(bootstrap: str) -> int:
     """The local broker's port (Settings checked the form; 9092 when none is given)."""
-    server = bootstrap.split(",")[0].strip()
+    server = bootstrap.split(",")[0].strip().rpartition("://")[2]  # (PLAINTEXT://host:port)
     host, colon, port = server.rpartition(":")
     if not colon or "]" in port:  # no port (IPv6 brackets end the host)
         host, port = server, "9092"
     if host not in ("127.0.0.1", "localhost"):
         raise StackError(f"the local stack runs its broker on loopback, not {bootstrap}")
     return int(port)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _stop_once(signum: int, frame: object) -> None:
+    """The first stop signal ends `run`'s table; the next ones (a second Ctrl-C, or the
+    terminal closing: bash sends its SIGHUP again, the kernel one more) are ignored from here
+    on, so that they cannot cut `down` short and leave the stack running."""
+    _ignore_stop_signals()
+    raise KeyboardInterrupt
 
 
 def _port_busy(port: int) -> bool:
@@ -76,6 +92,9 @@ class LocalStack:
 
     @functools.cached_property
     def broker(self) -> KafkaBroker:
+        if self.settings.kafka.security_protocol != "PLAINTEXT":
+            raise StackError("the local stack's broker takes PLAINTEXT clients only: unset "
+                             "IOTPIPE_KAFKA_SECURITY_PROTOCOL (and the SASL and SSL settings)")
         return KafkaBroker(self.data / "kafka", port=_port_of(self.settings.kafka.bootstrap),
                            heap=self.settings.kafka_heap, log_file=self.run_dir / "broker.log")
 
@@ -122,15 +141,24 @@ class LocalStack:
         if self._stop_leftovers():
             log.warning("stopped processes left by a supervisor that is gone")
         s = self.settings
-        for port, what in ((self.broker.port, "Kafka"), (s.query_port, "the query API"),
-                           (s.query_metrics_port, "the query metrics")):
+        ports = ((self.broker.port, "Kafka"), (s.query_port, "the query API"),
+                 (s.query_metrics_port, "the query metrics"),
+                 (s.stream_metrics_port, "the stream metrics"),
+                 (s.sensors_metrics_port, "the sensors' metrics"))
+        for i, (port, what) in enumerate(ports):
+            if port in [p for p, _ in ports[:i]]:
+                other = next(w for p, w in ports if p == port)
+                raise StackError(f"port {port} is set for both {other} and {what}")
             if _port_busy(port):
                 raise StackError(f"port {port} for {what} is taken by another program")
         log.info("starting Kafka %s on %s (data in %s)", kafka_version(), self.broker.bootstrap,
                  self.broker.data_dir)
         commands = {"broker": self.broker.command()} | {
             n: local_argv(n) for n in self.components if n != "broker"}
-        self.supervisor.launch(render_config(self.run_dir, commands, self._env(), Path.cwd()))
+        # the requests under way finish (gunicorn's graceful timeout), with a margin
+        stop_wait_s = {"query": s.query_stop_s + 10}
+        self.supervisor.launch(render_config(self.run_dir, commands, self._env(), Path.cwd(),
+                                             stop_wait_s))
 
     def _failed(self, name: str) -> str | None:
         info = self.supervisor.infos()[name]
@@ -211,8 +239,8 @@ class LocalStack:
         """`up`, the live table until Ctrl-C (or SIGTERM, or the terminal closing), `down`.
         Ctrl-C too is set here: a process started in the background by a script inherits
         SIGINT ignored, and Python then leaves it so."""
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.default_int_handler)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _stop_once)
         board = StatusBoard(self.settings)
         try:
             self.up()
@@ -225,7 +253,7 @@ class LocalStack:
         except KeyboardInterrupt:
             print("\nstopping...", flush=True)
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut `down`
+            _ignore_stop_signals()  # (`up` may have failed)
             self.down()
 
     def _states(self) -> str:

@@ -38,8 +38,8 @@ class Program:
 
 PROGRAMS: dict[str, Program] = {
     "broker": Program(10, 30),
-    "query": Program(20, 45),  # gunicorn's graceful timeout (gunicorn_conf), and a margin
-    "stream": Program(30, 60),
+    "query": Program(20, 45),  # at least: gunicorn's graceful timeout and a margin
+    "stream": Program(30, 90),  # as the chart's: a running batch, its rollups, Spark's stop
     "sensors": Program(40, 40),  # flushes its producer (up to 30 s) before it exits
 }
 START_SECONDS = 10  # alive this long = started (the broker and gunicorn fail within seconds)
@@ -62,8 +62,9 @@ def _quote(value: str) -> str:
 
 
 def render_config(run_dir: Path, commands: dict[str, list[str]], env: dict[str, str],
-                  cwd: Path) -> str:
-    """supervisord's config for these component commands, logs and the IOTPIPE_* settings."""
+                  cwd: Path, stop_wait_s: dict[str, int] | None = None) -> str:
+    """supervisord's config for these component commands, logs and the IOTPIPE_* settings;
+    `stop_wait_s`: longer waits before SIGKILL than PROGRAMS' (the settings' deadlines)."""
     bad = sorted(k for k, v in env.items() if '"' in v)
     if bad:
         raise SupervisorError(f"{', '.join(bad)}: a value with a double quote cannot be "
@@ -97,7 +98,8 @@ def render_config(run_dir: Path, commands: dict[str, list[str]], env: dict[str, 
                   f"directory={_quote(str(cwd))}", f"priority={p.priority}",
                   "autostart=false", "autorestart=true", f"startsecs={START_SECONDS}",
                   f"startretries={START_RETRIES}", "stopsignal=TERM",
-                  f"stopwaitsecs={p.stop_wait_s}", "killasgroup=true",
+                  f"stopwaitsecs={max(p.stop_wait_s, (stop_wait_s or {}).get(name, 0))}",
+                  "killasgroup=true",
                   "redirect_stderr=true",
                   f"stdout_logfile={_quote(str(run_dir / f'{name}.log'))}",
                   f"stdout_logfile_maxbytes={LOG_BYTES}", "stdout_logfile_backups=2"]

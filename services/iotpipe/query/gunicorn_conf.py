@@ -31,7 +31,7 @@ asgi_loop = "uvloop"
 # bytes after this long (http.disconnect), so it must not cut the front's read deadline short
 timeout = int(max(_s.query_deadline_s, _s.query_read_deadline_s)) + 10
 # a stop lets the requests under way finish: a body read and the request's deadline
-graceful_timeout = int(_s.query_read_deadline_s + _s.query_deadline_s) + 5
+graceful_timeout = _s.query_stop_s
 # a request whose client left is dropped at once, not run for nobody (queued for a thread)
 asgi_disconnect_grace_period = 0
 keepalive = 5

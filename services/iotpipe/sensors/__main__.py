@@ -7,8 +7,7 @@ import logging
 import sys
 import time
 
-from prometheus_client import start_http_server
-
+from iotpipe.core.exporter import serve_metrics
 from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError
 from iotpipe.core.stopping import StopFlag
@@ -55,7 +54,7 @@ def main() -> None:
     except SettingsError as e:
         sys.exit(f"iotpipe sensors: {e}")
     configure_logging(settings)
-    start_http_server(settings.sensors_metrics_port, settings.metrics_host, registry=prom.REGISTRY)
+    serve_metrics("sensors", settings.metrics_host, settings.sensors_metrics_port, prom.REGISTRY)
     stop = StopFlag()
     stop.set_on_signals()
     left = run(settings, stop)

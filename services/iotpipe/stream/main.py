@@ -7,11 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
+from iotpipe.core.exporter import serve_metrics
 from iotpipe.core.logs import configure_logging
 from iotpipe.core.settings import Settings, SettingsError, unwritable
 from iotpipe.core.stopping import POLL_S, StopFlag
@@ -53,7 +54,7 @@ def main() -> None:
         sys.exit(f"iotpipe stream: {e}")
     registry = CollectorRegistry()
     registry.register(runner.collector)
-    start_http_server(settings.stream_metrics_port, settings.metrics_host, registry=registry)
+    serve_metrics("stream", settings.metrics_host, settings.stream_metrics_port, registry)
     spark = build_session(settings, jars)
     log.info("streaming %s from %s; metrics on %s:%d", ", ".join(settings.sensors),
              settings.kafka.bootstrap, settings.metrics_host, settings.stream_metrics_port)

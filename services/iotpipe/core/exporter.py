@@ -1,0 +1,15 @@
+"""The /metrics endpoint of an app on its own port."""
+
+from __future__ import annotations
+
+import sys
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+
+def serve_metrics(app: str, host: str, port: int, registry: CollectorRegistry) -> None:
+    """Serve `registry`; a port another program holds stops the app with one clear line."""
+    try:
+        start_http_server(port, host, registry=registry)
+    except OSError as e:
+        sys.exit(f"iotpipe {app}: cannot serve /metrics on {host}:{port}: {e.strerror}")

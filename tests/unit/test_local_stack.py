@@ -1,0 +1,50 @@
+"""The local stack's checks before it starts anything: each a clear line, not a traceback or
+a component that keeps exiting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iotpipe.core.settings import Settings
+from iotpipe.localstack.kafka_broker import free_port
+from iotpipe.localstack.stack import LocalStack, StackError
+
+
+def _stack(tmp_path: Path, **env: str) -> LocalStack:
+    ports = {f"IOTPIPE_{k}": str(free_port()) for k in (
+        "QUERY_PORT", "QUERY_METRICS_PORT", "SENSORS_METRICS_PORT", "STREAM_METRICS_PORT")}
+    return LocalStack(Settings.from_env(ports | {
+        "IOTPIPE_DATA_DIR": str(tmp_path), "IOTPIPE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+    } | {f"IOTPIPE_{k}": v for k, v in env.items()}))
+
+
+def test_a_bootstrap_with_its_protocol_is_the_local_broker(tmp_path: Path) -> None:
+    port = free_port()
+    assert _stack(tmp_path, KAFKA_BOOTSTRAP=f"PLAINTEXT://127.0.0.1:{port}").broker.port == port
+
+
+def test_settings_the_local_broker_cannot_serve_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret")
+    with pytest.raises(StackError, match="takes PLAINTEXT clients only"):
+        _ = _stack(tmp_path, KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+                   KAFKA_SASL_MECHANISM="PLAIN", KAFKA_SASL_USERNAME="u",
+                   KAFKA_SASL_PASSWORD_FILE=str(tmp_path / "pw")).broker
+
+
+def test_one_port_for_two_components_is_refused(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sensors' metrics on the API's port: the component started second would keep
+    exiting, its log blaming the other."""
+    stack = _stack(tmp_path)
+    stack = _stack(tmp_path, SENSORS_METRICS_PORT=str(stack.settings.query_port),
+                   QUERY_PORT=str(stack.settings.query_port))
+
+    def launch(config: str) -> None:
+        raise AssertionError("a supervisor was started")
+
+    monkeypatch.setattr(stack.supervisor, "launch", launch)
+    with pytest.raises(StackError, match=f"port {stack.settings.query_port} is set for both "
+                                         "the query API and the sensors' metrics"):
+        stack.up()
