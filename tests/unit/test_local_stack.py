@@ -48,3 +48,19 @@ def test_one_port_for_two_components_is_refused(tmp_path: Path,
     with pytest.raises(StackError, match=f"port {stack.settings.query_port} is set for both "
                                          "the query API and the sensors' metrics"):
         stack.up()
+
+
+def test_status_while_another_command_changes_the_stack_says_so(tmp_path: Path) -> None:
+    """A supervisor shutting down answers as none: `make status` during `make down` told of
+    processes "left behind by a killed supervisor"."""
+    import fcntl
+
+    stack = _stack(tmp_path)
+    stack.run_dir.mkdir(parents=True)
+    with open(stack.run_dir / "stack.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as `down` holds it
+        lines, healthy = stack.status()
+    assert not healthy and lines == [
+        f"iotpipe is being started or stopped: another `iotpipe up/run/down` is changing "
+        f"{stack.data}"]
+    assert stack.status()[0][0].startswith("iotpipe is not running")

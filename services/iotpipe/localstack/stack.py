@@ -125,6 +125,8 @@ class LocalStack:
             down = [n for n in self.components if infos[n]["statename"] in DOWN_STATES]
             if down:
                 self._start(down)
+            else:  # (one being restarted by supervisord is not running yet: waited for)
+                self._wait_running(self.components, START_SECONDS + 60)
             return down
 
     def _env(self) -> dict[str, str]:
@@ -224,6 +226,12 @@ class LocalStack:
     def status(self) -> tuple[list[str], bool]:
         """One line per component (and a stopped one's last log lines); True if all run."""
         if not self.supervisor.alive():
+            if self.run_dir.exists():  # a supervisor shutting down answers as none
+                try:
+                    with self._changing():
+                        pass
+                except StackError as e:
+                    return [f"iotpipe is being started or stopped: {e}"], False
             left = self.supervisor.leftovers()
             lines = [f"iotpipe is not running (no supervisor answers on {self.supervisor.sock})"]
             if left:
