@@ -205,6 +205,8 @@ def test_a_client_that_closed_its_sending_side_gets_its_answer(
     (b"post /compute/metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400, "Invalid HTTP method: post"),
     (b"GET /health HTTP/1.9\r\nHost: t\r\n\r\n", 400, "Invalid HTTP version: HTTP/1.9"),
     (b"GET /health HTTP/1.1\r\nHo st: t\r\n\r\n", 400, "Invalid header name: Ho st"),
+    (b"POST /compute/metrics HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: br\r\n\r\n", 501,
+     "Unsupported Transfer-Encoding: br"),
     (b"POST /compute/metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n{", 400,
      "Content-Length"),
     (b"POST /compute/metrics HTTP/1.1\r\nHost: t\r\nContent-Length: " + b"1" * 5000

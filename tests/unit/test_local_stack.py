@@ -61,6 +61,20 @@ def test_status_while_another_command_changes_the_stack_says_so(tmp_path: Path) 
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as `down` holds it
         lines, healthy = stack.status()
     assert not healthy and lines == [
-        f"iotpipe is being started or stopped: another `iotpipe up/run/down` is changing "
-        f"{stack.data}"]
+        f"iotpipe is being started or stopped in {stack.data} by another `iotpipe up/run/down`"]
     assert stack.status()[0][0].startswith("iotpipe is not running")
+
+
+def test_status_looking_at_the_lock_neither_creates_it_nor_keeps_up_out(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    stack = _stack(tmp_path)
+    assert stack.status()[0][0].startswith("iotpipe is not running")
+    assert not stack.run_dir.exists()
+    stack.run_dir.mkdir(parents=True)
+    with open(stack.run_dir / "stack.lock", "w") as looking:  # as `make status` looks
+        fcntl.flock(looking, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        threading.Timer(0.3, looking.close).start()
+        with stack._changing():  # an `up` at that moment waits for the look to end
+            pass

@@ -3,6 +3,7 @@ them, saved with the state, and kept when a save fails."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ def test_a_start_the_checkpoint_would_get_wrong_is_refused_in_one_line(tmp_path:
     batch id it has folded: another sensor list, or a Spark checkpoint deleted while the
     state stays (its new batches, from 0 again, would all be skipped), is refused."""
     settings = settings_for("127.0.0.1:9", checkpoint_dir=str(tmp_path))
-    runner = StreamRunner(settings)  # notes the sensors at once, not with a batch's state
+    StreamRunner(settings)  # notes the sensors at once, not with a batch's state
+    # no query has started (a start that failed before Spark did): another list is taken
+    StreamRunner(replace(settings, sensors=settings.sensors[:1]))
+    runner = StreamRunner(settings)
     runner.store.state.fold_batch(0, [])
     runner.store.save()  # a state of one batch
     spark = tmp_path / "spark"
@@ -140,3 +144,39 @@ def test_a_publish_that_could_not_log_in_makes_a_new_producer_that_reads_the_pas
         publisher.publish([wire.Progress(0, 0, 60_000)])
     assert [c["sasl.password"] for c in made] == (["old", "new"] if renewed else ["old"])
     assert first.purged == renewed and (publisher.producer is not first) == renewed
+
+
+def test_a_login_error_a_producer_overcame_does_not_make_a_new_one_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a login error during the failed publish counts (a new producer would give up the
+    order of a bucket's records still in flight)."""
+    made: list[dict[str, Any]] = []
+    results = iter([(KafkaError._AUTHENTICATION, 0), (KafkaError._MSG_TIMED_OUT, 1)])
+
+    class Producer:
+        def __init__(self, config: dict[str, Any]) -> None:
+            made.append(config)
+
+        def produce(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def flush(self, timeout: float) -> int:
+            error, left = next(results)
+            made[-1]["error_cb"](KafkaError(error))
+            return left
+
+    monkeypatch.setattr(rollups, "Producer", Producer)
+    publisher = rollups.RollupPublisher(settings_for("127.0.0.1:9"))
+    publisher.publish([wire.Progress(0, 0, 60_000)])  # a login error, then delivered
+    with pytest.raises(rollups.RollupPublishError, match="not delivered"):
+        publisher.publish([wire.Progress(0, 0, 60_000)])  # timed out
+    assert len(made) == 1
+
+
+def test_a_state_with_a_field_this_app_lacks_still_loads(tmp_path: Path) -> None:
+    """One saved by another version of the app (a field added, or one that came and went)."""
+    path = tmp_path / "iotpipe-state.json"
+    StateStore(path, 60_000, 30_000, 60_000).save()
+    raw = json.loads(path.read_text())
+    path.write_text(json.dumps(raw | {"batch_id": 4, "sensors": ["a"], "later": {"x": 1}}))
+    assert StateStore(path, 60_000, 30_000, 60_000).state.batch_id == 4

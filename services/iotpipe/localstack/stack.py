@@ -21,6 +21,7 @@ import time
 import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from iotpipe.core.settings import ENV_VARS, Settings
 from iotpipe.localstack.kafka_broker import KafkaBroker
@@ -71,6 +72,22 @@ def _stop_once(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+LOCK_WAIT_S = 2.0
+
+
+def _locked(f: IO[str], kind: int, wait_s: float) -> bool:
+    """Take the lock of file `f` (released when it is closed), trying for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 def _port_busy(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -103,12 +120,17 @@ class LocalStack:
         """One `up`/`down` at a time per data folder (two would race to start supervisors)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "stack.lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StackError(f"another `iotpipe up/run/down` is changing {self.data}"
-                                 ) from None
+            if not _locked(f, fcntl.LOCK_EX, LOCK_WAIT_S):  # (`make status` looks a moment)
+                raise StackError(f"another `iotpipe up/run/down` is changing {self.data}")
             yield
+
+    def _being_changed(self) -> bool:
+        """Whether an `up`/`run`/`down` holds the lock now (a look that creates nothing)."""
+        try:
+            with open(self.run_dir / "stack.lock") as f:
+                return not _locked(f, fcntl.LOCK_SH, 0)
+        except FileNotFoundError:
+            return False
 
     def up(self) -> list[str]:
         """Start the components that are not running; return their names ([]: all were)."""
@@ -145,7 +167,8 @@ class LocalStack:
         s = self.settings
         ports = ((self.broker.port, "Kafka"), (s.query_port, "the query API"),
                  (s.query_metrics_port, "the query metrics"),
-                 (s.stream_metrics_port, "the stream metrics"),
+                 *([(s.stream_metrics_port, "the stream metrics")]
+                   if "stream" in self.components else []),
                  (s.sensors_metrics_port, "the sensors' metrics"))
         for i, (port, what) in enumerate(ports):
             if port in [p for p, _ in ports[:i]]:
@@ -157,10 +180,14 @@ class LocalStack:
                  self.broker.data_dir)
         commands = {"broker": self.broker.command()} | {
             n: local_argv(n) for n in self.components if n != "broker"}
-        # the requests under way finish (gunicorn's graceful timeout), with a margin
-        stop_wait_s = {"query": s.query_stop_s + 10}
         self.supervisor.launch(render_config(self.run_dir, commands, self._env(), Path.cwd(),
-                                             stop_wait_s))
+                                             {n: self._stop_wait_s(n) for n in commands}))
+
+    def _stop_wait_s(self, name: str) -> int:
+        """How long a component may take to stop before SIGKILL: the query service's requests
+        under way finish (gunicorn's graceful timeout, with a margin)."""
+        longer = {"query": self.settings.query_stop_s + 10}
+        return max(PROGRAMS[name].stop_wait_s, longer.get(name, 0))
 
     def _failed(self, name: str) -> str | None:
         info = self.supervisor.infos()[name]
@@ -208,7 +235,7 @@ class LocalStack:
         order = ["supervisord", *sorted(PROGRAMS, key=lambda n: -PROGRAMS[n].priority)]
         for name in order + sorted(set(found) - set(order)):
             if name in found:
-                wait = PROGRAMS[name].stop_wait_s if name in PROGRAMS else 30
+                wait = self._stop_wait_s(name) if name in PROGRAMS else 30
                 terminate(found[name], wait)
         return sorted(found)
 
@@ -219,19 +246,16 @@ class LocalStack:
             if self.supervisor.alive():
                 stopped = [n for n, i in self.supervisor.infos().items()
                            if i["statename"] not in DOWN_STATES]
-                self.supervisor.shutdown(sum(p.stop_wait_s for p in PROGRAMS.values()) + 30)
+                self.supervisor.shutdown(sum(map(self._stop_wait_s, PROGRAMS)) + 30)
             left = self._stop_leftovers()
             return stopped + [n for n in left if n not in stopped]
 
     def status(self) -> tuple[list[str], bool]:
         """One line per component (and a stopped one's last log lines); True if all run."""
         if not self.supervisor.alive():
-            if self.run_dir.exists():  # a supervisor shutting down answers as none
-                try:
-                    with self._changing():
-                        pass
-                except StackError as e:
-                    return [f"iotpipe is being started or stopped: {e}"], False
+            if self._being_changed():  # (a supervisor shutting down answers as none)
+                return [f"iotpipe is being started or stopped in {self.data} by another "
+                        "`iotpipe up/run/down`"], False
             left = self.supervisor.leftovers()
             lines = [f"iotpipe is not running (no supervisor answers on {self.supervisor.sock})"]
             if left:

@@ -21,7 +21,12 @@ from typing import Any, cast
 
 from a2wsgi.wsgi import build_environ
 from flask import Flask
-from gunicorn.asgi.parser import InvalidHeaderName, InvalidHTTPVersion, InvalidRequestMethod
+from gunicorn.asgi.parser import (
+    InvalidHeaderName,
+    InvalidHTTPVersion,
+    InvalidRequestMethod,
+    UnsupportedTransferCoding,
+)
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
@@ -139,7 +144,8 @@ async def _send_json(send: Send, status: int, body: bytes, *headers: tuple[bytes
 # the parse errors of gunicorn's parser whose message is the bad token alone ("post")
 BARE_TOKEN_ERRORS = {InvalidRequestMethod: "Invalid HTTP method",
                      InvalidHTTPVersion: "Invalid HTTP version",
-                     InvalidHeaderName: "Invalid header name"}
+                     InvalidHeaderName: "Invalid header name",
+                     UnsupportedTransferCoding: "Unsupported Transfer-Encoding"}
 
 
 class BoundedProtocol(ASGIProtocol):

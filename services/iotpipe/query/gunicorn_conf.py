@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, multiprocess
 
+from iotpipe.core.exporter import serve_metrics
 from iotpipe.core.settings import Settings
 
 _s = Settings.from_env()
@@ -59,8 +60,8 @@ def when_ready(server: Any) -> None:
     global _metrics_server
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    _metrics_server, _ = start_http_server(_s.query_metrics_port, addr=_s.metrics_host,
-                                           registry=registry)
+    _metrics_server, _ = serve_metrics("query", _s.metrics_host, _s.query_metrics_port,
+                                       registry)
 
 
 def post_fork(server: Any, worker: Any) -> None:

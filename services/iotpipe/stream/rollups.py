@@ -51,6 +51,7 @@ class RollupPublisher:
         all delivered because the producer could not log in, the next try has a new one, which
         reads the credentials again (a rotated password or certificate). Otherwise the
         producer stays: its retries keep the records of a bucket in order."""
+        self.login_failed = False  # (only during this publish: a past one was overcome)
         try:
             self._publish(records)
         except RollupPublishError:

@@ -93,15 +93,16 @@ def check_checkpoint(settings: Settings, state: StreamState) -> None:
         sensors = json.loads(noted.read_text())
     except FileNotFoundError:
         sensors = None
-    if sensors is not None and sensors != list(settings.sensors):
+    started = (spark_checkpoint(settings) / "metadata").exists()  # a query ever started
+    if started and sensors is not None and sensors != list(settings.sensors):
         raise SettingsError(
             f"IOTPIPE_SENSORS={','.join(settings.sensors)}, but the checkpoint in "
             f"{settings.checkpoint_dir} reads {','.join(sensors)}: set it back, {afresh}")
-    if state.batch_id >= 0 and not (spark_checkpoint(settings) / "metadata").exists():
+    if state.batch_id >= 0 and not started:
         raise SettingsError(
             f"{state_path(settings)} has counted batches up to {state.batch_id}, but Spark's "
             f"checkpoint {spark_checkpoint(settings)} is gone: restore it, {afresh}")
-    if sensors is None:
+    if sensors != list(settings.sensors):  # (none yet, or no checkpoint reads them yet)
         noted.parent.mkdir(parents=True, exist_ok=True)  # (a new checkpoint: Spark's is later)
         noted.with_suffix(".tmp").write_text(json.dumps(settings.sensors))
         noted.with_suffix(".tmp").replace(noted)

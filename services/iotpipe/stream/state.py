@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from iotpipe.core import wire
@@ -279,7 +279,9 @@ class StateStore:
                 f"{rolled // 1000}-second buckets of this stream ({self.path}): set it back, "
                 "or start afresh (delete the rollup topic and IOTPIPE_CHECKPOINT_DIR)")
         nested = ("totals", "windows", "buckets", "window_ms", "lateness_ms", "rollup_ms")
-        kept = {k: v for k, v in raw.items() if k not in nested}
+        # a field another version of the app saved and this one lacks is dropped
+        known = {f.name for f in fields(StreamState)}
+        kept = {k: v for k, v in raw.items() if k not in nested and k in known}
         # saved before the watermark was: Spark's, restored by it, came from the lateness then
         kept.setdefault("watermark_ms", raw.get("max_event_ms", 0)
                         - raw.get("lateness_ms", self._sizes[1]))
