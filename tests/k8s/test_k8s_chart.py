@@ -40,6 +40,12 @@ def test_helm_lint_strict(value_set: str) -> None:
         "common.logFormat=yaml",
         "rollups.bucketSeconds=0",
         "query.rollups=maybe",
+        # values the CRDs or Kubernetes would refuse, or the chart cannot run with
+        "kafka.plainPort=9091",  # (Strimzi's listeners start at 9092)
+        "stream.checkpoint.accessMode=ReadWriteOncePod",  # (driver and executors mount it)
+        "monitoring.interval=abc",
+        "monitoring.prometheusRules.noDataFor=5 minutes",
+        "query.podDisruptionBudget.minAvailable=abc",
     ],
 )
 def test_values_schema_rejects_bad_values(typo: str) -> None:
