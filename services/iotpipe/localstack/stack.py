@@ -170,10 +170,11 @@ class LocalStack:
                  *([(s.stream_metrics_port, "the stream metrics")]
                    if "stream" in self.components else []),
                  (s.sensors_metrics_port, "the sensors' metrics"))
-        for i, (port, what) in enumerate(ports):
-            if port in [p for p, _ in ports[:i]]:
-                other = next(w for p, w in ports if p == port)
-                raise StackError(f"port {port} is set for both {other} and {what}")
+        named: dict[int, str] = {}
+        for port, what in ports:
+            if port in named:
+                raise StackError(f"port {port} is set for both {named[port]} and {what}")
+            named[port] = what
             if _port_busy(port):
                 raise StackError(f"port {port} for {what} is taken by another program")
         log.info("starting Kafka %s on %s (data in %s)", kafka_version(), self.broker.bootstrap,

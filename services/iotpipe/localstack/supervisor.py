@@ -64,7 +64,7 @@ def _quote(value: str) -> str:
 def render_config(run_dir: Path, commands: dict[str, list[str]], env: dict[str, str],
                   cwd: Path, stop_wait_s: dict[str, int] | None = None) -> str:
     """supervisord's config for these component commands, logs and the IOTPIPE_* settings;
-    `stop_wait_s`: longer waits before SIGKILL than PROGRAMS' (the settings' deadlines)."""
+    `stop_wait_s`: the waits before SIGKILL, where not PROGRAMS' (the settings' deadlines)."""
     bad = sorted(k for k, v in env.items() if '"' in v)
     if bad:
         raise SupervisorError(f"{', '.join(bad)}: a value with a double quote cannot be "
@@ -98,7 +98,7 @@ def render_config(run_dir: Path, commands: dict[str, list[str]], env: dict[str, 
                   f"directory={_quote(str(cwd))}", f"priority={p.priority}",
                   "autostart=false", "autorestart=true", f"startsecs={START_SECONDS}",
                   f"startretries={START_RETRIES}", "stopsignal=TERM",
-                  f"stopwaitsecs={max(p.stop_wait_s, (stop_wait_s or {}).get(name, 0))}",
+                  f"stopwaitsecs={(stop_wait_s or {}).get(name, p.stop_wait_s)}",
                   "killasgroup=true",
                   "redirect_stderr=true",
                   f"stdout_logfile={_quote(str(run_dir / f'{name}.log'))}",

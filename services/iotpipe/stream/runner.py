@@ -13,7 +13,7 @@ from pyspark.sql.streaming import StreamingQuery
 from iotpipe.core.settings import Settings, SettingsError
 from iotpipe.stream.job import progress_counters, sensors_path, spark_checkpoint, state_path
 from iotpipe.stream.metrics import StreamCollector
-from iotpipe.stream.state import StateStore, Stats, StreamState
+from iotpipe.stream.state import StateStore, Stats, StreamState, write_atomically
 
 log = logging.getLogger("iotpipe.stream")
 
@@ -104,8 +104,7 @@ def check_checkpoint(settings: Settings, state: StreamState) -> None:
             f"checkpoint {spark_checkpoint(settings)} is gone: restore it, {afresh}")
     if sensors != list(settings.sensors):  # (none yet, or no checkpoint reads them yet)
         noted.parent.mkdir(parents=True, exist_ok=True)  # (a new checkpoint: Spark's is later)
-        noted.with_suffix(".tmp").write_text(json.dumps(settings.sensors))
-        noted.with_suffix(".tmp").replace(noted)
+        write_atomically(noted, json.dumps(settings.sensors))
 
 
 def _clock(ms: int, fmt: str) -> str:
