@@ -8,6 +8,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from iotpipe.query import metrics as prom
+from iotpipe.query.api import MAX_ERRORS
 
 WINDOW = {"from": "2020-01-13 15:12:00", "to": "2020-01-13 15:13:00"}
 
@@ -76,6 +77,16 @@ def test_duplicated_metric_is_reported_and_computed_once(client: FlaskClient) ->
     assert status == 200
     assert list(payload["result"]["temperature"]) == ["count", "max"]
     assert payload["errors"] == ["Duplicated metric count for the sensor temperature"]
+
+
+def test_errors_listed_at_most_max_errors(client: FlaskClient) -> None:
+    unknown = [f"m{i}" for i in range(MAX_ERRORS + 57)]
+    status, payload = _post(client, {"temperature": ["count", *unknown]} | WINDOW)
+    assert status == 200
+    assert list(payload["result"]["temperature"]) == ["count"]
+    assert payload["errors"] == [
+        *(f"Unexpected metric {m} to compute for the sensor temperature"
+          for m in unknown[:MAX_ERRORS]), "57 more errors not listed"]
 
 
 def test_brackets_inside_strings_are_not_nesting(client: FlaskClient) -> None:
