@@ -78,6 +78,22 @@ def test_a_held_back_reading_waits_for_room_in_the_queue(producer: type[_Produce
     assert fleet.produced == {settings.topic("temperature"): 2}
 
 
+def test_a_stop_while_the_queue_stays_full_ends_the_run(producer: type[_Producer]) -> None:
+    """A long outage filled the producer's queue: SIGTERM must not wait for room that never
+    comes; the readings that found none are reported as unsent."""
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="3",
+                            sensor_rate_hz=str(RATE_HZ))
+    producer.full = 10**9
+    stop = StopFlag()
+    left: list[int] = []
+    runner = threading.Thread(target=lambda: left.append(run(settings, stop)), daemon=True)
+    runner.start()
+    threading.Timer(0.3, stop.set).start()
+    runner.join(timeout=10)
+    assert not runner.is_alive(), "run() went on waiting for room in the queue after a stop"
+    assert producer.sent == [] and len(left) == 1 and left[0] >= 1
+
+
 def test_the_broker_is_up_again_once_readings_are_acknowledged(
         producer: type[_Producer], monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy fleet's queue is never empty: readings acknowledged since the last look say the

@@ -20,7 +20,7 @@ TICK_S = 0.01
 
 def run(settings: Settings, stop: StopFlag) -> int:
     """Emit readings at the configured rate until `stop`; return readings left unsent."""
-    fleet = SensorFleet(settings)
+    fleet = SensorFleet(settings, stopping=stop.is_set)
     total_rate = settings.sensor_rate_hz * len(fleet.devices)
     log.info("simulating %d devices (%s), %g readings/s in all, seqs from %d, to %s",
              len(fleet.devices), ", ".join(settings.sensors), total_rate,

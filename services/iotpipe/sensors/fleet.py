@@ -6,7 +6,8 @@ round, not in a fixed rotation that readers of the topics could come to rely on.
 produced with an idempotent, acks=all producer. While the broker is down the producer keeps
 readings buffered and retries them for IOTPIPE_PRODUCER_BUFFER_SECONDS; readings it finally
 gives up on are logged and counted as failed (`iotpipe_sensor_readings_failed_total`), never
-dropped silently.
+dropped silently. While that buffer is full the fleet waits for room, unless it is stopping:
+then the readings that found no room are counted and reported at exit.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -59,11 +61,12 @@ def producer_config(settings: Settings) -> dict[str, object]:
 
 class SensorFleet:
     def __init__(self, settings: Settings, seed: int | None = None,
-                 first_seq: int | None = None) -> None:
+                 first_seq: int | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         """`first_seq` defaults to now x rate, + 1: a restarted fleet never reuses a seq,
         because a device sends once a round, and rounds never run ahead of now x rate (the
         first waits for its time: see sensors.__main__.run)."""
-        self.settings = settings
+        self.settings, self.stopping = settings, stopping
         if first_seq is None:
             first_seq = int(time.time() * settings.sensor_rate_hz) + 1
         self.rng = random.Random(seed)
@@ -71,6 +74,7 @@ class SensorFleet:
                         for i in range(settings.devices_per_sensor)]
         self.produced: Counter[str] = Counter()  # handed to the producer
         self.failed: Counter[str] = Counter()  # given up (delivery reports come only for these)
+        self.unqueued = 0  # found the producer's queue full while stopping: never sent
         self._published: Counter[str] = Counter()
         self.broker_up = True
         self._acked_before = 0  # readings acknowledged at the last publish_metrics
@@ -151,10 +155,13 @@ class SensorFleet:
         while True:
             try:
                 self.producer.produce(topic, raw, key, timestamp=ts)
-                break
-            except BufferError:  # local queue full (long outage): wait for room
+                self.produced[topic] += 1
+                return
+            except BufferError:  # local queue full (long outage): wait for room, unless stopping
+                if self.stopping():
+                    self.unqueued += 1
+                    return
                 self.producer.poll(0.1)
-        self.produced[topic] += 1
 
     def publish_metrics(self) -> None:
         """Bring the Prometheus counters up to date (cheap, once a second)."""
@@ -182,12 +189,13 @@ class SensorFleet:
 
     def close(self, timeout_s: float = 30.0) -> int:
         """Send held-back readings, wait for acknowledgements; return the readings that never
-        got one (still queued now, or given up on earlier)."""
+        got one (still queued now, given up on earlier, or never queued)."""
         self.release_late(force=True)
         left = self.producer.flush(timeout_s)
         self.publish_metrics()
         given_up = sum(self.failed.values())
-        if left or given_up:
-            log.error("%d readings were given up on and %d are still unacknowledged at exit",
-                      given_up, left)
-        return left + given_up
+        if left or given_up or self.unqueued:
+            log.error("%d readings were given up on, %d are still unacknowledged and %d found "
+                      "the producer's queue full while stopping, at exit", given_up, left,
+                      self.unqueued)
+        return left + given_up + self.unqueued
