@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from k8s_support import (
     CHART,
     KUBE_VERSION,
@@ -85,6 +86,24 @@ def test_sensor_types_cannot_take_reserved_names(name: str, ok: bool) -> None:
     sensor = f"sensors[0].type={name},sensors[0].devices=1,sensors[0].rateHz=1"
     result = run([tool("helm"), "lint", "--strict", CHART, "--set", sensor])
     assert (result.returncode == 0) is ok, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("release, ok", [("r" * 36, True), ("r" * 37, False)])
+def test_names_longer_than_63_characters_stop_the_install(release: str, ok: bool) -> None:
+    """The longest name, `<release>-iotpipe-sensor-temperature`, is refused past 63 characters
+    instead of being cut; at the limit every name fits and the KafkaUsers stay distinct."""
+    result = run([tool("helm"), "template", release, CHART, "--set", "kafka.security.enabled=true",
+                  "--kube-version", KUBE_VERSION])
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert f"the name {release}-iotpipe-sensor-temperature has more than 63" in result.stderr
+        return
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    names = [d["metadata"]["name"] for d in docs]
+    assert max(map(len, names)) == 63, names
+    users = [d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"]
+    assert sorted(users) == sorted(f"{release}-iotpipe-{user}" for user in (
+        "query", "stream", "sensor-temperature", "sensor-humidity", "sensor-pressure"))
 
 
 def test_kubernetes_validate_strict(rendering: Rendering, tmp_path: Path) -> None:

@@ -121,3 +121,18 @@ networkPolicyPeers:
   {{- toYaml . | nindent 2 }}
   {{- end }}
 {{- end }}
+
+{{/* Fails the install when a name the chart makes (or the Spark Operator, for the stream's UI
+service) would pass the 63 characters of a DNS label. Cut, two names could become one (two
+sensors' KafkaUsers); left long, Kubernetes refuses them only halfway through the install. */}}
+{{- define "iotpipe.checkNames" -}}
+{{- $full := include "iotpipe.fullname" . }}
+{{- $suffixes := list "query" "stream-checkpoint" "stream-executor" "stream-metrics" "stream-ui-svc" "default-deny" "dashboard" "helm-test" }}
+{{- range .Values.sensors }}{{ $suffixes = append $suffixes (printf "sensor-%s" .type) }}{{ end }}
+{{- range $suffixes }}
+{{- $name := printf "%s-%s" $full . }}
+{{- if gt (len $name) 63 }}
+{{- fail (printf "the name %s has more than 63 characters: choose a shorter release name, fullnameOverride or sensor type" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -11,7 +11,7 @@ Secrets Strimzi creates, mounted as files, and the IOTPIPE_KAFKA_* variables poi
 
 {{/* KafkaUser name of a service. Call with (dict "ctx" $ "user" "query"). */}}
 {{- define "iotpipe.kafkaUser" -}}
-{{- printf "%s-%s" (include "iotpipe.fullname" .ctx) .user | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" (include "iotpipe.fullname" .ctx) .user }}
 {{- end }}
 
 {{- define "iotpipe.kafkaCaSecret" -}}
