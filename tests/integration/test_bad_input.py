@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from flask.testing import FlaskClient
 
 from iotpipe.query import metrics as prom
-from iotpipe.query.api import MAX_ERRORS
+from iotpipe.query.app import create_app
+from iotpipe.query.request import MAX_ERRORS
+from query_dataset import Dataset
 
 WINDOW = {"from": "2020-01-13 15:12:00", "to": "2020-01-13 15:13:00"}
 
@@ -79,14 +83,29 @@ def test_duplicated_metric_is_reported_and_computed_once(client: FlaskClient) ->
     assert payload["errors"] == ["Duplicated metric count for the sensor temperature"]
 
 
-def test_errors_listed_at_most_max_errors(client: FlaskClient) -> None:
-    unknown = [f"m{i}" for i in range(MAX_ERRORS + 57)]
-    status, payload = _post(client, {"temperature": ["count", *unknown]} | WINDOW)
+@pytest.fixture(scope="module")
+def windy(dataset: Dataset) -> Iterator[FlaskClient]:
+    """The dataset's service with one more sensor, `wind`, whose topic does not exist."""
+    settings = replace(dataset.settings, sensors=(*dataset.settings.sensors, "wind"))
+    app = create_app(settings)
+    yield app.test_client()
+    app.extensions["iotpipe.service"].close()
+
+
+@pytest.mark.parametrize("unknown", [MAX_ERRORS, MAX_ERRORS + 1, 3 * MAX_ERRORS])
+def test_errors_about_the_body_are_listed_up_to_max_errors(windy: FlaskClient,
+                                                            unknown: int) -> None:
+    """The answer's own notes (here a sensor without a topic) are always listed after them."""
+    metrics = [f"m{i}" for i in range(unknown)]
+    status, payload = _post(windy, {"temperature": ["count", *metrics], "wind": ["count"]}
+                            | WINDOW)
+    errors = [f"Unexpected metric {m} to compute for the sensor temperature" for m in metrics]
+    if len(errors) > MAX_ERRORS:
+        errors[MAX_ERRORS - 1:] = [f"{unknown - MAX_ERRORS + 1} more errors about keys or "
+                                   "metrics not listed"]
     assert status == 200
-    assert list(payload["result"]["temperature"]) == ["count"]
-    assert payload["errors"] == [
-        *(f"Unexpected metric {m} to compute for the sensor temperature"
-          for m in unknown[:MAX_ERRORS]), "57 more errors not listed"]
+    assert list(payload["result"]) == ["temperature"]
+    assert payload["errors"] == [*errors, "No topic for the sensor wind on the broker"]
 
 
 def test_brackets_inside_strings_are_not_nesting(client: FlaskClient) -> None:

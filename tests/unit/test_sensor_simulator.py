@@ -78,20 +78,29 @@ def test_a_held_back_reading_waits_for_room_in_the_queue(producer: type[_Produce
     assert fleet.produced == {settings.topic("temperature"): 2}
 
 
-def test_a_stop_while_the_queue_stays_full_ends_the_run(producer: type[_Producer]) -> None:
-    """A long outage filled the producer's queue: SIGTERM must not wait for room that never
-    comes; the readings that found none are reported as unsent."""
-    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="3",
-                            sensor_rate_hz=str(RATE_HZ))
+def test_stopping_while_the_broker_is_away_gives_up_on_a_reading_without_room(
+        producer: type[_Producer], caplog: pytest.LogCaptureFixture) -> None:
+    """Room would come only as buffered readings expire (IOTPIPE_PRODUCER_BUFFER_SECONDS): a
+    stop must not wait for it. The reading is counted and logged as given up."""
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="2")
+    stopping = [False]
+    fleet = SensorFleet(settings, seed=1, first_seq=10, stopping=lambda: stopping[0])
+    fleet._error(KafkaError(KafkaError._TRANSPORT))
     producer.full = 10**9
-    stop = StopFlag()
-    left: list[int] = []
-    runner = threading.Thread(target=lambda: left.append(run(settings, stop)), daemon=True)
-    runner.start()
-    threading.Timer(0.3, stop.set).start()
-    runner.join(timeout=10)
-    assert not runner.is_alive(), "run() went on waiting for room in the queue after a stop"
-    assert producer.sent == [] and len(left) == 1 and left[0] >= 1
+    stopping[0] = True
+    fleet.emit(2, now_ms=1_000)
+    topic = settings.topic("temperature")
+    assert producer.sent == [] and fleet.failed == {topic: 2} and fleet.produced == {topic: 2}
+    assert fleet.acknowledged() == {topic: 0} and fleet.close(timeout_s=0) == 2
+    assert caplog.text.count("reading not sent, given up") == 2
+
+
+def test_stopping_while_the_broker_is_up_waits_for_room(producer: type[_Producer]) -> None:
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="2")
+    fleet = SensorFleet(settings, seed=1, first_seq=10, stopping=lambda: True)
+    producer.full = 3
+    fleet.emit(2, now_ms=1_000)
+    assert sorted(producer.sent) == [(10, 1_000), (10, 1_000)] and not fleet.failed
 
 
 def test_the_broker_is_up_again_once_readings_are_acknowledged(

@@ -18,15 +18,10 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 RECEIVED = "iotpipe.received"  # WSGI environ: time.time() when the front had the whole request
 HEALTHY = json.dumps({"status": "Healthy!"})
-# errors listed in one answer: a body of many unknown keys or metrics would otherwise get an
-# answer many times its size
-MAX_ERRORS = 100
 
 
 def envelope(result: Mapping[str, object], errors: list[str], status: int) -> Response:
     """The prototype's body: json.dumps({'result': ..., 'errors': ...}) with default spacing."""
-    if len(errors) > MAX_ERRORS:
-        errors = [*errors[:MAX_ERRORS], f"{len(errors) - MAX_ERRORS} more errors not listed"]
     body = json.dumps({"result": result, "errors": errors}, allow_nan=False)
     return Response(body, status=status, mimetype="application/json")
 

@@ -14,6 +14,9 @@ from iotpipe.query.aggregate import METRICS
 from iotpipe.query.timestamps import FORMAT_HELP, BadTimestamp, parse_ms
 
 MAX_DEPTH = 32
+# errors about a body's keys and metrics listed, the last saying how many more there were: a
+# body of many unknown metrics would otherwise get an answer many times its size
+MAX_ERRORS = 100
 
 
 class RequestError(ValueError):
@@ -99,6 +102,9 @@ def validate(body: object, sensors: tuple[str, ...], max_window_s: float) -> Met
             req.operations[key] = metrics
     if not req.operations and not req.errors:
         req.errors.append(f"No sensor requested; valid sensors: {', '.join(sensors)}")
+    if len(req.errors) > MAX_ERRORS:
+        more = len(req.errors) - MAX_ERRORS + 1
+        req.errors[MAX_ERRORS - 1:] = [f"{more} more errors about keys or metrics not listed"]
     return req
 
 

@@ -6,8 +6,9 @@ round, not in a fixed rotation that readers of the topics could come to rely on.
 produced with an idempotent, acks=all producer. While the broker is down the producer keeps
 readings buffered and retries them for IOTPIPE_PRODUCER_BUFFER_SECONDS; readings it finally
 gives up on are logged and counted as failed (`iotpipe_sensor_readings_failed_total`), never
-dropped silently. While that buffer is full the fleet waits for room, unless it is stopping:
-then the readings that found no room are counted and reported at exit.
+dropped silently. While that buffer is full the fleet waits for room; stopping while the broker
+is unreachable, a reading that finds no room is given up on the same way (room would come only
+as buffered readings expire).
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class SensorFleet:
                         for i in range(settings.devices_per_sensor)]
         self.produced: Counter[str] = Counter()  # handed to the producer
         self.failed: Counter[str] = Counter()  # given up (delivery reports come only for these)
-        self.unqueued = 0  # found the producer's queue full while stopping: never sent
         self._published: Counter[str] = Counter()
         self.broker_up = True
         self._acked_before = 0  # readings acknowledged at the last publish_metrics
@@ -155,13 +155,16 @@ class SensorFleet:
         while True:
             try:
                 self.producer.produce(topic, raw, key, timestamp=ts)
-                self.produced[topic] += 1
-                return
-            except BufferError:  # local queue full (long outage): wait for room, unless stopping
-                if self.stopping():
-                    self.unqueued += 1
-                    return
+                break
+            except BufferError:  # local queue full (long outage): wait for room
+                if self.stopping() and not self.broker_up:
+                    self.failed[topic] += 1
+                    log.error("reading not sent, given up (stopping while the broker is "
+                              "unreachable and the producer's queue is full): topic=%s key=%s "
+                              "value=%s", topic, key, raw)
+                    break
                 self.producer.poll(0.1)
+        self.produced[topic] += 1
 
     def publish_metrics(self) -> None:
         """Bring the Prometheus counters up to date (cheap, once a second)."""
@@ -189,13 +192,12 @@ class SensorFleet:
 
     def close(self, timeout_s: float = 30.0) -> int:
         """Send held-back readings, wait for acknowledgements; return the readings that never
-        got one (still queued now, given up on earlier, or never queued)."""
+        got one (still queued now, or given up on earlier)."""
         self.release_late(force=True)
         left = self.producer.flush(timeout_s)
         self.publish_metrics()
         given_up = sum(self.failed.values())
-        if left or given_up or self.unqueued:
-            log.error("%d readings were given up on, %d are still unacknowledged and %d found "
-                      "the producer's queue full while stopping, at exit", given_up, left,
-                      self.unqueued)
-        return left + given_up + self.unqueued
+        if left or given_up:
+            log.error("%d readings were given up on and %d are still unacknowledged at exit",
+                      given_up, left)
+        return left + given_up
