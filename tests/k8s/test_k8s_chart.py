@@ -88,22 +88,31 @@ def test_sensor_types_cannot_take_reserved_names(name: str, ok: bool) -> None:
     assert (result.returncode == 0) is ok, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("release, ok", [("r" * 36, True), ("r" * 37, False)])
-def test_names_longer_than_63_characters_stop_the_install(release: str, ok: bool) -> None:
-    """The longest name, `<release>-iotpipe-sensor-temperature`, is refused past 63 characters
-    instead of being cut; at the limit every name fits and the KafkaUsers stay distinct."""
-    result = run([tool("helm"), "template", release, CHART, "--set", "kafka.security.enabled=true",
-                  "--kube-version", KUBE_VERSION])
-    assert (result.returncode == 0) is ok, result.stderr
-    if not ok:
-        assert f"the name {release}-iotpipe-sensor-temperature has more than 63" in result.stderr
+@pytest.mark.parametrize("release, stream, refused", [
+    ("r" * 40, "true", None), ("r" * 41, "true", "stream-metrics"),
+    ("r" * 49, "false", None), ("r" * 50, "false", "query")])
+def test_a_service_name_past_63_characters_stops_the_install(release: str, stream: str,
+                                                             refused: str | None) -> None:
+    """The longest Service name, `<release>-iotpipe-stream-metrics`, or `-query` without a
+    stream, is refused past 63 characters; at the limit no name is cut (the
+    KafkaUsers and KafkaTopics of a long prefix stay distinct)."""
+    result = run([tool("helm"), "template", release, CHART, "--kube-version", KUBE_VERSION,
+                  "--set", f"kafka.security.enabled=true,stream.enabled={stream}",
+                  "--set", "common.topicPrefix=" + "p" * 70])
+    if refused:
+        assert result.returncode != 0
+        assert f"the name {release}-iotpipe-{refused} has more than the 63" in result.stderr
         return
+    assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
-    names = [d["metadata"]["name"] for d in docs]
-    assert max(map(len, names)) == 63, names
+    services = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"]
+    assert services and max(map(len, services)) <= 63, services
     users = [d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"]
     assert sorted(users) == sorted(f"{release}-iotpipe-{user}" for user in (
         "query", "stream", "sensor-temperature", "sensor-humidity", "sensor-pressure"))
+    topics = [d["metadata"]["name"] for d in docs if d["kind"] == "KafkaTopic"]
+    assert sorted(topics) == sorted("p" * 70 + t for t in (
+        "temperature", "humidity", "pressure", "rollups"))
 
 
 def test_kubernetes_validate_strict(rendering: Rendering, tmp_path: Path) -> None:

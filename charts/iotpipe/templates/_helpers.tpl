@@ -122,17 +122,18 @@ networkPolicyPeers:
   {{- end }}
 {{- end }}
 
-{{/* Fails the install when a name the chart makes (or the Spark Operator, for the stream's UI
-service) would pass the 63 characters of a DNS label. Cut, two names could become one (two
-sensors' KafkaUsers); left long, Kubernetes refuses them only halfway through the install. */}}
+{{/* Fails the install when a name Kubernetes holds to 63 characters (a Service's, a label
+value's) would pass them: the query Service, the stream's metrics Service, the Spark Operator's
+`<app>-ui-svc` Service and `app-name` label. Other names may be longer, and none is cut, so two
+cannot become one. */}}
 {{- define "iotpipe.checkNames" -}}
 {{- $full := include "iotpipe.fullname" . }}
-{{- $suffixes := list "query" "stream-checkpoint" "stream-executor" "stream-metrics" "stream-ui-svc" "default-deny" "dashboard" "helm-test" }}
-{{- range .Values.sensors }}{{ $suffixes = append $suffixes (printf "sensor-%s" .type) }}{{ end }}
+{{- $suffixes := list "query" }}
+{{- if .Values.stream.enabled }}{{ $suffixes = concat $suffixes (list "stream-metrics" "stream-ui-svc") }}{{ end }}
 {{- range $suffixes }}
 {{- $name := printf "%s-%s" $full . }}
 {{- if gt (len $name) 63 }}
-{{- fail (printf "the name %s has more than 63 characters: choose a shorter release name, fullnameOverride or sensor type" $name) }}
+{{- fail (printf "the name %s has more than the 63 characters Kubernetes allows a Service: choose a shorter release name or fullnameOverride" $name) }}
 {{- end }}
 {{- end }}
 {{- end }}
