@@ -7,6 +7,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import yaml
+
 from iotpipe.core.settings import ENV_VARS, Settings
 from iotpipe.query.aggregate import METRICS
 from iotpipe.query.app import create_app
@@ -59,3 +61,14 @@ def test_stream_image_pins_the_project_versions() -> None:
     installed = dict(re.findall(r"([a-z][a-z0-9-]*)==([0-9][0-9.]*)", dockerfile))
     assert installed and all(pins[name] == version for name, version in installed.items())
     assert {"msgspec", "prometheus-client", "confluent-kafka", "pyarrow"} <= installed.keys()
+
+
+def test_the_chart_s_group_acls_cover_the_group_ids_the_query_service_uses() -> None:
+    """librdkafka looks up a consumer's group coordinator even for hand-assigned partitions:
+    in secure mode the query user's group ACL (a prefix) must cover both of its group ids."""
+    values = yaml.safe_load((ROOT / "charts/iotpipe/values.yaml").read_text())
+    prefix = values["kafka"]["security"]["groups"]["query"]
+    source = "\n".join((ROOT / f"services/iotpipe/query/{name}.py").read_text()
+                       for name in ("reader", "rollups"))
+    group_ids = re.findall(r'"group\.id": "([^"]+)"', source)
+    assert len(group_ids) == 2 and all(g.startswith(prefix) for g in group_ids), group_ids
