@@ -272,6 +272,17 @@ def test_the_stream_driver_stops_within_its_grace_period(rendering: Rendering) -
     assert BATCH_END_WAIT_S + publish_s + 10 <= driver["terminationGracePeriodSeconds"]
 
 
+def test_the_sensors_stop_within_their_grace_period(rendering: Rendering) -> None:
+    """On SIGTERM a fleet waits a while for room in a full queue, then flushes its producer."""
+    from iotpipe.localstack.supervisor import PROGRAMS
+    from iotpipe.sensors.fleet import FLUSH_S, STOP_ROOM_S
+
+    for sensor in rendering.values["sensors"]:
+        pod = rendering.one("Deployment", f"iotpipe-sensor-{sensor['type']}")["spec"]["template"]
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= STOP_ROOM_S + FLUSH_S + 5
+    assert PROGRAMS["sensors"].stop_wait_s >= STOP_ROOM_S + FLUSH_S + 5
+
+
 def test_a_sensor_is_never_sent_by_two_pods(rendering: Rendering) -> None:
     sensors = [d for d in rendering.of_kind("Deployment")
                if d["metadata"]["labels"].get("iotpipe.dev/sensor")]

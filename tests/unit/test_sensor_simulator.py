@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any, ClassVar
 
 import pytest
@@ -24,9 +25,10 @@ class _Producer:
 
     sent: ClassVar[list[tuple[int, int]]] = []  # (seq, Kafka timestamp ms), every fleet
     full = 0
+    outage = False
 
     def __init__(self, config: dict[str, Any]) -> None:
-        pass
+        self.error_cb = config["error_cb"]
 
     def produce(self, topic: str, value: bytes, key: bytes, timestamp: int) -> None:
         if _Producer.full:
@@ -35,6 +37,10 @@ class _Producer:
         _Producer.sent.append((json.loads(value)["seq"], timestamp))
 
     def poll(self, timeout: float = 0) -> int:
+        if _Producer.full:
+            time.sleep(min(timeout, 0.001))
+        if _Producer.outage:  # as librdkafka says it: from poll()
+            self.error_cb(KafkaError(KafkaError._TRANSPORT))
         return 0
 
     def flush(self, timeout: float = 0) -> int:
@@ -46,7 +52,7 @@ class _Producer:
 
 @pytest.fixture
 def producer(monkeypatch: pytest.MonkeyPatch) -> type[_Producer]:
-    _Producer.sent, _Producer.full = [], 0
+    _Producer.sent, _Producer.full, _Producer.outage = [], 0, False
     monkeypatch.setattr(fleet_module, "Producer", _Producer)
     return _Producer
 
@@ -95,12 +101,39 @@ def test_stopping_while_the_broker_is_away_gives_up_on_a_reading_without_room(
     assert caplog.text.count("reading not sent, given up") == 2
 
 
-def test_stopping_while_the_broker_is_up_waits_for_room(producer: type[_Producer]) -> None:
+def test_stopping_while_the_broker_is_up_waits_for_room_a_while(
+        producer: type[_Producer], monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="2")
     fleet = SensorFleet(settings, seed=1, first_seq=10, stopping=lambda: True)
     producer.full = 3
     fleet.emit(2, now_ms=1_000)
     assert sorted(producer.sent) == [(10, 1_000), (10, 1_000)] and not fleet.failed
+    # a broker that takes no writes and reports no error: the stop waits STOP_ROOM_S in all
+    monkeypatch.setattr(fleet_module, "STOP_ROOM_S", 0.3)
+    fleet = SensorFleet(settings, seed=1, first_seq=10, stopping=lambda: True)
+    producer.full = 10**9
+    t = time.monotonic()
+    fleet.emit(2, now_ms=2_000)
+    assert 0.3 <= time.monotonic() - t < 5 and fleet.failed == {settings.topic("temperature"): 2}
+
+
+def test_a_stop_during_an_outage_ends_the_run_at_once(producer: type[_Producer]) -> None:
+    """The run looks at the stop flag between small batches of readings, and its fleet gives
+    up on those without room while the broker is away."""
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="3",
+                            sensor_rate_hz=str(RATE_HZ))
+    producer.full, producer.outage = 10**9, True
+    stop, left = StopFlag(), []
+    runner = threading.Thread(target=lambda: left.append(run(settings, stop)), daemon=True)
+    runner.start()
+    try:
+        time.sleep(0.3)
+        stop.set()
+        runner.join(timeout=10)
+        assert not runner.is_alive(), "run() went on after the stop"
+    finally:
+        producer.full = 0  # (a run still going ends)
+    assert producer.sent == [] and len(left) == 1 and left[0] >= 1
 
 
 def test_the_broker_is_up_again_once_readings_are_acknowledged(

@@ -40,7 +40,7 @@ PROGRAMS: dict[str, Program] = {
     "broker": Program(10, 30),
     "query": Program(20, 45),  # at least: gunicorn's graceful timeout and a margin
     "stream": Program(30, 90),  # as the chart's: a running batch, its rollups, Spark's stop
-    "sensors": Program(40, 40),  # flushes its producer (up to 30 s) before it exits
+    "sensors": Program(40, 40),  # flushes its producer (up to 35 s: fleet.py) before it exits
 }
 START_SECONDS = 10  # alive this long = started (the broker and gunicorn fail within seconds)
 START_RETRIES = 3  # quick failures in a row (paused 1, 2, 3 s) before FATAL

@@ -16,6 +16,8 @@ from iotpipe.sensors.fleet import SensorFleet
 
 log = logging.getLogger("iotpipe.sensors")
 TICK_S = 0.01
+# readings made at most between two looks at the stop flag (more are due after a stall)
+EMIT_MAX = 1000
 
 
 def run(settings: Settings, stop: StopFlag) -> int:
@@ -33,8 +35,8 @@ def run(settings: Settings, stop: StopFlag) -> int:
         now = time.monotonic()
         due = int((now - start) * total_rate) + 1 - emitted
         if due > 0:
-            fleet.emit(due)
-            emitted += due
+            fleet.emit(min(due, EMIT_MAX))
+            emitted += min(due, EMIT_MAX)
         else:
             fleet.producer.poll(0)
             fleet.release_late(force=False)

@@ -6,9 +6,9 @@ round, not in a fixed rotation that readers of the topics could come to rely on.
 produced with an idempotent, acks=all producer. While the broker is down the producer keeps
 readings buffered and retries them for IOTPIPE_PRODUCER_BUFFER_SECONDS; readings it finally
 gives up on are logged and counted as failed (`iotpipe_sensor_readings_failed_total`), never
-dropped silently. While that buffer is full the fleet waits for room; stopping while the broker
-is unreachable, a reading that finds no room is given up on the same way (room would come only
-as buffered readings expire).
+dropped silently. While that buffer is full the fleet waits for room; once stopping, it waits at
+most STOP_ROOM_S, none while the broker is unreachable (room would come only as buffered readings
+expire), and gives up on such a reading the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from iotpipe.sensors import metrics as prom
 from iotpipe.sensors.models import ValueModel, make_model
 
 log = logging.getLogger(__name__)
+STOP_ROOM_S = 5.0  # once stopping, the longest wait for room in a full queue
+FLUSH_S = 30.0  # at exit, the longest wait for the broker's acknowledgements
 
 
 @dataclass
@@ -73,12 +75,13 @@ class SensorFleet:
         self.rng = random.Random(seed)
         self.devices = [self._device(sensor, i, first_seq) for sensor in settings.sensors
                         for i in range(settings.devices_per_sensor)]
-        self.produced: Counter[str] = Counter()  # handed to the producer
+        self.produced: Counter[str] = Counter()  # handed to the producer, or given up on
         self.failed: Counter[str] = Counter()  # given up (delivery reports come only for these)
         self._published: Counter[str] = Counter()
         self.broker_up = True
         self._acked_before = 0  # readings acknowledged at the last publish_metrics
         self._late: list[tuple[float, int, str, bytes, bytes, int]] = []
+        self._room_until: float | None = None  # once stopping: the end of the wait for room
         self._next = 0
         self.producer = Producer(producer_config(settings) | {
             "on_delivery": self._delivered, "error_cb": self._error})
@@ -157,12 +160,13 @@ class SensorFleet:
                 self.producer.produce(topic, raw, key, timestamp=ts)
                 break
             except BufferError:  # local queue full (long outage): wait for room
-                if self.stopping() and not self.broker_up:
-                    self.failed[topic] += 1
-                    log.error("reading not sent, given up (stopping while the broker is "
-                              "unreachable and the producer's queue is full): topic=%s key=%s "
-                              "value=%s", topic, key, raw)
-                    break
+                if self.stopping():
+                    self._room_until = self._room_until or time.monotonic() + STOP_ROOM_S
+                    if not self.broker_up or time.monotonic() >= self._room_until:
+                        self.failed[topic] += 1
+                        log.error("reading not sent, given up (stopping with the producer's "
+                                  "queue full): topic=%s key=%s value=%s", topic, key, raw)
+                        break
                 self.producer.poll(0.1)
         self.produced[topic] += 1
 
@@ -190,7 +194,7 @@ class SensorFleet:
             counter.labels(sensor).inc(value - self._published[key])
             self._published[key] = value
 
-    def close(self, timeout_s: float = 30.0) -> int:
+    def close(self, timeout_s: float = FLUSH_S) -> int:
         """Send held-back readings, wait for acknowledgements; return the readings that never
         got one (still queued now, or given up on earlier)."""
         self.release_late(force=True)

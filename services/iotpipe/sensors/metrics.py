@@ -8,8 +8,9 @@ READINGS_SENT = Counter(
     "iotpipe_sensor_readings_sent", "Readings the broker acknowledged", ["sensor"],
     registry=REGISTRY)
 READINGS_FAILED = Counter(
-    "iotpipe_sensor_readings_failed", "Readings never acknowledged (given up after retries)",
-    ["sensor"], registry=REGISTRY)
+    "iotpipe_sensor_readings_failed",
+    "Readings given up on (no acknowledgement after retries, or no room at a stop)", ["sensor"],
+    registry=REGISTRY)
 DUPLICATES_INJECTED = Counter(
     "iotpipe_sensor_duplicates_injected", "Readings deliberately sent twice (test injection)",
     ["sensor"], registry=REGISTRY)
