@@ -94,11 +94,9 @@ def test_sensor_types_cannot_take_reserved_names(name: str, ok: bool) -> None:
 def test_a_service_name_past_63_characters_stops_the_install(release: str, stream: str,
                                                              refused: str | None) -> None:
     """The longest Service name, `<release>-iotpipe-stream-metrics`, or `-query` without a
-    stream, is refused past 63 characters; at the limit no name is cut (the
-    KafkaUsers and KafkaTopics of a long prefix stay distinct)."""
+    stream, is refused past 63 characters; at the limit the KafkaUsers' names are not cut."""
     result = run([tool("helm"), "template", release, CHART, "--kube-version", KUBE_VERSION,
-                  "--set", f"kafka.security.enabled=true,stream.enabled={stream}",
-                  "--set", "common.topicPrefix=" + "p" * 70])
+                  "--set", f"kafka.security.enabled=true,stream.enabled={stream}"])
     if refused:
         assert result.returncode != 0
         assert f"the name {release}-iotpipe-{refused} has more than the 63" in result.stderr
@@ -110,9 +108,24 @@ def test_a_service_name_past_63_characters_stops_the_install(release: str, strea
     users = [d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"]
     assert sorted(users) == sorted(f"{release}-iotpipe-{user}" for user in (
         "query", "stream", "sensor-temperature", "sensor-humidity", "sensor-pressure"))
-    topics = [d["metadata"]["name"] for d in docs if d["kind"] == "KafkaTopic"]
-    assert sorted(topics) == sorted("p" * 70 + t for t in (
-        "temperature", "humidity", "pressure", "rollups"))
+
+
+@pytest.mark.parametrize("prefix, refused", [("p" * 62, False), ("p" * 63, True)])
+def test_kafka_topic_names_keep_their_cut_and_never_merge(prefix: str, refused: bool) -> None:
+    """A KafkaTopic's name is cut at 63 characters as before (renamed, an upgrade would delete
+    the topic); a prefix long enough to make two of them one is refused."""
+    result = run([tool("helm"), "template", "iotpipe", CHART, "--kube-version", KUBE_VERSION,
+                  "--set", f"common.topicPrefix={prefix}"])
+    if refused:
+        assert result.returncode != 0
+        assert "would be one KafkaTopic" in result.stderr and "common.topicPrefix" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    topics = {d["metadata"]["name"]: d["spec"]["topicName"] for d in docs
+              if d["kind"] == "KafkaTopic"}
+    assert topics == {(prefix + t)[:63]: prefix + t
+                      for t in ("temperature", "humidity", "pressure", "rollups")}
 
 
 def test_kubernetes_validate_strict(rendering: Rendering, tmp_path: Path) -> None:

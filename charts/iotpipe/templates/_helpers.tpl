@@ -124,8 +124,8 @@ networkPolicyPeers:
 
 {{/* Fails the install when a name Kubernetes holds to 63 characters (a Service's, a label
 value's) would pass them: the query Service, the stream's metrics Service, the Spark Operator's
-`<app>-ui-svc` Service and `app-name` label. Other names may be longer, and none is cut, so two
-cannot become one. */}}
+`<app>-ui-svc` Service and `app-name` label. Other names may be longer and are not cut, but for
+the KafkaTopics' (see kafka-topics.yaml): those are refused where the cut makes two one. */}}
 {{- define "iotpipe.checkNames" -}}
 {{- $full := include "iotpipe.fullname" . }}
 {{- $suffixes := list "query" }}
@@ -135,5 +135,15 @@ cannot become one. */}}
 {{- if gt (len $name) 63 }}
 {{- fail (printf "the name %s has more than the 63 characters Kubernetes allows a Service: choose a shorter release name or fullnameOverride" $name) }}
 {{- end }}
+{{- end }}
+{{- $all := list (include "iotpipe.rollupTopic" .) }}
+{{- range .Values.sensors }}{{ $all = append $all (include "iotpipe.topic" (dict "ctx" $ "sensor" .type)) }}{{ end }}
+{{- $topics := dict }}
+{{- range $topic := $all }}
+{{- $name := include "iotpipe.kafkaTopicName" $topic }}
+{{- if hasKey $topics $name }}
+{{- fail (printf "the topics %s and %s would be one KafkaTopic, %s: choose a shorter common.topicPrefix" (get $topics $name) $topic $name) }}
+{{- end }}
+{{- $_ := set $topics $name $topic }}
 {{- end }}
 {{- end }}
