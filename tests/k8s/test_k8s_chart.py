@@ -94,9 +94,9 @@ def test_sensor_types_cannot_take_reserved_names(name: str, ok: bool) -> None:
 def test_a_service_name_past_63_characters_stops_the_install(release: str, stream: str,
                                                              refused: str | None) -> None:
     """The longest Service name, `<release>-iotpipe-stream-metrics`, or `-query` without a
-    stream, is refused past 63 characters; at the limit the KafkaUsers' names are not cut."""
+    stream, is refused past 63 characters."""
     result = run([tool("helm"), "template", release, CHART, "--kube-version", KUBE_VERSION,
-                  "--set", f"kafka.security.enabled=true,stream.enabled={stream}"])
+                  "--set", f"stream.enabled={stream}"])
     if refused:
         assert result.returncode != 0
         assert f"the name {release}-iotpipe-{refused} has more than the 63" in result.stderr
@@ -105,9 +105,31 @@ def test_a_service_name_past_63_characters_stops_the_install(release: str, strea
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     services = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"]
     assert services and max(map(len, services)) <= 63, services
+
+
+@pytest.mark.parametrize("types, secure, refused", [
+    (["temperature", "humidity", "pressure"], True, False),
+    (["temperature-a", "temperature-b"], True, True),
+    (["temperature-a", "temperature-b"], False, False)])
+def test_kafka_users_keep_their_cut_and_never_merge(types: list[str], secure: bool,
+                                                    refused: bool) -> None:
+    """KafkaUser names are cut at 63 characters as before (renamed, an upgrade would delete
+    them and their Secrets); sensor types that the cut makes one user are refused."""
+    release = "r" * 40  # the longest the Services allow
+    sensors = [{"type": t, "devices": 1, "rateHz": 1} for t in types]
+    result = run([tool("helm"), "template", release, CHART, "--kube-version", KUBE_VERSION,
+                  "--set", f"kafka.security.enabled={str(secure).lower()}",
+                  "--set-json", f"sensors={json.dumps(sensors)}"])
+    if refused:
+        assert result.returncode != 0
+        assert ("the user sensor-temperature-a and the user sensor-temperature-b would be one "
+                "KafkaUser") in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     users = [d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"]
-    assert sorted(users) == sorted(f"{release}-iotpipe-{user}" for user in (
-        "query", "stream", "sensor-temperature", "sensor-humidity", "sensor-pressure"))
+    assert sorted(users) == (sorted(f"{release}-iotpipe-{user}"[:63] for user in (
+        "query", "stream", *(f"sensor-{t}" for t in types))) if secure else [])
 
 
 @pytest.mark.parametrize("prefix, refused", [("p" * 62, False), ("p" * 63, True)])

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError
 
 from iotpipe.core.stopping import StopFlag
 from iotpipe.sensors import fleet as fleet_module
-from iotpipe.sensors.__main__ import run
+from iotpipe.sensors.__main__ import EMIT_MAX, run
 from iotpipe.sensors.fleet import SensorFleet
 from kafka_helpers import settings_for
 
@@ -134,6 +134,29 @@ def test_a_stop_during_an_outage_ends_the_run_at_once(producer: type[_Producer])
     finally:
         producer.full = 0  # (a run still going ends)
     assert producer.sent == [] and len(left) == 1 and left[0] >= 1
+
+
+def test_a_stop_after_a_stall_ends_the_run_within_emit_max_readings(
+        producer: type[_Producer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stall makes many readings due at once: the run makes them in batches of at most
+    EMIT_MAX, looking at the stop flag between two."""
+    stop, after_stop = StopFlag(), []
+    room_at = time.monotonic() + 1.0
+
+    class Stalled(_Producer):
+        def produce(self, topic: str, value: bytes, key: bytes, timestamp: int) -> None:
+            if time.monotonic() < room_at:
+                raise BufferError("Local: Queue full")
+            after_stop.append(stop.is_set())
+            if len(after_stop) == 10:
+                stop.set()
+
+    monkeypatch.setattr(fleet_module, "Producer", Stalled)
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="3",
+                            sensor_rate_hz="2000")
+    assert run(settings, stop) == 0
+    # the stall made about 6,000 readings due (3 devices x 2,000/s x 1 s)
+    assert 0 < after_stop.count(True) <= EMIT_MAX < 3_000
 
 
 def test_the_broker_is_up_again_once_readings_are_acknowledged(

@@ -124,8 +124,8 @@ networkPolicyPeers:
 
 {{/* Fails the install when a name Kubernetes holds to 63 characters (a Service's, a label
 value's) would pass them: the query Service, the stream's metrics Service, the Spark Operator's
-`<app>-ui-svc` Service and `app-name` label. Other names may be longer and are not cut, but for
-the KafkaTopics' (see kafka-topics.yaml): those are refused where the cut makes two one. */}}
+`<app>-ui-svc` Service and `app-name` label; and when the cut at 63 characters of the KafkaTopics'
+and KafkaUsers' names (kept as it always was) would make two of them one. */}}
 {{- define "iotpipe.checkNames" -}}
 {{- $full := include "iotpipe.fullname" . }}
 {{- $suffixes := list "query" }}
@@ -136,14 +136,32 @@ the KafkaTopics' (see kafka-topics.yaml): those are refused where the cut makes 
 {{- fail (printf "the name %s has more than the 63 characters Kubernetes allows a Service: choose a shorter release name or fullnameOverride" $name) }}
 {{- end }}
 {{- end }}
-{{- $all := list (include "iotpipe.rollupTopic" .) }}
-{{- range .Values.sensors }}{{ $all = append $all (include "iotpipe.topic" (dict "ctx" $ "sensor" .type)) }}{{ end }}
-{{- $topics := dict }}
-{{- range $topic := $all }}
-{{- $name := include "iotpipe.kafkaTopicName" $topic }}
-{{- if hasKey $topics $name }}
-{{- fail (printf "the topics %s and %s would be one KafkaTopic, %s: choose a shorter common.topicPrefix" (get $topics $name) $topic $name) }}
+{{- $topics := list (include "iotpipe.rollupTopic" .) }}
+{{- $users := list "stream" "query" }}
+{{- range .Values.sensors }}
+{{- $topics = append $topics (include "iotpipe.topic" (dict "ctx" $ "sensor" .type)) }}
+{{- $users = append $users (printf "sensor-%s" .type) }}
 {{- end }}
-{{- $_ := set $topics $name $topic }}
+{{- $seen := dict }}
+{{- range $topics }}
+{{- include "iotpipe.checkUnique" (dict "seen" $seen "name" (include "iotpipe.kafkaTopicName" .) "of" (printf "topic %s" .) "kind" "KafkaTopic" "fix" "common.topicPrefix") }}
 {{- end }}
+{{- if .Values.kafka.security.enabled }}
+{{- $seen = dict }}
+{{- range $users }}
+{{- include "iotpipe.checkUnique" (dict "seen" $seen "name" (include "iotpipe.kafkaUser" (dict "ctx" $ "user" .)) "of" (printf "user %s" .) "kind" "KafkaUser" "fix" "release name or fullnameOverride") }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Fails when two resources of one kind would get one name (names are cut at 63 characters).
+Call with (dict "seen" $dict "name" .. "of" .. "kind" .. "fix" ..). */}}
+{{- define "iotpipe.checkUnique" -}}
+{{- if hasKey .seen .name }}
+{{- if eq (get .seen .name) .of }}
+{{- fail (printf "the %s is listed twice: give each sensor its own type" .of) }}
+{{- end }}
+{{- fail (printf "the %s and the %s would be one %s, %s: choose a shorter %s" (get .seen .name) .of .kind .name .fix) }}
+{{- end }}
+{{- $_ := set .seen .name .of }}
 {{- end }}

@@ -9,9 +9,11 @@ Secrets Strimzi creates, mounted as files, and the IOTPIPE_KAFKA_* variables poi
 {{- printf "%s-kafka-bootstrap:%v" $k.clusterName (ternary $k.tlsPort $k.plainPort $k.security.enabled) }}
 {{- end }}
 
-{{/* KafkaUser name of a service. Call with (dict "ctx" $ "user" "query"). */}}
+{{/* KafkaUser name of a service, cut at 63 characters as it always was (a new name would make an
+upgrade delete the user and its Secret); checkNames refuses names the cut makes equal. Call with
+(dict "ctx" $ "user" "query"). */}}
 {{- define "iotpipe.kafkaUser" -}}
-{{- printf "%s-%s" (include "iotpipe.fullname" .ctx) .user }}
+{{- printf "%s-%s" (include "iotpipe.fullname" .ctx) .user | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "iotpipe.kafkaCaSecret" -}}

@@ -197,6 +197,7 @@ class SensorFleet:
     def close(self, timeout_s: float = FLUSH_S) -> int:
         """Send held-back readings, wait for acknowledgements; return the readings that never
         got one (still queued now, or given up on earlier)."""
+        self.publish_metrics()  # (whether the broker is back: see _produce)
         self.release_late(force=True)
         left = self.producer.flush(timeout_s)
         self.publish_metrics()
