@@ -103,3 +103,36 @@ def test_a_topic_not_answered_keeps_its_value_and_is_asked_again_soon(
     time.sleep(0.3)
     retention.horizon_ms(TOPICS)
     _wait_until(lambda: FakeAdmin.asked == 3)  # asked again after RETRY_S, not REFRESH_S
+
+
+@pytest.mark.parametrize("parts", [1, 5000])
+def test_raw_parts_before_the_horizon_get_one_note(parts: int) -> None:
+    """Unreadable rollups cut a window into many raw parts: the answer says once which time
+    before the horizon was read from the readings left."""
+    from iotpipe.query.aggregate import WindowAggregate
+    from iotpipe.query.request import MetricsRequest
+    from iotpipe.query.rollups import RollupPlan
+    from iotpipe.query.service import WindowMetricsService
+    from iotpipe.query.timestamps import format_ms
+
+    minute, horizon = 60_000, 10**12
+    raw = [(horizon - (parts - k) * 2 * minute, horizon - (parts - k) * 2 * minute + minute - 1)
+           for k in range(parts)] + [(horizon + minute, horizon + 2 * minute - 1)]
+    service = WindowMetricsService.__new__(WindowMetricsService)
+    service.settings = SETTINGS
+    service.retention = SimpleNamespace(horizon_ms=lambda topics: horizon)  # type: ignore[assignment]
+    service.rollups = SimpleNamespace(  # type: ignore[assignment]
+        plan=lambda sensors, lo, hi, expired: RollupPlan(raw, first=1, last=2))
+    service._parts = cf.ThreadPoolExecutor(2)
+    service._read = lambda sensors, lo, hi, deadline: (  # type: ignore[method-assign]
+        {s: WindowAggregate() for s in sensors}, set())
+    req = MetricsRequest(raw[0][0], raw[-1][1], {"temperature": ["count"]})
+    try:
+        assert service.compute(req, time.time()) == {"temperature": {"count": 0}}
+    finally:
+        service._parts.shutdown()
+    span = f"{format_ms(raw[0][0])} to {format_ms(raw[-2][1])}"
+    said = f"{span} was" if parts == 1 else f"{parts} parts from {span} were"
+    assert req.errors == [f"Readings before {format_ms(horizon)} may have passed the topics' "
+                          f"retention: {said} answered from the readings left, without rollups "
+                          "of that time"]

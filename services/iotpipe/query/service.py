@@ -193,11 +193,13 @@ class WindowMetricsService:
                 if self.rollups is not None else RollupPlan([(req.from_ms, req.to_ms)]))
         prom.WINDOWS.labels("rollups" if plan.buckets else "raw").inc()
         req.errors += plan.notes
-        for lo, hi in plan.raw:
-            if expired is not None and lo < expired:
-                req.errors.append(retention_note(
-                    expired, f"{format_ms(lo)} to {format_ms(min(hi, expired - 1))} was answered "
-                    "from the readings left, without rollups of that time"))
+        # one note for the raw parts before the horizon (unreadable rollups can make many)
+        early = [(lo, hi) for lo, hi in plan.raw if expired is not None and lo < expired]
+        if expired is not None and early:
+            span = f"{format_ms(early[0][0])} to {format_ms(min(early[-1][1], expired - 1))}"
+            req.errors.append(retention_note(expired, (
+                f"{span} was" if len(early) == 1 else f"{len(early)} parts from {span} were")
+                + " answered from the readings left, without rollups of that time"))
         reads = [self._parts.submit(self._read, sensors, lo, hi, deadline)
                  for lo, hi in plan.raw]
         totals = {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}
