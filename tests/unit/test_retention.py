@@ -116,8 +116,10 @@ def test_raw_parts_before_the_horizon_get_one_note(parts: int) -> None:
     from iotpipe.query.timestamps import format_ms
 
     minute, horizon = 60_000, 10**12
+    # the last part before the horizon runs past it; then one part after it
     raw = [(horizon - (parts - k) * 2 * minute, horizon - (parts - k) * 2 * minute + minute - 1)
-           for k in range(parts)] + [(horizon + minute, horizon + 2 * minute - 1)]
+           for k in range(1, parts)] + [(horizon - minute, horizon + minute - 1),
+                                        (horizon + 2 * minute, horizon + 3 * minute - 1)]
     service = WindowMetricsService.__new__(WindowMetricsService)
     service.settings = SETTINGS
     service.retention = SimpleNamespace(horizon_ms=lambda topics: horizon)  # type: ignore[assignment]
@@ -131,7 +133,7 @@ def test_raw_parts_before_the_horizon_get_one_note(parts: int) -> None:
         assert service.compute(req, time.time()) == {"temperature": {"count": 0}}
     finally:
         service._parts.shutdown()
-    span = f"{format_ms(raw[0][0])} to {format_ms(raw[-2][1])}"
+    span = f"{format_ms(raw[0][0])} to {format_ms(horizon - 1)}"
     said = f"{span} was" if parts == 1 else f"{parts} parts from {span} were"
     assert req.errors == [f"Readings before {format_ms(horizon)} may have passed the topics' "
                           f"retention: {said} answered from the readings left, without rollups "

@@ -117,6 +117,22 @@ def test_stopping_while_the_broker_is_up_waits_for_room_a_while(
     assert 0.3 <= time.monotonic() - t < 5 and fleet.failed == {settings.topic("temperature"): 2}
 
 
+def test_a_stop_looks_whether_the_broker_is_back_before_giving_up(
+        producer: type[_Producer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker was away, and readings are being acknowledged again: a reading finding the
+    queue full at the stop waits for room rather than being given up."""
+    settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="10")
+    fleet = SensorFleet(settings, seed=1, first_seq=10, stopping=lambda: True)
+    queued = [10]
+    monkeypatch.setattr(_Producer, "__len__", lambda self: queued[0])
+    fleet.emit(10, now_ms=1_000)
+    fleet.publish_metrics()  # 10 queued, none acknowledged
+    fleet._error(KafkaError(KafkaError._TRANSPORT))
+    queued[0], producer.full = 4, 3  # 6 acknowledged since; the queue is full for a while
+    fleet.emit(1, now_ms=2_000)
+    assert fleet.broker_up and not fleet.failed and len(producer.sent) == 11
+
+
 def test_a_stop_during_an_outage_ends_the_run_at_once(producer: type[_Producer]) -> None:
     """The run looks at the stop flag between small batches of readings, and its fleet gives
     up on those without room while the broker is away."""
@@ -141,15 +157,21 @@ def test_a_stop_after_a_stall_ends_the_run_within_emit_max_readings(
     """A stall makes many readings due at once: the run makes them in batches of at most
     EMIT_MAX, looking at the stop flag between two."""
     stop, after_stop = StopFlag(), []
-    room_at = time.monotonic() + 1.0
 
     class Stalled(_Producer):
+        room_at: float | None = None  # the first reading starts a stall of 1 s
+
         def produce(self, topic: str, value: bytes, key: bytes, timestamp: int) -> None:
-            if time.monotonic() < room_at:
+            Stalled.room_at = Stalled.room_at or time.monotonic() + 1.0
+            if time.monotonic() < Stalled.room_at:
                 raise BufferError("Local: Queue full")
             after_stop.append(stop.is_set())
             if len(after_stop) == 10:
                 stop.set()
+
+        def poll(self, timeout: float = 0) -> int:
+            time.sleep(min(timeout, 0.001))
+            return 0
 
     monkeypatch.setattr(fleet_module, "Producer", Stalled)
     settings = settings_for("127.0.0.1:9", sensors="temperature", devices_per_sensor="3",

@@ -149,7 +149,7 @@ and KafkaUsers' names (kept as it always was) would make two of them one. */}}
 {{- if .Values.kafka.security.enabled }}
 {{- $seen = dict }}
 {{- range $users }}
-{{- include "iotpipe.checkUnique" (dict "seen" $seen "name" (include "iotpipe.kafkaUser" (dict "ctx" $ "user" .)) "of" (printf "user %s" .) "kind" "KafkaUser" "fix" "release name or fullnameOverride") }}
+{{- include "iotpipe.checkUnique" (dict "seen" $seen "name" (include "iotpipe.kafkaUser" (dict "ctx" $ "user" .)) "of" (printf "user %s" .) "kind" "KafkaUser" "fix" "release name, fullnameOverride, nameOverride or sensor types") }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -161,7 +161,9 @@ class SensorFleet:
                 break
             except BufferError:  # local queue full (long outage): wait for room
                 if self.stopping():
-                    self._room_until = self._room_until or time.monotonic() + STOP_ROOM_S
+                    if self._room_until is None:  # the stop's first wait: is the broker back?
+                        self.publish_metrics()
+                        self._room_until = time.monotonic() + STOP_ROOM_S
                     if not self.broker_up or time.monotonic() >= self._room_until:
                         self.failed[topic] += 1
                         log.error("reading not sent, given up (stopping with the producer's "
@@ -197,7 +199,6 @@ class SensorFleet:
     def close(self, timeout_s: float = FLUSH_S) -> int:
         """Send held-back readings, wait for acknowledgements; return the readings that never
         got one (still queued now, or given up on earlier)."""
-        self.publish_metrics()  # (whether the broker is back: see _produce)
         self.release_late(force=True)
         left = self.producer.flush(timeout_s)
         self.publish_metrics()
