@@ -3,13 +3,15 @@ a component that keeps exiting."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from iotpipe.core.settings import Settings
+from iotpipe.localstack import stack as stack_module
 from iotpipe.localstack.kafka_broker import free_port
-from iotpipe.localstack.stack import LocalStack, StackError
+from iotpipe.localstack.stack import STOP_SIGNALS, LocalStack, StackError
 
 
 def _stack(tmp_path: Path, **env: str) -> LocalStack:
@@ -78,3 +80,34 @@ def test_status_looking_at_the_lock_neither_creates_it_nor_keeps_up_out(tmp_path
         threading.Timer(0.3, looking.close).start()
         with stack._changing():  # an `up` at that moment waits for the look to end
             pass
+
+
+def test_a_stop_signal_landing_as_up_fails_still_stops_the_stack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` stops what `up` started even when the first Ctrl-C (or SIGTERM) arrives just as
+    `up` fails, before the stop signals are ignored."""
+    stack, stopped = _stack(tmp_path), []
+
+    def failing_up() -> None:
+        raise StackError("the broker did not start")
+
+    monkeypatch.setattr(stack, "up", failing_up)
+    monkeypatch.setattr(stack, "down", lambda: stopped.append(True))
+    ignore = stack_module._ignore_stop_signals
+
+    def signal_lands_here() -> None:
+        monkeypatch.setattr(stack_module, "_ignore_stop_signals", ignore)
+        stack_module._stop_once(signal.SIGTERM, None)
+
+    monkeypatch.setattr(stack_module, "_ignore_stop_signals", signal_lands_here)
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        stack.run_foreground()
+    except StackError:
+        outcome = "up's error"
+    except KeyboardInterrupt:  # (the code before: out of run, the stack left running)
+        outcome = "interrupted"
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert (outcome, stopped) == ("up's error", [True])

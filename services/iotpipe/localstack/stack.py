@@ -286,7 +286,12 @@ class LocalStack:
         except KeyboardInterrupt:
             print("\nstopping...", flush=True)
         finally:
-            _ignore_stop_signals()  # (`up` may have failed)
+            # (`up` may have failed; a first stop signal may land right then: not `suppress`,
+            # whose __enter__ would be a place for it to land outside)
+            try:  # noqa: SIM105
+                _ignore_stop_signals()
+            except KeyboardInterrupt:
+                pass
             self.down()
 
     def _states(self) -> str:
