@@ -123,13 +123,13 @@ networkPolicyPeers:
 {{- end }}
 
 {{/* Fails the install when a name Kubernetes holds to 63 characters (a Service's, a label
-value's) would pass them: the query Service, the stream's metrics Service, the Spark Operator's
-`<app>-ui-svc` Service and `app-name` label; and when the cut at 63 characters of the KafkaTopics'
+value's) would pass them: the query Service and the stream's metrics Service (the Spark
+Operator's `<app>-ui-svc` Service and `app-name` label are shorter); and when the cut at 63 characters of the KafkaTopics'
 and KafkaUsers' names (kept as it always was) would make two of them one. */}}
 {{- define "iotpipe.checkNames" -}}
 {{- $full := include "iotpipe.fullname" . }}
 {{- $suffixes := list "query" }}
-{{- if .Values.stream.enabled }}{{ $suffixes = concat $suffixes (list "stream-metrics" "stream-ui-svc") }}{{ end }}
+{{- if .Values.stream.enabled }}{{ $suffixes = append $suffixes "stream-metrics" }}{{ end }}
 {{- range $suffixes }}
 {{- $name := printf "%s-%s" $full . }}
 {{- if gt (len $name) 63 }}
@@ -137,7 +137,7 @@ and KafkaUsers' names (kept as it always was) would make two of them one. */}}
 {{- end }}
 {{- end }}
 {{- $topics := list (include "iotpipe.rollupTopic" .) }}
-{{- $users := list "stream" "query" }}
+{{- $users := keys .Values.kafka.security.groups }}
 {{- range .Values.sensors }}
 {{- $topics = append $topics (include "iotpipe.topic" (dict "ctx" $ "sensor" .type)) }}
 {{- $users = append $users (printf "sensor-%s" .type) }}

@@ -194,8 +194,7 @@ class WindowMetricsService:
         prom.WINDOWS.labels("rollups" if plan.buckets else "raw").inc()
         req.errors += plan.notes
         # one note for the raw parts before the horizon (unreadable rollups can make many)
-        early = [(lo, hi) for lo, hi in plan.raw if expired is not None and lo < expired]
-        if expired is not None and early:
+        if expired is not None and (early := [(lo, hi) for lo, hi in plan.raw if lo < expired]):
             span = f"{format_ms(early[0][0])} to {format_ms(min(early[-1][1], expired - 1))}"
             req.errors.append(retention_note(expired, (
                 f"{span} was" if len(early) == 1 else f"{len(early)} parts from {span} were")

@@ -35,8 +35,9 @@ def run(settings: Settings, stop: StopFlag) -> int:
         now = time.monotonic()
         due = int((now - start) * total_rate) + 1 - emitted
         if due > 0:
-            fleet.emit(min(due, EMIT_MAX))
-            emitted += min(due, EMIT_MAX)
+            due = min(due, EMIT_MAX)
+            fleet.emit(due)
+            emitted += due
         else:
             fleet.producer.poll(0)
             fleet.release_late(force=False)
