@@ -249,9 +249,9 @@ class KafkaWindowReader:
             pause = min(2 * pause, 1.0)
 
     def plan(self, topics: dict[str, str], from_ms: int, to_ms: int, lateness_ms: int,
-             cache: WindowCache | None = None) -> dict[str, list[PartitionRange] | UnknownTopic]:
+             cache: WindowCache | None = None) -> dict[str, list[PartitionRange]]:
         """Per sensor ({topic: sensor}), the partition ranges that cover [from, to] with its
-        allowed lateness, or why its topic cannot be read."""
+        allowed lateness; a sensor whose topic does not exist is left out."""
         try:
             return self._plan(topics, from_ms, to_ms, lateness_ms, cache)
         except UnknownTopic:  # deleted since its partitions were listed: list them again
@@ -262,14 +262,13 @@ class KafkaWindowReader:
             raise BrokerUnavailable(f"a topic vanished during the lookup: {e}") from None
 
     def _plan(self, topics: dict[str, str], from_ms: int, to_ms: int, lateness_ms: int,
-              cache: WindowCache | None) -> dict[str, list[PartitionRange] | UnknownTopic]:
-        plans: dict[str, list[PartitionRange] | UnknownTopic] = {}
+              cache: WindowCache | None) -> dict[str, list[PartitionRange]]:
+        plans: dict[str, list[PartitionRange]] = {}
         parts: list[TP] = []
         for topic, sensor in topics.items():
-            try:
+            with suppress(UnknownTopic):
                 parts += [(topic, p) for p in self.partitions(topic)]
-            except UnknownTopic as e:
-                plans[sensor] = e
+                plans[sensor] = []
         # the first time past the window and its lateness, if it has passed; a window still
         # open ends at the partition's end, without the broker's costly timestamp lookup
         past = to_ms + lateness_ms + 1
@@ -285,16 +284,13 @@ class KafkaWindowReader:
                 ends |= self._ends.get(open_ended)
             except TimeoutError:
                 raise BrokerUnavailable("end offset lookup did not finish") from None
-        for topic, sensor in topics.items():
-            if sensor not in plans:
-                plans[sensor] = [
-                    # (a closed range's end is read to be confirmed: see RangeScan._end_in;
-                    # a marker may answer its lookup before a message answers its start's)
-                    PartitionRange(t, sensor, p, starts[(t, p)],
-                                   max(ends[(t, p)], starts[(t, p)]),
-                                   None if (t, p) in open_ended else stop)
-                    for t, p in live if t == topic
-                    and (ends[(t, p)] > starts[(t, p)] or (t, p) not in open_ended)]
+        for t, p in live:
+            if ends[(t, p)] > starts[(t, p)] or (t, p) not in open_ended:
+                # (a closed range's end is read to be confirmed: see RangeScan._end_in;
+                # a marker may answer its lookup before a message answers its start's)
+                plans[topics[t]].append(PartitionRange(
+                    t, topics[t], p, starts[(t, p)], max(ends[(t, p)], starts[(t, p)]),
+                    None if (t, p) in open_ended else stop))
         return plans
 
     def _offsets(self, parts: list[TP], known: dict[TP, Bounds], from_ms: int,

@@ -230,12 +230,8 @@ class WindowMetricsService:
         cache = self.cache if self.cache.max_messages > 0 else None
         topics = {s.topic(sensor): sensor for sensor in sensors}
         plans = self.reader.plan(topics, lo, hi, s.allowed_lateness_ms, cache)
-        ranges: list[PartitionRange] = []
-        totals: dict[str, WindowAggregate] = {}
-        for sensor in sensors:
-            if not isinstance(plan := plans[sensor], UnknownTopic):
-                ranges += plan
-                totals[sensor] = WindowAggregate()
+        ranges = [r for plan in plans.values() for r in plan]
+        totals = {sensor: WindowAggregate() for sensor in plans}
         messages = sum(r.end - r.start for r in ranges)
         job = ScanJob((), lo, hi, deadline, s.allowed_lateness_ms)  # without its ranges
         if cache is not None and messages < SMALL_SCAN and cache.admits(ranges):
