@@ -24,8 +24,7 @@ class EndOffsets:
         self._cond = threading.Condition()
         self._pending: set[TP] = set()
         self._started = 0  # generation of the last lookup started
-        self._done = 0  # generation of the last lookup finished
-        self._running = False
+        self._done = 0  # generation of the last lookup finished (one runs while they differ)
         self._answers: dict[TP, int | Exception] = {}
 
     def get(self, partitions: Iterable[TP]) -> dict[TP, int]:
@@ -37,7 +36,7 @@ class EndOffsets:
             self._pending.update(wanted)
             mine = self._started + 1  # the next lookup to start includes these partitions
             while self._done < mine:
-                if not self._running:
+                if self._done == self._started:
                     self._lead()
                     continue
                 left = deadline - time.monotonic()
@@ -55,9 +54,7 @@ class EndOffsets:
     def _lead(self) -> None:
         """Look up every pending partition (called holding the lock; released meanwhile)."""
         batch, self._pending = sorted(self._pending), set()
-        self._running = True
         self._started += 1
-        generation = self._started
         found: dict[TP, int | Exception] = {}
         self._cond.release()
         try:
@@ -68,5 +65,5 @@ class EndOffsets:
             self._cond.acquire()
             missing = RuntimeError("end offset lookup interrupted")
             self._answers.update({tp: found.get(tp, missing) for tp in batch})
-            self._done, self._running = generation, False
+            self._done = self._started  # (none starts while one runs)
             self._cond.notify_all()
