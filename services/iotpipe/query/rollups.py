@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from array import array
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -116,13 +117,11 @@ class _Columns:
     held, not the time between them (a device clock decades behind costs one chunk)."""
 
     def __init__(self, first: int) -> None:
-        self.chunks: dict[int, _Chunk] = {}
+        self.chunks: defaultdict[int, _Chunk] = defaultdict(_Chunk)
         self.first = first  # the earliest bucket held
 
     def put(self, n: int, b: wire.Bucket) -> None:
         k, i = divmod(n, CHUNK)
-        if k not in self.chunks:
-            self.chunks[k] = _Chunk()
         self.chunks[k].put(i, b)
         self.first = min(self.first, n)
 
