@@ -75,7 +75,10 @@ class BufferedApp:
             # late (or the client left, and the answer goes nowhere); a body known to be too
             # large is answered 413 all the same
             if not (whole or oversize or len(body) > limit):
-                return await _send_408(send, self.settings.query_read_deadline_s)
+                error = ("Request Timeout: the body did not arrive within "
+                         f"{self.settings.query_read_deadline_s:g} seconds")
+                return await _send_json(send, 408, envelope({}, [error], 408).get_data(),
+                                        (b"connection", b"close"))  # (as Flask would send it)
             if not oversize:  # Flask sees the body's real length (chunked bodies too)
                 headers = [(k, v) for k, v in scope["headers"]
                            if k not in (b"content-length", b"transfer-encoding")]
@@ -125,12 +128,6 @@ async def _read_body(receive: Receive, limit: int, body: bytearray) -> bool:
         if not message.get("more_body"):
             break
     return True
-
-
-async def _send_408(send: Send, deadline_s: float) -> None:
-    error = f"Request Timeout: the body did not arrive within {deadline_s:g} seconds"
-    body = envelope({}, [error], 408).get_data()  # the API's envelope, as Flask would send
-    await _send_json(send, 408, body, (b"connection", b"close"))
 
 
 async def _send_json(send: Send, status: int, body: bytes, *headers: tuple[bytes, bytes]
