@@ -57,7 +57,7 @@ def compute_metrics() -> Response:
         req = validate(body, settings.sensors, settings.max_window_s)
         result = service.compute(req, g.received) if req.operations else {}
     except RequestError as e:
-        return envelope({}, e.errors, e.status)
+        return envelope({}, [str(e)], e.status)
     except BrokerUnavailable as e:
         log.warning("broker unavailable: %s", e)
         prom.BROKER_ERRORS.inc()

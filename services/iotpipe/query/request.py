@@ -22,10 +22,9 @@ MAX_ERRORS = 100
 class RequestError(ValueError):
     """The request as a whole cannot be answered; `status` is the HTTP status to send."""
 
-    def __init__(self, status: int, *errors: str) -> None:
-        super().__init__("; ".join(errors))
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
         self.status = status
-        self.errors = list(errors)
 
 
 @dataclass
