@@ -192,8 +192,7 @@ class RollupIndex:
             first = max(-(-lo // r), begin)
             last = min((hi + 1) // r, p.final // r)
             notes = []
-            if expired is not None and first * r > lo and first - 1 >= begin \
-                    and first * r <= expired:
+            if expired is not None and first > begin and lo < first * r <= expired:
                 first -= 1
                 notes.append(retention_note(
                     expired, f"the window was answered from {format_ms(first * r)}, the start "
