@@ -202,8 +202,6 @@ class WindowAggregate:
         """Add the readings stamped in [lo, hi] that arrived on time (`on_time`, a flag each
         from `LateFilter.on_time`; None: all did) and are not in `seen` yet, noting them there;
         the others inside the window count as late or duplicates."""
-        if not ts:
-            return
         if on_time is not None:
             self.late += sum(lo <= t <= hi for t in compress(ts, [not x for x in on_time]))
             devices, seqs = list(compress(devices, on_time)), list(compress(seqs, on_time))
