@@ -59,9 +59,6 @@ class SeqSet:
             self.los, self.his, self.loose = los, his, set()
         return list(zip(self.los, self.his, strict=True))
 
-    def __len__(self) -> int:
-        return len(self.loose) + sum(self.his) - sum(self.los) + len(self.los)
-
 
 LOOSE_MIN = 64  # loose seqs held before the runs are rebuilt, at the least
 
@@ -77,10 +74,6 @@ class SeenReadings:
         self.firsts: dict[str, int] = {}
         self.lasts: dict[str, int] = {}
         self.sets: dict[str, SeqSet] = {}
-
-    def __len__(self) -> int:
-        """How many devices."""
-        return len(self.lasts) + len(self.sets)
 
     def devices(self) -> Iterator[str]:
         return chain(self.lasts, self.sets)
