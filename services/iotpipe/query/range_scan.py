@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from array import array
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, cast
@@ -118,11 +119,9 @@ class _Range:
 class RangeScan:
     def __init__(self, job: ScanJob) -> None:
         self.job = job
-        self.sensors: dict[str, _Sensor] = {}
-        self.ranges: dict[tuple[str, int], _Range] = {}
-        for r in job.ranges:
-            sensor = self.sensors.setdefault(r.sensor, _Sensor())
-            self.ranges[(r.topic, r.partition)] = _Range(r, sensor, job)
+        self.sensors: defaultdict[str, _Sensor] = defaultdict(_Sensor)
+        self.ranges = {(r.topic, r.partition): _Range(r, self.sensors[r.sensor], job)
+                       for r in job.ranges}
         # popped from the end, so the largest first: a per-partition scan ends on short ranges
         self.waiting = [(r.topic, r.partition)
                         for r in sorted(job.ranges, key=lambda r: r.end - r.start)]
