@@ -37,14 +37,6 @@ def openapi() -> Response:
     return Response(doc, mimetype="application/json")
 
 
-def _read_body(limit: int) -> bytes:
-    """The body, refused (413) before reading when it declares more than `limit` bytes (the
-    front gives every body its real length; Flask's stream never reads past it or the limit)."""
-    if (request.content_length or 0) > limit:
-        raise RequestError(413, f"Request body is larger than {limit} bytes")
-    return request.stream.read(limit + 1)
-
-
 @bp.route("/compute/metrics", methods=["POST"])
 def compute_metrics() -> Response:
     service: WindowMetricsService = current_app.extensions["iotpipe.service"]
@@ -53,7 +45,11 @@ def compute_metrics() -> Response:
         if not request.is_json:  # application/json or application/*+json, as the prototype
             raise RequestError(415, "Content-Type must be application/json (or "
                                     "application/*+json)")
-        body = parse_body(_read_body(settings.max_body_bytes))
+        # refused unread by its declared length: the front gives every body its real length,
+        # and Flask's stream never reads past it (or the limit, MAX_CONTENT_LENGTH)
+        if (request.content_length or 0) > settings.max_body_bytes:
+            raise RequestError(413, f"Request body is larger than {settings.max_body_bytes} bytes")
+        body = parse_body(request.stream.read(settings.max_body_bytes + 1))
         req = validate(body, settings.sensors, settings.max_window_s)
         result = service.compute(req, g.received) if req.operations else {}
     except RequestError as e:
