@@ -242,22 +242,17 @@ class RangeScan:
         stamps = [t for _, t in map(_timestamp, msgs)]
         got, malformed = wire.decode_many(list(map(Message.value, msgs)), r.sensor, stamps,
                                           self.job.lateness_ms)
-        if r.rows is not None:
-            self._keep_rows(r.rows, msgs, stamps, got, malformed)
+        if r.rows is not None:  # record mode: each message kept, a malformed one with its reason
+            valid = zip(*got, strict=True)
+            for k, (msg, stamp) in enumerate(zip(msgs, stamps, strict=True)):
+                reason = malformed.get(k)
+                r.rows.append((_offset(msg), stamp, *next(valid)) if reason is None
+                              else (_offset(msg), stamp, None, 0, 0, reason))
             return
         for reason in malformed.values():
             r.agg.count_malformed(reason)
         r.agg.add_readings(r.seen, r.late.on_time(got.ts), self.job.from_ms, self.job.to_ms,
                            *got)
-
-    @staticmethod
-    def _keep_rows(rows: list[Row], msgs: list[Message], stamps: list[int],
-                   got: wire.Readings, malformed: dict[int, str]) -> None:
-        valid = zip(*got, strict=True)
-        for k, (msg, stamp) in enumerate(zip(msgs, stamps, strict=True)):
-            reason = malformed.get(k)
-            rows.append((_offset(msg), stamp, *next(valid)) if reason is None
-                        else (_offset(msg), stamp, None, 0, 0, reason))
 
     def _close_finished(self, c: Consumer) -> None:
         """Finish the open ranges whose consumer position passed their end without a message
