@@ -122,14 +122,12 @@ class ScanPool:
             self.reset(pool)
             pool = self._process_pool()
             future = pool.submit(_scan_in_reader_process, job)
-        future.add_done_callback(lambda f: self._reset_if_broken(f, pool))
-        return future
 
-    def _reset_if_broken(self, future: cf.Future[dict[str, SensorScan]],
-                         pool: cf.ProcessPoolExecutor) -> None:
-        """A reader died during this scan: the next scans go to fresh ones."""
-        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
-            self.reset(pool)
+        def reset_if_broken(f: cf.Future[dict[str, SensorScan]]) -> None:
+            if not f.cancelled() and isinstance(f.exception(), BrokenProcessPool):
+                self.reset(pool)  # a reader died during this scan: the next go to fresh ones
+        future.add_done_callback(reset_if_broken)
+        return future
 
     def submit_rows(self, job: ScanJob) -> cf.Future[dict[tuple[str, int], RangeRows]]:
         return self._threads.submit(self._reader.read_rows, job)
