@@ -202,10 +202,18 @@ def test_edge_cases_agree_with_the_reference(raw: bytes) -> None:
 @given(st.lists(st.one_of(readings.map(wire.encode), st.none(), st.binary(max_size=40)),
                 max_size=20), st.sampled_from(["t", "h"]))
 def test_decode_many_equals_one_by_one(raws: list[bytes | None], sensor: str) -> None:
+    """The same readings, and the same reason for each malformed message, as `decode`."""
     valid, malformed = wire.decode_many(raws, sensor, [wire.MAX_TS_MS] * len(raws), 0)
     one_by_one = [_verdict(raw, sensor) for raw in raws]
     assert list(zip(*valid, strict=True)) == [v for v in one_by_one if v]
-    assert sorted(malformed) == [i for i, v in enumerate(one_by_one) if v is None]
+    assert malformed == {i: _reason(raw, sensor) for i, raw in enumerate(raws)
+                         if one_by_one[i] is None}
+
+
+def _reason(raw: bytes | None, sensor: str) -> str:
+    with pytest.raises(wire.MalformedReading) as refused:
+        wire.decode(raw, sensor)
+    return refused.value.reason
 
 
 T_WRITTEN = 1_700_000_000_000

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from itertools import compress
 from operator import sub
-from typing import Annotated, NamedTuple
+from typing import Annotated, NamedTuple, cast
 
 import msgspec
 
@@ -123,21 +124,31 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: list[int],
                 slack_ms: int) -> tuple[Readings, dict[int, str]]:
     """The valid readings of a run of `sensor` messages, in order, and the reason each
     malformed one was refused, by its index in `raws`; the hot path of the query service and
-    the stream. `written`: the messages' timestamps (see the module's doc for `slack_ms`)."""
-    texts = [raw for raw in raws if raw is not None]
-    try:
-        decoded = [_decode(raw) for raw in texts]
-        got = _fields(decoded)
-        if ([r.sensor for r in decoded].count(sensor) == len(raws)  # the common case
-                and (b"".join(texts).isascii() or all(map(_utf8, texts)))
-                and _finite(min(got.values, default=0)) and _finite(max(got.values, default=0))
-                # most producers stamp a message with its reading's ts: no subtraction then
-                and ((got.ts == written and slack_ms >= 0)
-                     or max(map(sub, got.ts, written), default=0) <= slack_ms)):
-            return got, {}
-    except (msgspec.MsgspecError, RecursionError):
-        pass
-    valid, malformed = [], {}
+    the stream. `written`: the messages' timestamps (see the module's doc for `slack_ms`).
+    Each message is decoded once, and the rules msgspec does not apply are checked for all
+    the decoded readings at once; one by one only when one of them breaks such a rule."""
+    decoded: list[Reading | None] = []
+    failed: list[int] = []
+    for raw in raws:
+        try:
+            decoded.append(_decode(raw or b""))
+        except (msgspec.MsgspecError, RecursionError):
+            failed.append(len(decoded))
+            decoded.append(None)
+    readings, texts, stamps = cast(list[Reading], decoded), cast(Sequence[bytes], raws), written
+    if failed:  # the others, without them
+        keep = [r is not None for r in decoded]
+        readings, texts = list(compress(readings, keep)), list(compress(texts, keep))
+        stamps = list(compress(stamps, keep))
+    got = _fields(readings)
+    if ([r.sensor for r in readings].count(sensor) == len(readings)
+            and (b"".join(texts).isascii() or all(map(_utf8, texts)))
+            and _finite(min(got.values, default=0)) and _finite(max(got.values, default=0))
+            # most producers stamp a message with its reading's ts: no subtraction then
+            and ((got.ts == stamps and slack_ms >= 0)
+                 or max(map(sub, got.ts, stamps), default=0) <= slack_ms)):
+        return got, {i: _reason(raws[i]) for i in failed}
+    valid, malformed = [], {}  # rare: a reading decoded breaks a rule
     for i, raw in enumerate(raws):
         try:
             reading = decode(raw, sensor)
@@ -147,6 +158,15 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: list[int],
         except MalformedReading as e:
             malformed[i] = e.reason
     return _fields(valid), malformed
+
+
+def _reason(raw: bytes | None) -> str:
+    """Why a message that msgspec refused is malformed."""
+    try:
+        decode(raw)
+    except MalformedReading as e:
+        return e.reason
+    raise AssertionError("refused by msgspec, yet valid")
 
 
 AHEAD = "ts later than the message's timestamp"  # (by more than the slack)
