@@ -127,27 +127,25 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: list[int],
     the stream. `written`: the messages' timestamps (see the module's doc for `slack_ms`).
     Each message is decoded once, and the rules msgspec does not apply are checked for all
     the decoded readings at once; one by one only when one of them breaks such a rule."""
-    decoded: list[Reading | None] = []
-    failed: list[int] = []
+    decoded: list[Reading] = []
+    failed: dict[int, str] = {}  # by index: the messages before it, decoded or not
     for raw in raws:
         try:
             decoded.append(_decode(raw or b""))
         except (msgspec.MsgspecError, RecursionError):
-            failed.append(len(decoded))
-            decoded.append(None)
-    readings, texts, stamps = cast(list[Reading], decoded), cast(Sequence[bytes], raws), written
+            failed[len(decoded) + len(failed)] = _reason(raw)
+    texts, stamps = cast(Sequence[bytes], raws), written
     if failed:  # the others, without them
-        keep = [r is not None for r in decoded]
-        readings, texts = list(compress(readings, keep)), list(compress(texts, keep))
-        stamps = list(compress(stamps, keep))
-    got = _fields(readings)
-    if ([r.sensor for r in readings].count(sensor) == len(readings)
+        keep = [i not in failed for i in range(len(raws))]
+        texts, stamps = list(compress(texts, keep)), list(compress(stamps, keep))
+    got = _fields(decoded)
+    if ([r.sensor for r in decoded].count(sensor) == len(decoded)
             and (b"".join(texts).isascii() or all(map(_utf8, texts)))
             and _finite(min(got.values, default=0)) and _finite(max(got.values, default=0))
             # most producers stamp a message with its reading's ts: no subtraction then
             and ((got.ts == stamps and slack_ms >= 0)
                  or max(map(sub, got.ts, stamps), default=0) <= slack_ms)):
-        return got, {i: _reason(raws[i]) for i in failed}
+        return got, failed
     valid, malformed = [], {}  # rare: a reading decoded breaks a rule
     for i, raw in enumerate(raws):
         try:
