@@ -9,7 +9,7 @@ import sys
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from iotpipe.core import wire
@@ -199,15 +199,53 @@ def test_edge_cases_agree_with_the_reference(raw: bytes) -> None:
     assert _verdict(raw, "t") == reference(raw, "t")
 
 
-@given(st.lists(st.one_of(readings.map(wire.encode), st.none(), st.binary(max_size=40)),
-                max_size=20), st.sampled_from(["t", "h"]))
-def test_decode_many_equals_one_by_one(raws: list[bytes | None], sensor: str) -> None:
-    """The same readings, and the same reason for each malformed message, as `decode`."""
-    valid, malformed = wire.decode_many(raws, sensor, [wire.MAX_TS_MS] * len(raws), 0)
-    one_by_one = [_verdict(raw, sensor) for raw in raws]
-    assert list(zip(*valid, strict=True)) == [v for v in one_by_one if v]
-    assert malformed == {i: _reason(raw, sensor) for i, raw in enumerate(raws)
-                         if one_by_one[i] is None}
+T_WRITTEN = 1_700_000_000_000
+
+
+def _odd(r: wire.Reading) -> bytes:
+    """A reading whose JSON msgspec decodes, but which breaks a rule checked after it: bad
+    UTF-8 in an extra field, or an integer value beyond a double's range."""
+    raw = wire.encode(r)
+    if r.seq % 3 == 0:
+        return raw[:-1] + b',"note":"\xff"}'
+    beyond = (wire.MAX_VALUE + 1) * (-1 if r.seq % 3 == 1 else 1)
+    return raw.replace(b'"value":', f'"value":{beyond},"x":'.encode())
+
+
+_of_t = readings.map(lambda r: msgspec.structs.replace(r, sensor="t"))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(
+    st.one_of(_of_t.map(wire.encode), _of_t.map(wire.encode), _of_t.map(_odd),
+              readings.map(wire.encode), st.none(), st.binary(max_size=40)),
+    st.sampled_from([0, T_WRITTEN, wire.MAX_TS_MS])), max_size=20),
+    st.sampled_from([-1, 0, 30_000]), st.booleans())
+@example([(None, wire.MAX_TS_MS), (wire.encode(wire.Reading("d", "t", 1, T_WRITTEN, 1)), 0)],
+         0, True)  # the stamps of the readings after a refused message stay theirs
+@example([(b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":%d}' % v, wire.MAX_TS_MS)
+          for v in (1, wire.MAX_VALUE + 1)], 0, False)  # the largest and the smallest value
+@example([(b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":%d}' % v, wire.MAX_TS_MS)
+          for v in (1, -wire.MAX_VALUE - 1)], 0, False)  # are both checked
+@example([(b'{"device":"d","sensor":"t","seq":1,"ts":1,"value":1,"x":"\xff"}', 1)], 0, False)
+def test_decode_many_equals_one_by_one(messages: list[tuple[bytes | None, int]],
+                                       slack_ms: int, ahead: bool) -> None:
+    """The same readings, and the same reason for each malformed message, as `decode` and the
+    rule on a reading stamped after its message (`ahead`: messages written at one of three
+    times, else all at the latest), whatever the mix of messages in a run."""
+    raws, sensor = [raw for raw, _ in messages], "t"
+    written = [t if ahead else wire.MAX_TS_MS for _, t in messages]
+    valid, malformed = wire.decode_many(raws, sensor, written, slack_ms)
+    expected: dict[int, str] = {}
+    for i, raw in enumerate(raws):
+        verdict = _verdict(raw, sensor)
+        if verdict is None:
+            expected[i] = _reason(raw, sensor)
+        elif verdict[2] - written[i] > slack_ms:
+            expected[i] = wire.AHEAD
+    assert malformed == expected
+    assert list(zip(*valid, strict=True)) == [
+        _verdict(raw, sensor) for i, raw in enumerate(raws) if i not in expected]
 
 
 def _reason(raw: bytes | None, sensor: str) -> str:
@@ -215,8 +253,6 @@ def _reason(raw: bytes | None, sensor: str) -> str:
         wire.decode(raw, sensor)
     return refused.value.reason
 
-
-T_WRITTEN = 1_700_000_000_000
 _SNIPPETS = ['"d"', '""', '"t"', '"h"', "1", "-1", "0", "1.5", "1e999", "-0.0", "true", "null",
              "[]", '{"seq":-1}', "[1,[2]]", '"\\ud800"', "9" * 4301, "-" + "9" * 4300, "NaN"]
 

@@ -125,17 +125,19 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: list[int],
     """The valid readings of a run of `sensor` messages, in order, and the reason each
     malformed one was refused, by its index in `raws`; the hot path of the query service and
     the stream. `written`: the messages' timestamps (see the module's doc for `slack_ms`).
-    Each message is decoded once, and the rules msgspec does not apply are checked for all
-    the decoded readings at once; one by one only when one of them breaks such a rule."""
+    Each message is decoded once (one msgspec refuses, once more for its reason), and the rules
+    msgspec does not apply are checked for all the decoded readings at once; one message at a
+    time only when one of them breaks such a rule."""
     decoded: list[Reading] = []
-    failed: dict[int, str] = {}  # by index: the messages before it, decoded or not
-    for raw in raws:
-        try:
+    failed: dict[int, str] = {}
+    for i, raw in enumerate(raws):
+        try:  # (None is refused as b"" is; `_reason` tells them apart)
             decoded.append(_decode(raw or b""))
         except (msgspec.MsgspecError, RecursionError):
-            failed[len(decoded) + len(failed)] = _reason(raw)
+            failed[i] = _reason(raw)
+    # the messages of the decoded readings (a None is refused, so in `failed`: left out here)
     texts, stamps = cast(Sequence[bytes], raws), written
-    if failed:  # the others, without them
+    if failed:
         keep = [i not in failed for i in range(len(raws))]
         texts, stamps = list(compress(texts, keep)), list(compress(stamps, keep))
     got = _fields(decoded)
