@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from itertools import compress
 from operator import sub
-from typing import Annotated, NamedTuple, cast
+from typing import Annotated, NamedTuple
 
 import msgspec
 
@@ -124,31 +123,21 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: list[int],
                 slack_ms: int) -> tuple[Readings, dict[int, str]]:
     """The valid readings of a run of `sensor` messages, in order, and the reason each
     malformed one was refused, by its index in `raws`; the hot path of the query service and
-    the stream. `written`: the messages' timestamps (see the module's doc for `slack_ms`).
-    Each message is decoded once (one msgspec refuses, once more for its reason), and the rules
-    msgspec does not apply are checked for all the decoded readings at once; one message at a
-    time only when one of them breaks such a rule."""
-    decoded: list[Reading] = []
-    failed: dict[int, str] = {}
-    for i, raw in enumerate(raws):
-        try:  # (None is refused as b"" is; `_reason` tells them apart)
-            decoded.append(_decode(raw or b""))
-        except (msgspec.MsgspecError, RecursionError):
-            failed[i] = _reason(raw)
-    # the messages of the decoded readings (a None is refused, so in `failed`: left out here)
-    texts, stamps = cast(Sequence[bytes], raws), written
-    if failed:
-        keep = [i not in failed for i in range(len(raws))]
-        texts, stamps = list(compress(texts, keep)), list(compress(stamps, keep))
-    got = _fields(decoded)
-    if ([r.sensor for r in decoded].count(sensor) == len(decoded)
-            and (b"".join(texts).isascii() or all(map(_utf8, texts)))
-            and _finite(min(got.values, default=0)) and _finite(max(got.values, default=0))
-            # most producers stamp a message with its reading's ts: no subtraction then
-            and ((got.ts == stamps and slack_ms >= 0)
-                 or max(map(sub, got.ts, stamps), default=0) <= slack_ms)):
-        return got, failed
-    valid, malformed = [], {}  # rare: a reading decoded breaks a rule
+    the stream. `written`: the messages' timestamps (see the module's doc for `slack_ms`)."""
+    texts = [raw for raw in raws if raw is not None]
+    try:
+        decoded = [_decode(raw) for raw in texts]
+        got = _fields(decoded)
+        if ([r.sensor for r in decoded].count(sensor) == len(raws)  # the common case
+                and (b"".join(texts).isascii() or all(map(_utf8, texts)))
+                and _finite(min(got.values, default=0)) and _finite(max(got.values, default=0))
+                # most producers stamp a message with its reading's ts: no subtraction then
+                and ((got.ts == written and slack_ms >= 0)
+                     or max(map(sub, got.ts, written), default=0) <= slack_ms)):
+            return got, {}
+    except (msgspec.MsgspecError, RecursionError):
+        pass
+    valid, malformed = [], {}
     for i, raw in enumerate(raws):
         try:
             reading = decode(raw, sensor)
@@ -158,15 +147,6 @@ def decode_many(raws: Sequence[bytes | None], sensor: str, written: list[int],
         except MalformedReading as e:
             malformed[i] = e.reason
     return _fields(valid), malformed
-
-
-def _reason(raw: bytes | None) -> str:
-    """Why a message that msgspec refused is malformed."""
-    try:
-        decode(raw)
-    except MalformedReading as e:
-        return e.reason
-    raise AssertionError("refused by msgspec, yet valid")
 
 
 AHEAD = "ts later than the message's timestamp"  # (by more than the slack)
