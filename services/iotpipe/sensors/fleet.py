@@ -49,7 +49,10 @@ def producer_config(settings: Settings) -> dict[str, object]:
     return settings.kafka.client_config() | {
         "enable.idempotence": True,
         "acks": "all",
-        "compression.type": "lz4",
+        # not compressed: at the live rate a batch holds a reading or two, no smaller
+        # compressed, and each compressed batch costs every reader a decompression of its
+        # own (README, "Wire format")
+        "compression.type": "none",
         "linger.ms": 20,
         "batch.size": 1_000_000,
         "queue.buffering.max.messages": 2_000_000,
