@@ -49,9 +49,9 @@ def producer_config(settings: Settings) -> dict[str, object]:
     return settings.kafka.client_config() | {
         "enable.idempotence": True,
         "acks": "all",
-        # not compressed: at the live rate a batch holds a reading or two, no smaller
-        # compressed, and each compressed batch costs every reader a decompression of its
-        # own (README, "Wire format")
+        # not compressed: with the defaults (a device per sensor, a reading a second) a batch
+        # holds one reading, no smaller compressed, and each compressed batch costs every
+        # reader a decompression of its own (README, "Wire format")
         "compression.type": "none",
         "linger.ms": 20,
         "batch.size": 1_000_000,
