@@ -217,6 +217,7 @@ _of_t = readings.map(lambda r: msgspec.structs.replace(r, sensor="t"))
 
 @settings(max_examples=300)
 @given(st.lists(st.tuples(
+    # valid readings of the run's sensor named twice: a third of the draws, not a sixth
     st.one_of(_of_t.map(wire.encode), _of_t.map(wire.encode), _of_t.map(_odd),
               readings.map(wire.encode), st.none(), st.binary(max_size=40)),
     st.sampled_from([0, T_WRITTEN, wire.MAX_TS_MS])), max_size=20),
@@ -252,6 +253,7 @@ def _reason(raw: bytes | None, sensor: str) -> str:
     with pytest.raises(wire.MalformedReading) as refused:
         wire.decode(raw, sensor)
     return refused.value.reason
+
 
 _SNIPPETS = ['"d"', '""', '"t"', '"h"', "1", "-1", "0", "1.5", "1e999", "-0.0", "true", "null",
              "[]", '{"seq":-1}', "[1,[2]]", '"\\ud800"', "9" * 4301, "-" + "9" * 4300, "NaN"]
