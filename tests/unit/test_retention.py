@@ -63,45 +63,52 @@ def _wait_until(done: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
-def test_the_shortest_retention_counts_back_from_now() -> None:
+def _horizon(retention: Retention, topic: str = TOPICS[0]) -> int:
+    horizon = retention.horizons_ms([topic])[topic]
+    assert horizon is not None
+    return horizon
+
+
+def test_each_topics_retention_counts_back_from_one_now() -> None:
     FakeAdmin.answers[TOPICS[1]] = 30_000
     retention = Retention(SETTINGS)
     now = int(time.time() * 1000)
-    assert now - 30_000 <= retention.horizon_ms(TOPICS) <= now - 30_000 + 1000
-    assert now - 60_000 <= retention.horizon_ms(TOPICS[:1]) <= now - 60_000 + 1000
-    FakeAdmin.answers = dict.fromkeys(TOPICS, -1)  # kept for ever: nothing to check
-    assert Retention(SETTINGS).horizon_ms(TOPICS) is None
+    longer, shorter = retention.horizons_ms(TOPICS).values()
+    assert longer is not None and shorter is not None
+    assert now - 60_000 <= longer <= now - 60_000 + 1000
+    assert shorter == longer + 30_000
+    FakeAdmin.answers[TOPICS[1]] = -1  # kept for ever: nothing to check
+    assert Retention(SETTINGS).horizons_ms(TOPICS)[TOPICS[1]] is None
 
 
 def test_old_values_answer_at_once_while_a_lookup_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     retention = Retention(SETTINGS)
-    assert retention.horizon_ms(TOPICS) is not None and FakeAdmin.asked == 1
+    assert _horizon(retention) and FakeAdmin.asked == 1
     FakeAdmin.release.clear()  # the next lookup hangs until released
     FakeAdmin.answers = dict.fromkeys(TOPICS, 10_000)
     monkeypatch.setattr(retention, "_next", 0.0)  # the values are old now
     started = time.monotonic()
-    horizons = [retention.horizon_ms(TOPICS) for _ in range(3)]
+    horizons = [_horizon(retention) for _ in range(3)]
     assert time.monotonic() - started < 0.5
-    assert all(h is not None and h < time.time() * 1000 - 59_000 for h in horizons)
+    assert all(h < time.time() * 1000 - 59_000 for h in horizons)
     FakeAdmin.release.set()
     _wait_until(lambda: not retention._running)
     assert FakeAdmin.asked == 2  # one lookup for the three requests
-    assert retention.horizon_ms(TOPICS) > time.time() * 1000 - 11_000
+    assert _horizon(retention) > time.time() * 1000 - 11_000
 
 
 def test_a_topic_not_answered_keeps_its_value_and_is_asked_again_soon(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention_module, "RETRY_S", 0.2)
     retention = Retention(SETTINGS)
-    horizon = retention.horizon_ms(TOPICS)
-    assert horizon is not None
+    horizon = _horizon(retention)
     monkeypatch.setattr(retention, "_next", 0.0)
     del FakeAdmin.answers[TOPICS[0]]  # its topic deleted
-    retention.horizon_ms(TOPICS)
+    retention.horizons_ms(TOPICS)
     _wait_until(lambda: FakeAdmin.asked == 2 and not retention._running)
-    assert abs(retention.horizon_ms(TOPICS[:1]) - horizon) < 1000  # the last value known
+    assert abs(_horizon(retention) - horizon) < 1000  # the last value known
     time.sleep(0.3)
-    retention.horizon_ms(TOPICS)
+    retention.horizons_ms(TOPICS)
     _wait_until(lambda: FakeAdmin.asked == 3)  # asked again after RETRY_S, not REFRESH_S
 
 
@@ -122,7 +129,8 @@ def test_raw_parts_before_the_horizon_get_one_note(parts: int) -> None:
                                         (horizon + 2 * minute, horizon + 3 * minute - 1)]
     service = WindowMetricsService.__new__(WindowMetricsService)
     service.settings = SETTINGS
-    service.retention = SimpleNamespace(horizon_ms=lambda topics: horizon)  # type: ignore[assignment]
+    service.retention = SimpleNamespace(  # type: ignore[assignment]
+        horizons_ms=lambda topics: dict.fromkeys(topics, horizon))
     service.rollups = SimpleNamespace(  # type: ignore[assignment]
         plan=lambda sensors, lo, hi, expired: RollupPlan(raw, first=1, last=2))
     service._parts = cf.ThreadPoolExecutor(2)
@@ -138,3 +146,53 @@ def test_raw_parts_before_the_horizon_get_one_note(parts: int) -> None:
     assert req.errors == [f"Readings before {format_ms(horizon)} may have passed the topics' "
                           f"retention: {said} answered from the readings left, without rollups "
                           "of that time"]
+
+
+def test_each_sensor_is_cut_by_its_own_topics_retention() -> None:
+    """Topics of different retention: a window reaching before one topic's horizon is widened
+    to whole rollup buckets for that sensor only; another sensor's answer is the same whether
+    or not that one is asked with it."""
+    from iotpipe.core import wire
+    from iotpipe.query.aggregate import WindowAggregate
+    from iotpipe.query.request import MetricsRequest
+    from iotpipe.query.rollups import RollupIndex
+    from iotpipe.query.service import WindowMetricsService
+
+    day, now = 86_400_000, int(time.time() * 1000)
+    index = RollupIndex(SETTINGS)  # not started: its records added here
+    r = index.bucket_ms
+    b0 = (now - 3 * day) // r * r
+    for k in range(5):  # buckets b0 .. b0 + 4r, each sensor's k-th holding k + 1 readings
+        for sensor in SETTINGS.sensors:
+            index.add(wire.Bucket(sensor, b0 + k * r, k + 1, float(k + 1), 0.0, 1.0, 1.0, True))
+    index.add(wire.Progress(b0, now - 60_000, r))
+    # temperature's readings kept 7 days (before the window), humidity's 1 day (after it)
+    horizons = {TOPICS[0]: now - 7 * day, TOPICS[1]: now - day}
+    service = WindowMetricsService.__new__(WindowMetricsService)
+    service.settings, service.rollups = SETTINGS, index
+    service.retention = SimpleNamespace(  # type: ignore[assignment]
+        horizons_ms=lambda topics: {t: horizons[t] for t in topics})
+    service._parts = cf.ThreadPoolExecutor(2)
+    read: list[tuple[tuple[str, ...], int, int]] = []
+
+    def no_readings(sensors: list[str], lo: int, hi: int, deadline: float
+                    ) -> tuple[dict[str, WindowAggregate], set[str]]:
+        read.append((tuple(sensors), lo, hi))
+        return {s: WindowAggregate() for s in sensors}, set()
+
+    service._read = no_readings  # type: ignore[method-assign]
+    lo, hi = b0 + r // 2, b0 + 4 * r + r // 2 - 1  # from half of bucket 0 to half of bucket 4
+    try:
+        alone = MetricsRequest(lo, hi, {"temperature": ["count"]})
+        assert service.compute(alone, time.time()) == {"temperature": {"count": 2 + 3 + 4}}
+        assert alone.errors == [] and read == [(("temperature",), lo, b0 + r - 1),
+                                              (("temperature",), b0 + 4 * r, hi)]
+        read.clear()
+        both = MetricsRequest(lo, hi, {"temperature": ["count"], "humidity": ["count"]})
+        assert service.compute(both, time.time()) == {
+            "temperature": {"count": 2 + 3 + 4}, "humidity": {"count": 1 + 2 + 3 + 4 + 5}}
+        assert sorted(read) == [(("temperature",), lo, b0 + r - 1),
+                                (("temperature",), b0 + 4 * r, hi)]
+        assert len(both.errors) == 2 and all("retention" in e for e in both.errors)
+    finally:
+        service._parts.shutdown()

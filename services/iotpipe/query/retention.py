@@ -40,15 +40,17 @@ class Retention:
         self._first = threading.Event()  # the first lookup has finished (or failed)
         self._refresh()
 
-    def horizon_ms(self, topics: list[str]) -> int | None:
-        """Readings stamped before this may have been deleted (the shortest retention of the
-        topics, counted back from now); None if they keep everything or nobody knows."""
+    def horizons_ms(self, topics: list[str]) -> dict[str, int | None]:
+        """Per topic, the time before which its readings may have been deleted (its retention
+        counted back from one `now`, so that topics of one retention share a horizon); None if
+        it keeps everything or nobody knows."""
         self._first.wait(2 * self._timeout + 1)
         if time.monotonic() >= self._next:
             self._refresh()
+        now = int(time.time() * 1000)
         with self._lock:
-            kept = [ms for t in topics if (ms := self._known.get(t, -1)) >= 0]
-        return int(time.time() * 1000) - min(kept) if kept else None
+            kept = {t: self._known.get(t, -1) for t in topics}
+        return {t: now - ms if ms >= 0 else None for t, ms in kept.items()}
 
     def _refresh(self) -> None:
         with self._lock:

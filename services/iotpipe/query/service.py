@@ -186,20 +186,16 @@ class WindowMetricsService:
         if time.time() >= deadline:
             raise ScanTimeout("the request waited past its deadline for a free thread")
         sensors = list(req.operations)
-        expired = self.retention.horizon_ms([s.topic(sensor) for sensor in sensors])
-        plan = (self.rollups.plan(sensors, req.from_ms, req.to_ms, expired)
-                if self.rollups is not None else RollupPlan([(req.from_ms, req.to_ms)]))
-        prom.WINDOWS.labels("rollups" if plan.buckets else "raw").inc()
-        req.errors += plan.notes
-        # one note for the raw parts before the horizon (unreadable rollups can make many)
-        if expired is not None and (early := [(lo, hi) for lo, hi in plan.raw if lo < expired]):
-            span = f"{format_ms(early[0][0])} to {format_ms(min(early[-1][1], expired - 1))}"
-            req.errors.append(retention_note(expired, (
-                f"{span} was" if len(early) == 1 else f"{len(early)} parts from {span} were")
-                + " answered from the readings left, without rollups of that time"))
-        reads = [self._parts.submit(self._read, sensors, lo, hi, deadline)
-                 for lo, hi in plan.raw]
-        totals = {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}
+        # each sensor's window is cut by its own topic's retention: its answer must not depend
+        # on the other sensors asked with it
+        horizons = self.retention.horizons_ms([s.topic(sensor) for sensor in sensors])
+        by_horizon: dict[int | None, list[str]] = {}
+        for sensor in sensors:
+            by_horizon.setdefault(horizons[s.topic(sensor)], []).append(sensor)
+        totals: dict[str, WindowAggregate] = {}
+        reads = [self._parts.submit(self._read, group, lo, hi, deadline)
+                 for expired, group in by_horizon.items()
+                 for lo, hi in self._plan(group, req, expired, totals)]
         missing: set[str] = set()
         try:
             for read in reads:
@@ -211,13 +207,31 @@ class WindowMetricsService:
             for read in reads:
                 read.cancel()
         result: dict[str, dict[str, object]] = {}
-        for sensor, total in totals.items():
+        for sensor in sensors:
+            total = totals[sensor]
             if sensor in missing:
                 req.errors.append(f"No topic for the sensor {sensor} on the broker")
                 continue
             _count(sensor, total)
             result[sensor] = self._metrics(sensor, total, req)
         return result
+
+    def _plan(self, sensors: list[str], req: MetricsRequest, expired: int | None,
+              totals: dict[str, WindowAggregate]) -> list[tuple[int, int]]:
+        """Cut the window of sensors sharing one retention horizon (`expired`): their rolled
+        buckets go to `totals`, the plan's notes to the answer's; returns the raw parts."""
+        plan = (self.rollups.plan(sensors, req.from_ms, req.to_ms, expired)
+                if self.rollups is not None else RollupPlan([(req.from_ms, req.to_ms)]))
+        prom.WINDOWS.labels("rollups" if plan.buckets else "raw").inc()
+        req.errors += plan.notes
+        # one note for the raw parts before the horizon (unreadable rollups can make many)
+        if expired is not None and (early := [(lo, hi) for lo, hi in plan.raw if lo < expired]):
+            span = f"{format_ms(early[0][0])} to {format_ms(min(early[-1][1], expired - 1))}"
+            req.errors.append(retention_note(expired, (
+                f"{span} was" if len(early) == 1 else f"{len(early)} parts from {span} were")
+                + " answered from the readings left, without rollups of that time"))
+        totals |= {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}
+        return plan.raw
 
     def _read(self, sensors: list[str], lo: int, hi: int, deadline: float
               ) -> tuple[dict[str, WindowAggregate], set[str]]:
