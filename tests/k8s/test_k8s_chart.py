@@ -290,8 +290,7 @@ def test_query_pods_leave_their_service_before_they_stop(rendering: Rendering) -
     env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
     s = Settings.from_env({k: v for k, v in env.items() if k.startswith("IOTPIPE_QUERY_")
                            and "DEADLINE" in k})
-    assert int(command[1]) + s.query_read_deadline_s + s.query_deadline_s + 5 < pod[
-        "terminationGracePeriodSeconds"]
+    assert int(command[1]) + s.query_stop_s < pod["terminationGracePeriodSeconds"]
 
 
 def test_the_stream_driver_stops_within_its_grace_period(rendering: Rendering) -> None:

@@ -13,7 +13,7 @@ from flask import Flask, request
 from iotpipe.core.settings import Settings
 from iotpipe.query.api import RECEIVED
 from iotpipe.query.app import create_app
-from iotpipe.query.front import BufferedApp, Message
+from iotpipe.query.front import BufferedApp, Message, _read_deadline
 
 
 def _serve(app: BufferedApp, body: bytes) -> list[Message]:
@@ -150,3 +150,12 @@ def test_a_client_waiting_for_100_continue_is_refused_before_it_sends() -> None:
     """It sends its body only once asked for it (gunicorn asks at the first receive())."""
     expects = [(b"content-length", b"5000"), (b"expect", b"100-continue")]
     assert _post(expects, []) == (413, TOO_LARGE, 0)
+
+
+def test_each_connection_is_given_the_read_deadline_and_up_to_a_fifth_more() -> None:
+    """Connections opened together (stalled ones reopened together after their 408s) are not
+    all closed together: their deadlines are spread, none shorter than the setting."""
+    settings = Settings.from_env({"IOTPIPE_QUERY_READ_DEADLINE_SECONDS": "10"})
+    drawn = [_read_deadline(settings) for _ in range(1000)]
+    assert all(10 <= d <= 12 for d in drawn)
+    assert sum(d < 11 for d in drawn) > 300 and sum(d > 11 for d in drawn) > 300

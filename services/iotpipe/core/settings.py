@@ -72,7 +72,8 @@ ENV_VARS: dict[str, EnvVar] = _vars(
      "a request not answered this long after its body was read gets 504"),
     ("IOTPIPE_QUERY_READ_DEADLINE_SECONDS", "10",
      "a client must send a request's headers within this of connecting, and its whole body "
-     "within this of its headers, else 408 and the connection is closed"),
+     "within this of its headers, else 408 and the connection is closed (each connection is "
+     "given up to a fifth more, drawn at random)"),
     ("IOTPIPE_QUERY_MAX_CONNECTIONS", "1000",
      "open connections per worker; past it a new connection gets 503 at once"),
     ("IOTPIPE_QUERY_CACHE_MESSAGES", "250000",
@@ -341,10 +342,16 @@ class Settings:
             else f"{host}:{self.query_port}"
 
     @property
+    def query_read_deadline_max_s(self) -> float:
+        """The longest a connection is given for its headers, or its body: each is given the
+        read deadline and up to a fifth more, drawn at random (see the query front)."""
+        return self.query_read_deadline_s * 1.2
+
+    @property
     def query_stop_s(self) -> int:
         """How long a stopping query service lets the requests under way finish: a body read
         and the request's deadline (gunicorn's graceful timeout)."""
-        return int(self.query_read_deadline_s + self.query_deadline_s) + 5
+        return int(self.query_read_deadline_max_s + self.query_deadline_s) + 5
 
     @property
     def allowed_lateness_ms(self) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -70,7 +71,7 @@ class BufferedApp:
         if not (oversize and (waits or int(declared) > DRAINED * limit)):
             whole = False
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.query_read_deadline_s):
+                async with asyncio.timeout(_read_deadline(self.settings)):
                     whole = await _read_body(receive, limit, body)
             # late (or the client left, and the answer goes nowhere); a body known to be too
             # large is answered 413 all the same
@@ -106,6 +107,14 @@ class BufferedApp:
         finally:
             getattr(answer, "close", lambda: None)()
         return started[0], started[1], b"".join(chunks)
+
+
+def _read_deadline(settings: Settings) -> float:
+    """A connection's deadline for its headers, or its body: between the read deadline and a
+    fifth more, so that connections opened together (a burst of clients, or all those one
+    deadline closed, opening again) are not all closed in one step of the event loop, which
+    held up every other answer of the worker, `/health`'s too."""
+    return random.uniform(settings.query_read_deadline_s, settings.query_read_deadline_max_s)
 
 
 # a body past the size limit is still read, and dropped, up to this many times the limit: a
@@ -159,7 +168,8 @@ class BoundedProtocol(ASGIProtocol):
             self._refuse(503, "Too many open connections, try again later")
             return
         seconds = self.app.settings.query_read_deadline_s
-        self._deadline = self.worker.loop.call_later(seconds, self._headers_late, seconds)
+        self._deadline = self.worker.loop.call_later(_read_deadline(self.app.settings),
+                                                     self._headers_late, seconds)
 
     def _on_headers_complete(self) -> bool:
         self._deadline = _cancel(self._deadline)

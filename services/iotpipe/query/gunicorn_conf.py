@@ -30,7 +30,7 @@ asgi_lifespan = "off"
 asgi_loop = "uvloop"
 # a worker is killed only well after its deadline; gunicorn also stops waiting for a body's next
 # bytes after this long (http.disconnect), so it must not cut the front's read deadline short
-timeout = int(max(_s.query_deadline_s, _s.query_read_deadline_s)) + 10
+timeout = int(max(_s.query_deadline_s, _s.query_read_deadline_max_s)) + 10
 # a stop lets the requests under way finish: a body read and the request's deadline
 graceful_timeout = _s.query_stop_s
 # a request whose client left is dropped at once, not run for nobody (queued for a thread)
