@@ -6,14 +6,18 @@ import asyncio
 import json
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 from flask import Flask, request
+from gunicorn.asgi.protocol import ASGIProtocol
 
 from iotpipe.core.settings import Settings
+from iotpipe.query import front
 from iotpipe.query.api import RECEIVED
 from iotpipe.query.app import create_app
-from iotpipe.query.front import BufferedApp, Message, _read_deadline
+from iotpipe.query.front import BoundedProtocol, BufferedApp, Message, _read_deadline
 
 
 def _serve(app: BufferedApp, body: bytes) -> list[Message]:
@@ -152,10 +156,31 @@ def test_a_client_waiting_for_100_continue_is_refused_before_it_sends() -> None:
     assert _post(expects, []) == (413, TOO_LARGE, 0)
 
 
-def test_each_connection_is_given_the_read_deadline_and_up_to_a_fifth_more() -> None:
+def test_each_connection_is_given_the_read_deadline_and_up_to_a_fifth_more(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Connections opened together (stalled ones reopened together after their 408s) are not
-    all closed together: their deadlines are spread, none shorter than the setting."""
+    all closed together: their deadlines are spread, none shorter than the setting, for the
+    headers (from connecting) and the body alike."""
     settings = Settings.from_env({"IOTPIPE_QUERY_READ_DEADLINE_SECONDS": "10"})
     drawn = [_read_deadline(settings) for _ in range(1000)]
     assert all(10 <= d <= 12 for d in drawn)
     assert sum(d < 11 for d in drawn) > 300 and sum(d > 11 for d in drawn) > 300
+
+    given: list[float] = []
+
+    def recorded(settings: Settings) -> float:
+        given.append(_read_deadline(settings))
+        return given[-1]
+
+    monkeypatch.setattr(front, "_read_deadline", recorded)
+    timers: list[float] = []
+    monkeypatch.setattr(ASGIProtocol, "connection_made", lambda self, transport: None)
+    connection = BoundedProtocol.__new__(BoundedProtocol)
+    connection.worker = SimpleNamespace(nr_conns=1, loop=SimpleNamespace(
+        call_later=lambda delay, *args: timers.append(delay)))
+    connection.cfg = SimpleNamespace(worker_connections=10)
+    connection.app = SimpleNamespace(settings=settings)
+    connection.connection_made(cast(Any, None))
+    assert timers == given and len(given) == 1  # the headers' deadline
+    status, _, _ = _post([(b"content-length", b"10")], [b"{"])  # the body's
+    assert status == 408 and len(given) == 2 and 0.3 <= given[1] <= 0.36

@@ -143,16 +143,18 @@ def test_raw_parts_before_the_horizon_get_one_note(parts: int) -> None:
         service._parts.shutdown()
     span = f"{format_ms(raw[0][0])} to {format_ms(horizon - 1)}"
     said = f"{span} was" if parts == 1 else f"{parts} parts from {span} were"
-    assert req.errors == [f"Readings before {format_ms(horizon)} may have passed the topics' "
-                          f"retention: {said} answered from the readings left, without rollups "
-                          "of that time"]
+    assert req.errors == [f"Readings of temperature before {format_ms(horizon)} may have passed "
+                          f"its topic's retention: {said} answered from the readings left, "
+                          "without rollups of that time"]
 
 
 def test_each_sensor_is_cut_by_its_own_topics_retention() -> None:
     """Topics of different retention: a window reaching before one topic's horizon is widened
-    to whole rollup buckets for that sensor only; another sensor's answer is the same whether
-    or not that one is asked with it."""
+    to whole rollup buckets for that sensor only, and the notes say whose; another sensor's
+    answer is the same whether or not that one is asked with it. Horizons before the window
+    change nothing: those sensors are read together."""
     from iotpipe.core import wire
+    from iotpipe.query import metrics as prom
     from iotpipe.query.aggregate import WindowAggregate
     from iotpipe.query.request import MetricsRequest
     from iotpipe.query.rollups import RollupIndex
@@ -180,19 +182,29 @@ def test_each_sensor_is_cut_by_its_own_topics_retention() -> None:
         read.append((tuple(sensors), lo, hi))
         return {s: WindowAggregate() for s in sensors}, set()
 
+    def ask(*sensors: str) -> tuple[dict[str, dict[str, object]], list[str]]:
+        read.clear()
+        req = MetricsRequest(lo, hi, {sensor: ["count"] for sensor in sensors})
+        windows = prom.WINDOWS.labels("rollups")._value.get()
+        answer = service.compute(req, time.time())
+        assert prom.WINDOWS.labels("rollups")._value.get() == windows + 1  # once a request
+        return answer, req.errors
+
     service._read = no_readings  # type: ignore[method-assign]
     lo, hi = b0 + r // 2, b0 + 4 * r + r // 2 - 1  # from half of bucket 0 to half of bucket 4
+    edges = [(lo, b0 + r - 1), (b0 + 4 * r, hi)]
     try:
-        alone = MetricsRequest(lo, hi, {"temperature": ["count"]})
-        assert service.compute(alone, time.time()) == {"temperature": {"count": 2 + 3 + 4}}
-        assert alone.errors == [] and read == [(("temperature",), lo, b0 + r - 1),
-                                              (("temperature",), b0 + 4 * r, hi)]
-        read.clear()
-        both = MetricsRequest(lo, hi, {"temperature": ["count"], "humidity": ["count"]})
-        assert service.compute(both, time.time()) == {
-            "temperature": {"count": 2 + 3 + 4}, "humidity": {"count": 1 + 2 + 3 + 4 + 5}}
-        assert sorted(read) == [(("temperature",), lo, b0 + r - 1),
-                                (("temperature",), b0 + 4 * r, hi)]
-        assert len(both.errors) == 2 and all("retention" in e for e in both.errors)
+        assert ask("temperature") == ({"temperature": {"count": 2 + 3 + 4}}, [])
+        assert read == [(("temperature",), *edge) for edge in edges]
+        answer, errors = ask("temperature", "humidity")
+        assert answer == {"temperature": {"count": 2 + 3 + 4},
+                          "humidity": {"count": 1 + 2 + 3 + 4 + 5}}
+        assert read == [(("temperature",), *edge) for edge in edges]
+        assert len(errors) == 2 and all(e.startswith("Readings of humidity before ")
+                                        for e in errors)
+        horizons[TOPICS[1]] = now - 5 * day  # before the window too
+        assert ask("temperature", "humidity") == ({"temperature": {"count": 2 + 3 + 4},
+                                                   "humidity": {"count": 2 + 3 + 4}}, [])
+        assert read == [(("temperature", "humidity"), *edge) for edge in edges]
     finally:
         service._parts.shutdown()

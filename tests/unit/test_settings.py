@@ -98,14 +98,20 @@ def test_gunicorn_waits_for_a_body_past_the_read_deadline(monkeypatch: pytest.Mo
     import importlib
     import sys
 
-    monkeypatch.setenv("IOTPIPE_QUERY_READ_DEADLINE_SECONDS", "40")
+    monkeypatch.setenv("IOTPIPE_QUERY_READ_DEADLINE_SECONDS", "100")
     monkeypatch.setenv("IOTPIPE_QUERY_DEADLINE_SECONDS", "1")
     sys.modules.pop("iotpipe.query.gunicorn_conf", None)
     try:
         # (a connection is given the read deadline and up to a fifth more)
-        assert importlib.import_module("iotpipe.query.gunicorn_conf").timeout > 40 * 1.2
+        assert importlib.import_module("iotpipe.query.gunicorn_conf").timeout > 100 * 1.2
     finally:
         sys.modules.pop("iotpipe.query.gunicorn_conf", None)
+
+
+def test_a_stop_waits_for_the_longest_body_read_and_the_deadline() -> None:
+    settings = Settings.from_env({"IOTPIPE_QUERY_READ_DEADLINE_SECONDS": "100",
+                                  "IOTPIPE_QUERY_DEADLINE_SECONDS": "20"})
+    assert settings.query_stop_s >= 100 * 1.2 + 20
 
 
 @pytest.mark.parametrize("host,bind", [("127.0.0.1", "127.0.0.1:5000"), ("0.0.0.0", "0.0.0.0:5000"),

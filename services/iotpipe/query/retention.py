@@ -20,9 +20,12 @@ REFRESH_S = 300.0
 RETRY_S = 15.0  # after a failed lookup (the broker away): the known values stay meanwhile
 
 
-def retention_note(expired_ms: int, how: str) -> str:
-    """The answer's note on a part of a window older than the horizon: `how` it was answered."""
-    return f"Readings before {format_ms(expired_ms)} may have passed the topics' retention: {how}"
+def retention_note(sensors: list[str], expired_ms: int, how: str) -> str:
+    """The answer's note on a part of the sensors' window older than their horizon: `how` it
+    was answered."""
+    whose = "its topic's" if len(sensors) == 1 else "their topics'"
+    return (f"Readings of {', '.join(sensors)} before {format_ms(expired_ms)} may have passed "
+            f"{whose} retention: {how}")
 
 
 class Retention:

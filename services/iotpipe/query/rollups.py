@@ -195,14 +195,16 @@ class RollupIndex:
             if expired is not None and first > begin and lo < first * r <= expired:
                 first -= 1
                 notes.append(retention_note(
-                    expired, f"the window was answered from {format_ms(first * r)}, the start "
-                    f"of the rollup bucket holding its start ({r // 1000}-second precision)"))
+                    sensors, expired, f"the window was answered from {format_ms(first * r)}, "
+                    f"the start of the rollup bucket holding its start ({r // 1000}-second "
+                    "precision)"))
             if expired is not None and last * r <= hi and last + 1 <= p.final // r \
                     and (last + 1) * r <= expired:
                 last += 1
                 notes.append(retention_note(
-                    expired, f"the window was answered up to {format_ms(last * r - 1)}, the end "
-                    f"of the rollup bucket holding its end ({r // 1000}-second precision)"))
+                    sensors, expired, "the window was answered up to "
+                    f"{format_ms(last * r - 1)}, the end of the rollup bucket holding its end "
+                    f"({r // 1000}-second precision)"))
             if first >= last:
                 return RollupPlan([(lo, hi)])
             holes = sorted({n for sensor, n in self.unreadable

@@ -186,16 +186,22 @@ class WindowMetricsService:
         if time.time() >= deadline:
             raise ScanTimeout("the request waited past its deadline for a free thread")
         sensors = list(req.operations)
-        # each sensor's window is cut by its own topic's retention: its answer must not depend
-        # on the other sensors asked with it
+        # each sensor's window is cut by its own topic's retention, so that its answer does
+        # not depend on the other sensors asked with it; a horizon before the window changes
+        # nothing (None), so those sensors are planned and read together
         horizons = self.retention.horizons_ms([s.topic(sensor) for sensor in sensors])
         by_horizon: dict[int | None, list[str]] = {}
         for sensor in sensors:
-            by_horizon.setdefault(horizons[s.topic(sensor)], []).append(sensor)
-        totals: dict[str, WindowAggregate] = {}
+            expired = horizons[s.topic(sensor)]
+            by_horizon.setdefault(expired if expired is not None and expired > req.from_ms
+                                  else None, []).append(sensor)
+        plans = [(group, self._rollup_plan(group, req, expired))
+                 for expired, group in by_horizon.items()]
+        prom.WINDOWS.labels("rollups" if any(p.buckets for _, p in plans) else "raw").inc()
+        totals = {sensor: plan.rolled.get(sensor) or WindowAggregate()
+                  for group, plan in plans for sensor in group}
         reads = [self._parts.submit(self._read, group, lo, hi, deadline)
-                 for expired, group in by_horizon.items()
-                 for lo, hi in self._plan(group, req, expired, totals)]
+                 for group, plan in plans for lo, hi in plan.raw]
         missing: set[str] = set()
         try:
             for read in reads:
@@ -216,22 +222,20 @@ class WindowMetricsService:
             result[sensor] = self._metrics(sensor, total, req)
         return result
 
-    def _plan(self, sensors: list[str], req: MetricsRequest, expired: int | None,
-              totals: dict[str, WindowAggregate]) -> list[tuple[int, int]]:
-        """Cut the window of sensors sharing one retention horizon (`expired`): their rolled
-        buckets go to `totals`, the plan's notes to the answer's; returns the raw parts."""
+    def _rollup_plan(self, sensors: list[str], req: MetricsRequest, expired: int | None
+                     ) -> RollupPlan:
+        """The window's plan for sensors of one retention horizon (`expired`); its notes are
+        added to the answer's."""
         plan = (self.rollups.plan(sensors, req.from_ms, req.to_ms, expired)
                 if self.rollups is not None else RollupPlan([(req.from_ms, req.to_ms)]))
-        prom.WINDOWS.labels("rollups" if plan.buckets else "raw").inc()
         req.errors += plan.notes
         # one note for the raw parts before the horizon (unreadable rollups can make many)
         if expired is not None and (early := [(lo, hi) for lo, hi in plan.raw if lo < expired]):
             span = f"{format_ms(early[0][0])} to {format_ms(min(early[-1][1], expired - 1))}"
-            req.errors.append(retention_note(expired, (
+            req.errors.append(retention_note(sensors, expired, (
                 f"{span} was" if len(early) == 1 else f"{len(early)} parts from {span} were")
                 + " answered from the readings left, without rollups of that time"))
-        totals |= {sensor: plan.rolled.get(sensor) or WindowAggregate() for sensor in sensors}
-        return plan.raw
+        return plan
 
     def _read(self, sensors: list[str], lo: int, hi: int, deadline: float
               ) -> tuple[dict[str, WindowAggregate], set[str]]:
