@@ -8,10 +8,11 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from iotpipe.bench import load_bench, query_bench, slow_clients_bench
-from iotpipe.bench.measure import machine
+from iotpipe.bench.measure import cpu_ticks, machine, stolen_share
 from iotpipe.core.settings import Settings
 from iotpipe.localstack.kafka_broker import KafkaBroker, free_port
 from iotpipe.localstack.maven import kafka_version
@@ -56,6 +57,31 @@ def merge_sections(old: str, new: list[str]) -> list[str]:
 SECTIONS = ("query", "simulator", "load", "slow-clients", "stream", "rollups")
 
 
+def _simulator_section(bootstrap: str) -> str:
+    sim = simulator_rate(bootstrap)
+    log(f"simulator: {sim:,.0f} readings/s")
+    return ("## Sensor simulator\n\n| process | readings/s (acknowledged) |"
+            f"\n| --- | ---: |\n| 1 (3000 devices) | {sim:,.0f} |")
+
+
+def _runs(bootstrap: str, workdir: Path) -> dict[str, Callable[[], str]]:
+    """Each section's run (Spark's imported only for the sections that need it)."""
+
+    def stream() -> str:
+        from iotpipe.bench import stream_bench
+        return stream_bench.run(bootstrap, workdir, log)
+
+    def rollups() -> str:
+        from iotpipe.bench import rollup_bench
+        return rollup_bench.run(bootstrap, workdir, log)
+
+    return {"query": lambda: query_bench.run(bootstrap, workdir, log),
+            "simulator": lambda: _simulator_section(bootstrap),
+            "load": lambda: load_bench.run(bootstrap, workdir, log),
+            "slow-clients": lambda: slow_clients_bench.run(bootstrap, workdir, log),
+            "stream": stream, "rollups": rollups}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
@@ -66,33 +92,22 @@ def main() -> None:
     only = args.only.split(",")
     if unknown := set(only) - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
-    sections: list[str] = []
+    written: list[tuple[str, float]] = []  # each section, and the share stolen while it ran
     with tempfile.TemporaryDirectory(prefix="iotpipe-bench-") as tmp:
         broker = KafkaBroker(Path(tmp) / "kafka", port=free_port(), heap="1g").start()
+        runs = _runs(broker.bootstrap, Path(tmp))
         try:
-            if "query" in only:
-                sections.append(query_bench.run(broker.bootstrap, Path(tmp), log))
-            if "simulator" in only:
-                sim = simulator_rate(broker.bootstrap)
-                log(f"simulator: {sim:,.0f} readings/s")
-                sections.append("## Sensor simulator\n\n| process | readings/s (acknowledged) |"
-                                f"\n| --- | ---: |\n| 1 (3000 devices) | {sim:,.0f} |")
-            if "load" in only:
-                sections.append(load_bench.run(broker.bootstrap, Path(tmp), log))
-            if "slow-clients" in only:
-                sections.append(slow_clients_bench.run(broker.bootstrap, Path(tmp), log))
-            if "stream" in only:
-                from iotpipe.bench import stream_bench
-
-                sections.append(stream_bench.run(broker.bootstrap, Path(tmp), log))
-            if "rollups" in only:
-                from iotpipe.bench import rollup_bench
-
-                sections.append(rollup_bench.run(broker.bootstrap, Path(tmp), log))
+            for name in [s for s in SECTIONS if s in only]:
+                before = cpu_ticks()
+                section = runs[name]()
+                written.append((section, stolen_share(before, cpu_ticks())))
         finally:
             broker.stop()
     ran = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    sections = [s.replace("\n\n", f"\n\nRun: {ran}.\n\n", 1) for s in sections]
+    sections = [s.replace("\n\n", (
+        f"\n\nRun: {ran}. The hypervisor took {stolen:.0%} of the CPU time during this "
+        "section (steal: the cores ran other machines while this one had work).\n\n"), 1)
+        for s, stolen in written]
     if args.out and args.out.exists():  # sections not run now, or written by hand, stay
         sections = merge_sections(args.out.read_text(), sections)
     header = (f"# Benchmarks\n\n`make bench` on {machine()}; Apache Kafka {kafka_version()} "

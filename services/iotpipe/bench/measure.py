@@ -60,6 +60,20 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """CPU time of all cores since boot, in clock ticks: (stolen, all). Stolen (`steal`) is
+    time the hypervisor gave to other machines while this one had work to run."""
+    ticks = list(map(int, Path("/proc/stat").read_text().split()[1:9]))
+    return ticks[7], sum(ticks)
+
+
+def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the CPU time between two `cpu_ticks()` that was stolen: how much of its
+    own speed this machine lacked meanwhile."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
+
+
 class PeakRss:
     """Samples a process tree's RSS every 20 ms while active; `.peak` is the maximum seen."""
 
