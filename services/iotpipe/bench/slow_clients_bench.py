@@ -121,7 +121,8 @@ def run(bootstrap: str, workdir: Path, log: Callable[[str], None]) -> str:
         for s, r, hp99, hmax, hfail, reopened in rows)
     return ("## Slow clients: 1-minute windows while 500 connections stall\n\n"
             f"The load section's server and data (defaults: 2 workers x 8 threads, window cache "
-            f"on and filled by a 20 s run first); wrk with {CLIENTS} keep-alive clients asks "
+            f"on and filled by a 20 s run first, a new connection per request so that it fills "
+            f"in both workers); wrk with {CLIENTS} keep-alive clients asks "
             f"1-minute windows for {SECONDS} s, without and with {STALLED} stalled connections, "
             "twice each in turns. Half the stalled clients send the headers of a POST with "
             "`Content-Length: 1000` and 1 byte of body, half send half of the headers; one the "
