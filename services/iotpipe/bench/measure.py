@@ -53,17 +53,22 @@ def tree_cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_ticks_since_boot() -> list[int]:
+    """All cores' CPU time by kind, in clock ticks (the first line of /proc/stat): user, nice,
+    system, idle, iowait, irq, softirq, steal."""
+    return list(map(int, Path("/proc/stat").read_text().split()[1:9]))
+
+
 def machine_busy_s() -> float:
     """CPU time all cores together have spent busy (not idle, not waiting on I/O), seconds."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-        int, Path("/proc/stat").read_text().split()[1:9])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = _cpu_ticks_since_boot()
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ticks() -> tuple[int, int]:
     """CPU time of all cores since boot, in clock ticks: (stolen, all). Stolen (`steal`) is
     time the hypervisor gave to other machines while this one had work to run."""
-    ticks = list(map(int, Path("/proc/stat").read_text().split()[1:9]))
+    ticks = _cpu_ticks_since_boot()
     return ticks[7], sum(ticks)
 
 
